@@ -1,0 +1,59 @@
+"""Objects every fresh local cluster needs: Prometheus's RBAC and the simulated nodes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from .nodes import ClusterDescription, node_manifests
+
+PROMETHEUS_USER = "tidal-prometheus"
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+def _create(fn, body) -> None:
+    try:
+        fn(body=body)
+    except ApiException as err:
+        if err.status != 409:  # already there: a re-run of bootstrap
+            raise
+
+
+def bootstrap_cluster(kubeconfig: Path, desc: ClusterDescription, log=print, timeout: float = 60) -> None:
+    api = api_client(kubeconfig)
+    rbac = client.RbacAuthorizationV1Api(api)
+    core = client.CoreV1Api(api)
+    _create(rbac.create_cluster_role, {
+        "metadata": {"name": "tidal-dev:prometheus"},
+        "rules": [{"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"],
+                   "verbs": ["get", "list", "watch"]}],
+    })
+    _create(rbac.create_cluster_role_binding, {
+        "metadata": {"name": "tidal-dev:prometheus"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tidal-dev:prometheus"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}],
+    })
+    manifests = node_manifests(desc)
+    for node in manifests:
+        _create(core.create_node, node)
+    wanted = {n["metadata"]["name"] for n in manifests}
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {n.metadata.name for n in core.list_node().items
+                 if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))}
+        default_sa = bool(core.list_namespaced_service_account("default").items)
+        if wanted <= ready and default_sa:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nodes not Ready after {timeout:.0f} s: {sorted(wanted - ready)}; "
+                               f"default ServiceAccount present: {default_sa} (see logs/kwok.log)")
+        time.sleep(0.3)
+    gpus = sum(p.nodes * p.gpus_per_node for p in desc.pools)
+    log(f"  {len(wanted)} simulated nodes Ready ({', '.join(f'{p.name}: {p.nodes}' for p in desc.pools)}; "
+        f"{gpus} GPUs)")

@@ -1,0 +1,300 @@
+"""The local Kubernetes control plane with simulated GPU node pools.
+
+`tidal dev-cluster up` starts, on free loopback ports: etcd, a secure
+kube-apiserver with RBAC, kube-controller-manager, kube-scheduler, the KWOK
+controller (simulated kubelets) and Prometheus; then creates the simulated nodes
+and waits until they are Ready. Everything it makes lives in one state
+directory, so `down` can find and stop it all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import binaries as bins
+from .kubeconfig import write_kubeconfig
+from .nodes import ClusterDescription, load_description, node_manifests
+from .pki import CertificateAuthority, service_account_keypair
+from .processes import Component, ComponentError, http_ok, pid_alive, rss_bytes, start, stop_pid
+from .prometheus_config import prometheus_config
+from .stages import stages
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_STATE_DIR = REPO_ROOT / ".tidal"
+SERVICE_CIDR = "10.96.0.0/16"
+# Order of start; `down` stops in reverse.
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus"]
+
+
+@dataclass
+class ClusterInfo:
+    state_dir: Path
+    kubeconfig: Path
+    api_server: str
+    prometheus_url: str
+    binaries_dir: Path
+    pids: dict[str, int]
+
+    def to_json(self) -> dict:
+        return {"kubeconfig": str(self.kubeconfig), "api_server": self.api_server,
+                "prometheus_url": self.prometheus_url, "binaries_dir": str(self.binaries_dir),
+                "pids": self.pids}
+
+    @classmethod
+    def from_json(cls, state_dir: Path, raw: dict) -> "ClusterInfo":
+        return cls(state_dir, Path(raw["kubeconfig"]), raw["api_server"], raw["prometheus_url"],
+                   Path(raw["binaries_dir"]), {k: int(v) for k, v in raw["pids"].items()})
+
+    def kubectl(self) -> str:
+        return str(self.binaries_dir / "kubectl")
+
+
+class DevCluster:
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, nodes_file: Path | None = None,
+                 scrape_interval: str = "2s", log=print):
+        self.state_dir = Path(state_dir).resolve()
+        self.description: ClusterDescription = load_description(nodes_file)
+        self.scrape_interval = scrape_interval
+        self.log = log
+        self.state_file = self.state_dir / "state.json"
+        self.kubeconfig_path = self.state_dir / "kubeconfig"
+
+    # ---- state -------------------------------------------------------------------------------
+    def info(self) -> ClusterInfo | None:
+        try:
+            return ClusterInfo.from_json(self.state_dir, json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def running(self) -> bool:
+        info = self.info()
+        return bool(info) and all(pid_alive(pid) for pid in info.pids.values())
+
+    # ---- up ----------------------------------------------------------------------------------
+    def up(self) -> ClusterInfo:
+        if self.running():
+            self.log(f"cluster already running (state in {self.state_dir})")
+            return self.info()
+        if self.state_dir.exists():
+            # A stale state directory (a crash, a reboot): stop leftovers, start clean.
+            self.log(f"cleaning stale state in {self.state_dir}")
+            self.down(quiet=True)
+        started = time.monotonic()
+        binaries = bins.ensure_binaries(self.log)
+        for sub in ("pki", "logs", "etcd", "prometheus", "targets"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        components = self._components(binaries)
+        launched: list[Component] = []
+        try:
+            for group in (["etcd"], ["kube-apiserver"],
+                          ["kube-controller-manager", "kube-scheduler", "kwok", "prometheus"]):
+                self._start_group([components[n] for n in group])
+                launched += [components[n] for n in group]
+                if group == ["etcd"]:
+                    self._etcd_port = components["etcd"].port_numbers["client"]
+                if group == ["kube-apiserver"]:
+                    self._write_after_apiserver(components["kube-apiserver"].port_numbers["secure"])
+            info = ClusterInfo(self.state_dir, self.kubeconfig_path, self._api_server,
+                               f"http://127.0.0.1:{components['prometheus'].port_numbers['web']}",
+                               binaries.directory, {c.name: c.pid for c in launched})
+            self.state_file.write_text(json.dumps(info.to_json(), indent=2))
+            self._bootstrap(info)
+        except BaseException:
+            for component in reversed(launched):
+                if component.pid:
+                    stop_pid(component.pid)
+            self.state_file.unlink(missing_ok=True)
+            raise
+        self.log(f"cluster up in {time.monotonic() - started:.1f} s")
+        return info
+
+    def _start_group(self, group: list[Component]) -> None:
+        log_dir = self.state_dir / "logs"
+        with ThreadPoolExecutor(len(group)) as pool:
+            futures = [(c, pool.submit(start, c, log_dir)) for c in group]
+            errors = []
+            for component, future in futures:
+                try:
+                    future.result()
+                    self.log(f"  {component.name} up (pid {component.pid}, ports {component.port_numbers})")
+                except ComponentError as err:
+                    errors.append(err)
+        if errors:
+            for component in group:
+                if component.pid and pid_alive(component.pid):
+                    stop_pid(component.pid)
+            raise errors[0]
+
+    # ---- components --------------------------------------------------------------------------
+    def _components(self, binaries: bins.Binaries) -> dict[str, Component]:
+        s = self.state_dir
+        pki = s / "pki"
+        ca = CertificateAuthority(pki)
+        sa_key, sa_pub = service_account_keypair(pki)
+        serving = ca.server_cert("apiserver", ["127.0.0.1", "10.96.0.1"],
+                                 ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
+        self._ca = ca
+        self._clients = {
+            "admin": ca.client_cert("admin", "tidal-admin", "system:masters"),
+            "controller-manager": ca.client_cert("controller-manager", "system:kube-controller-manager"),
+            "scheduler": ca.client_cert("scheduler", "system:kube-scheduler"),
+            # KWOK plays every node's kubelet; it is cluster infrastructure, not a subject under test.
+            "kwok": ca.client_cert("kwok", "tidal-kwok", "system:masters"),
+            "prometheus": ca.client_cert("prometheus", "tidal-prometheus"),
+        }
+        kwok_config = s / "kwok.yaml"
+        kwok_config.write_text(yaml.safe_dump_all(
+            stages(self.description.cold_start, self.description.terminate_delay), sort_keys=False))
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        verified = ssl.create_default_context(cafile=str(ca.cert_path))
+        verified.load_cert_chain(str(self._clients["admin"].cert), str(self._clients["admin"].key))
+
+        def kubeconfig(user):
+            return str(s / f"{user}.kubeconfig")
+
+        return {
+            "etcd": Component(
+                "etcd",
+                lambda p: [binaries.path("etcd"), "--name", "tidal", "--data-dir", str(s / "etcd"),
+                           "--listen-client-urls", f"http://127.0.0.1:{p['client']}",
+                           "--advertise-client-urls", f"http://127.0.0.1:{p['client']}",
+                           "--listen-peer-urls", f"http://127.0.0.1:{p['peer']}",
+                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{p['peer']}",
+                           "--initial-cluster", f"tidal=http://127.0.0.1:{p['peer']}",
+                           # A throw-away test store: durability is not worth an fsync per write.
+                           "--unsafe-no-fsync", "--log-level", "warn"],
+                ["client", "peer"],
+                lambda p: http_ok(f"http://127.0.0.1:{p['client']}/health", expect=b'"true"')),
+            "kube-apiserver": Component(
+                "kube-apiserver",
+                lambda p: [binaries.path("kube-apiserver"),
+                           "--etcd-servers", f"http://127.0.0.1:{self._etcd_port}",
+                           "--bind-address", "127.0.0.1", "--secure-port", str(p["secure"]),
+                           # No default route here, so the apiserver cannot guess its address.
+                           "--advertise-address", "127.0.0.1",
+                           # The `kubernetes` Endpoints object may not hold a loopback address.
+                           "--endpoint-reconciler-type", "none",
+                           "--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
+                           "--client-ca-file", str(ca.cert_path),
+                           "--authorization-mode", "Node,RBAC",
+                           "--service-account-key-file", str(sa_pub),
+                           "--service-account-signing-key-file", str(sa_key),
+                           "--service-account-issuer", "https://kubernetes.default.svc",
+                           "--service-cluster-ip-range", SERVICE_CIDR,
+                           "--allow-privileged", "true", "--profiling=false", "--v", "1"],
+                ["secure"],
+                lambda p: http_ok(f"https://127.0.0.1:{p['secure']}/readyz", verified),
+                startup_timeout=90),
+            "kube-controller-manager": Component(
+                "kube-controller-manager",
+                lambda p: [binaries.path("kube-controller-manager"),
+                           "--kubeconfig", kubeconfig("controller-manager"),
+                           "--bind-address", "127.0.0.1", "--secure-port", str(p["secure"]),
+                           "--leader-elect=false", "--use-service-account-credentials=true",
+                           "--service-account-private-key-file", str(sa_key),
+                           "--root-ca-file", str(ca.cert_path),
+                           "--service-cluster-ip-range", SERVICE_CIDR,
+                           "--cluster-name", "tidal-dev", "--profiling=false", "--v", "1"],
+                ["secure"],
+                lambda p: http_ok(f"https://127.0.0.1:{p['secure']}/healthz", insecure)),
+            "kube-scheduler": Component(
+                "kube-scheduler",
+                lambda p: [binaries.path("kube-scheduler"), "--kubeconfig", kubeconfig("scheduler"),
+                           "--bind-address", "127.0.0.1", "--secure-port", str(p["secure"]),
+                           "--leader-elect=false", "--profiling=false", "--v", "1"],
+                ["secure"],
+                lambda p: http_ok(f"https://127.0.0.1:{p['secure']}/healthz", insecure)),
+            "kwok": Component(
+                "kwok",
+                lambda p: [binaries.path("kwok"), "--kubeconfig", kubeconfig("kwok"),
+                           "--config", str(kwok_config),
+                           "--manage-nodes-with-label-selector", "tidal.dev/simulated-node=true",
+                           "--node-lease-duration-seconds", "40",
+                           "--server-address", f"127.0.0.1:{p['http']}"],
+                ["http"],
+                lambda p: http_ok(f"http://127.0.0.1:{p['http']}/healthz")),
+            "prometheus": Component(
+                "prometheus",
+                lambda p: [shutil.which("prometheus") or "prometheus",
+                           "--config.file", str(s / "prometheus.yml"),
+                           "--storage.tsdb.path", str(s / "prometheus"),
+                           "--storage.tsdb.retention.time", "6h",
+                           "--web.listen-address", f"127.0.0.1:{p['web']}",
+                           "--web.enable-lifecycle", "--log.level", "warn"],
+                ["web"],
+                lambda p: http_ok(f"http://127.0.0.1:{p['web']}/-/ready")),
+        }
+
+    def _write_after_apiserver(self, port: int) -> None:
+        """Kubeconfigs and the Prometheus config need the apiserver's port."""
+        self._api_server = f"https://127.0.0.1:{port}"
+        ca = self._ca.cert_path
+        users = {"admin": "tidal-admin", "controller-manager": "system:kube-controller-manager",
+                 "scheduler": "system:kube-scheduler", "kwok": "tidal-kwok"}
+        for key, user in users.items():
+            write_kubeconfig(self.state_dir / f"{key}.kubeconfig", self._api_server, ca, self._clients[key], user)
+        shutil.copy(self.state_dir / "admin.kubeconfig", self.kubeconfig_path)
+        config = prometheus_config(self._api_server, ca, self._clients["prometheus"],
+                                   self.state_dir / "targets", self.scrape_interval)
+        (self.state_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # ---- bootstrap objects -------------------------------------------------------------------
+    def _bootstrap(self, info: ClusterInfo) -> None:
+        from .bootstrap import bootstrap_cluster
+        bootstrap_cluster(info.kubeconfig, self.description, self.log)
+
+    # ---- down / status -----------------------------------------------------------------------
+    def down(self, quiet: bool = False) -> None:
+        info = self.info()
+        pids = dict(info.pids) if info else {}
+        pids.update(self._orphans())
+        for name in reversed(COMPONENTS):
+            if name in pids and pid_alive(pids[name]):
+                stop_pid(pids[name])
+                if not quiet:
+                    self.log(f"  stopped {name} (pid {pids[name]})")
+        for sub in ("etcd", "prometheus", "targets", "pki"):
+            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+        for f in self.state_dir.glob("*.kubeconfig"):
+            f.unlink()
+        for name in ("state.json", "kubeconfig", "kwok.yaml", "prometheus.yml"):
+            (self.state_dir / name).unlink(missing_ok=True)
+        if not quiet:
+            self.log("cluster down")
+
+    def _orphans(self) -> dict[str, int]:
+        """Processes started from this state directory that state.json does not know about."""
+        found = {}
+        marker = str(self.state_dir)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(marker.encode() in a for a in argv) and argv[0]:
+                name = Path(argv[0].decode(errors="replace")).name
+                if name in COMPONENTS:
+                    found[name] = int(proc.name)
+        return found
+
+    def status(self) -> dict:
+        info = self.info()
+        if not info:
+            return {"running": False, "state_dir": str(self.state_dir)}
+        components = {name: {"pid": pid, "alive": pid_alive(pid), "rss_mib": round(rss_bytes(pid) / 2**20, 1)}
+                      for name, pid in info.pids.items()}
+        return {"running": all(c["alive"] for c in components.values()),
+                "state_dir": str(self.state_dir), **info.to_json(), "components": components,
+                "total_rss_mib": round(sum(c["rss_mib"] for c in components.values()), 1)}
