@@ -46,7 +46,8 @@ def test_up_then_down_leaves_no_process_and_no_port(tmp_path, dev_cluster):
     assert f"export KUBECONFIG={state_dir / 'kubeconfig'}" in out
     status = json.loads(tidal("status", "--state-dir", str(state_dir)).stdout)
     assert status["running"] and set(status["components"]) == {
-        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus"}
+        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus",
+        "sim-runtime"}
     pids, ports = listening_ports(state_dir)
     assert all(port_is_listening(p) for p in ports)
     tidal("down", "--state-dir", str(state_dir))

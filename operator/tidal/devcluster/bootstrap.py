@@ -1,4 +1,4 @@
-"""Objects every fresh local cluster needs: Prometheus's RBAC and the simulated nodes."""
+"""Objects every fresh local cluster needs: its helpers' RBAC and the simulated nodes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from kubernetes.client.rest import ApiException
 from .nodes import ClusterDescription, node_manifests
 
 PROMETHEUS_USER = "tidal-prometheus"
+SIM_RUNTIME_USER = "tidal-sim-runtime"
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -25,20 +26,31 @@ def _create(fn, body) -> None:
             raise
 
 
-def bootstrap_cluster(kubeconfig: Path, desc: ClusterDescription, log=print, timeout: float = 60) -> None:
+# What the cluster's own helpers may do, by user name (their client certificates carry it).
+INFRA_PERMISSIONS = {
+    PROMETHEUS_USER: [{"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"],
+                       "verbs": ["get", "list", "watch"]}],
+    SIM_RUNTIME_USER: [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                       {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+}
+
+
+def create_infra_rbac(kubeconfig: Path) -> None:
+    with api_client(kubeconfig) as api:
+        rbac = client.RbacAuthorizationV1Api(api)
+        for user, rules in INFRA_PERMISSIONS.items():
+            name = f"tidal-dev:{user}"
+            _create(rbac.create_cluster_role, {"metadata": {"name": name}, "rules": rules})
+            _create(rbac.create_cluster_role_binding, {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            })
+
+
+def create_nodes(kubeconfig: Path, desc: ClusterDescription, log=print, timeout: float = 60) -> None:
     api = api_client(kubeconfig)
-    rbac = client.RbacAuthorizationV1Api(api)
     core = client.CoreV1Api(api)
-    _create(rbac.create_cluster_role, {
-        "metadata": {"name": "tidal-dev:prometheus"},
-        "rules": [{"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"],
-                   "verbs": ["get", "list", "watch"]}],
-    })
-    _create(rbac.create_cluster_role_binding, {
-        "metadata": {"name": "tidal-dev:prometheus"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tidal-dev:prometheus"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}],
-    })
     manifests = node_manifests(desc)
     for node in manifests:
         _create(core.create_node, node)
@@ -57,3 +69,4 @@ def bootstrap_cluster(kubeconfig: Path, desc: ClusterDescription, log=print, tim
     gpus = sum(p.nodes * p.gpus_per_node for p in desc.pools)
     log(f"  {len(wanted)} simulated nodes Ready ({', '.join(f'{p.name}: {p.nodes}' for p in desc.pools)}; "
         f"{gpus} GPUs)")
+    api.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import binaries as bins
+from .bootstrap import PROMETHEUS_USER, SIM_RUNTIME_USER, create_infra_rbac, create_nodes
 from .kubeconfig import write_kubeconfig
 from .nodes import ClusterDescription, load_description, node_manifests
 from .pki import CertificateAuthority, service_account_keypair
@@ -31,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_STATE_DIR = REPO_ROOT / ".tidal"
 SERVICE_CIDR = "10.96.0.0/16"
 # Order of start; `down` stops in reverse.
-COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus"]
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "prometheus",
+              "sim-runtime"]
 
 
 @dataclass
@@ -95,7 +98,7 @@ class DevCluster:
         launched: list[Component] = []
         try:
             for group in (["etcd"], ["kube-apiserver"],
-                          ["kube-controller-manager", "kube-scheduler", "kwok", "prometheus"]):
+                          ["kube-controller-manager", "kube-scheduler", "kwok", "prometheus", "sim-runtime"]):
                 self._start_group([components[n] for n in group])
                 launched += [components[n] for n in group]
                 if group == ["etcd"]:
@@ -106,7 +109,7 @@ class DevCluster:
                                f"http://127.0.0.1:{components['prometheus'].port_numbers['web']}",
                                binaries.directory, {c.name: c.pid for c in launched})
             self.state_file.write_text(json.dumps(info.to_json(), indent=2))
-            self._bootstrap(info)
+            create_nodes(info.kubeconfig, self.description, self.log)
         except BaseException:
             for component in reversed(launched):
                 if component.pid:
@@ -148,7 +151,8 @@ class DevCluster:
             "scheduler": ca.client_cert("scheduler", "system:kube-scheduler"),
             # KWOK plays every node's kubelet; it is cluster infrastructure, not a subject under test.
             "kwok": ca.client_cert("kwok", "tidal-kwok", "system:masters"),
-            "prometheus": ca.client_cert("prometheus", "tidal-prometheus"),
+            "prometheus": ca.client_cert("prometheus", PROMETHEUS_USER),
+            "sim-runtime": ca.client_cert("sim-runtime", SIM_RUNTIME_USER),
         }
         kwok_config = s / "kwok.yaml"
         kwok_config.write_text(yaml.safe_dump_all(
@@ -233,6 +237,12 @@ class DevCluster:
                            "--web.enable-lifecycle", "--log.level", "warn"],
                 ["web"],
                 lambda p: http_ok(f"http://127.0.0.1:{p['web']}/-/ready")),
+            "sim-runtime": Component(
+                "sim-runtime",
+                lambda p: [sys.executable, "-m", "tidal.cli", "sim-runtime",
+                           "--kubeconfig", kubeconfig("sim-runtime"), "--health-port", str(p["health"])],
+                ["health"],
+                lambda p: http_ok(f"http://127.0.0.1:{p['health']}/healthz")),
         }
 
     def _write_after_apiserver(self, port: int) -> None:
@@ -240,18 +250,14 @@ class DevCluster:
         self._api_server = f"https://127.0.0.1:{port}"
         ca = self._ca.cert_path
         users = {"admin": "tidal-admin", "controller-manager": "system:kube-controller-manager",
-                 "scheduler": "system:kube-scheduler", "kwok": "tidal-kwok"}
+                 "scheduler": "system:kube-scheduler", "kwok": "tidal-kwok", "sim-runtime": SIM_RUNTIME_USER}
         for key, user in users.items():
             write_kubeconfig(self.state_dir / f"{key}.kubeconfig", self._api_server, ca, self._clients[key], user)
         shutil.copy(self.state_dir / "admin.kubeconfig", self.kubeconfig_path)
+        create_infra_rbac(self.kubeconfig_path)
         config = prometheus_config(self._api_server, ca, self._clients["prometheus"],
                                    self.state_dir / "targets", self.scrape_interval)
         (self.state_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-    # ---- bootstrap objects -------------------------------------------------------------------
-    def _bootstrap(self, info: ClusterInfo) -> None:
-        from .bootstrap import bootstrap_cluster
-        bootstrap_cluster(info.kubeconfig, self.description, self.log)
 
     # ---- down / status -----------------------------------------------------------------------
     def down(self, quiet: bool = False) -> None:
@@ -284,9 +290,10 @@ class DevCluster:
             except OSError:
                 continue
             if any(marker.encode() in a for a in argv) and argv[0]:
-                name = Path(argv[0].decode(errors="replace")).name
-                if name in COMPONENTS:
-                    found[name] = int(proc.name)
+                words = {Path(a.decode(errors="replace")).name for a in argv}
+                for name in COMPONENTS:
+                    if name in words:
+                        found[name] = int(proc.name)
         return found
 
     def status(self) -> dict:

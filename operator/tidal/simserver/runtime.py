@@ -1,0 +1,184 @@
+"""The simulated container runtime: a model server for every Running engine pod.
+
+KWOK pods run no process. This watches pods (a watch, not a poll); when an
+engine pod becomes Running it starts a simulated vLLM or Triton server on the
+pod's IP (a loopback address, from the node's pod CIDR) and port; when the pod
+is being deleted the server drains like the real engine on SIGTERM (no new
+requests, in-flight ones finish); when the pod is gone, so is its server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .podspec import EngineSpec, engine_spec
+from .triton import TritonServer
+from .vllm import VllmServer
+
+log = logging.getLogger("tidal.sim-runtime")
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass
+class RunningPod:
+    key: str
+    ip: str
+    spec: EngineSpec
+    server: VllmServer | TritonServer
+    runners: list[web.AppRunner] = field(default_factory=list)
+    draining: bool = False
+
+
+async def serve_engine(spec: EngineSpec, host: str) -> tuple[VllmServer | TritonServer, list[web.AppRunner]]:
+    """Start a simulated engine on host:port (and its metrics port for Triton)."""
+    if spec.engine == "vllm":
+        server = VllmServer(spec.models[0], spec.served_name, spec.latency)
+        apps = [(server.app(), spec.port)]
+    else:
+        server = TritonServer(list(spec.models), spec.latency)
+        apps = [(server.app(), spec.port), (server.metrics_app(), spec.metrics_port)]
+    runners = []
+    try:
+        for app, port in apps:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
+    return server, runners
+
+
+class SimulatedRuntime:
+    def __init__(self, api_client, drain_timeout: float = 600):
+        from kubernetes import client
+        self.core = client.CoreV1Api(api_client)
+        self.pods: dict[str, RunningPod] = {}
+        self.drain_timeout = drain_timeout
+        self._node_products: dict[str, str | None] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.ready = threading.Event()
+
+    # ---- watch (in a thread: the kubernetes client is blocking) --------------------------------
+    def _watch(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+        while True:
+            try:
+                listing = self.core.list_pod_for_all_namespaces()
+                live = {p.metadata.uid for p in listing.items}
+                loop.call_soon_threadsafe(queue.put_nowait, ("SYNC", live))
+                for pod in listing.items:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("MODIFIED", pod))
+                self.ready.set()
+                rv = listing.metadata.resource_version
+                while True:
+                    stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces,
+                                                  resource_version=rv, timeout_seconds=300,
+                                                  allow_watch_bookmarks=True)
+                    for event in stream:
+                        obj = event["object"]
+                        rv = obj.metadata.resource_version
+                        if event["type"] != "BOOKMARK":
+                            loop.call_soon_threadsafe(queue.put_nowait, (event["type"], obj))
+            except ApiException as err:
+                if err.status == 410:  # our resourceVersion is too old: relist at once
+                    continue
+                log.warning("pod watch failed (%s %s); relisting in 1 s", err.status, err.reason)
+            except Exception as err:  # connection lost, e.g. the apiserver restarts
+                log.warning("pod watch interrupted (%s); relisting in 1 s", err)
+            threading.Event().wait(1)
+
+    async def run(self) -> None:
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._watch, args=(loop, queue), daemon=True, name="pod-watch").start()
+        while True:
+            kind, obj = await queue.get()
+            if kind == "SYNC":
+                for key in [k for k in self.pods if k not in obj]:
+                    asyncio.create_task(self._stop(key))
+                continue
+            asyncio.create_task(self._handle(kind, obj))
+
+    # ---- reactions -----------------------------------------------------------------------------
+    async def _handle(self, kind: str, pod) -> None:
+        key = pod.metadata.uid
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if kind == "DELETED":
+                await self._stop(key)
+                self._locks.pop(key, None)
+            elif pod.metadata.deletion_timestamp:
+                await self._drain(key)
+            elif pod.status.phase == "Running" and pod.status.pod_ip and key not in self.pods:
+                await self._start(pod)
+
+    async def _start(self, pod) -> None:
+        container = pod.spec.containers[0].to_dict()
+        container = {"command": container.get("command"), "args": container.get("args")}
+        product = await asyncio.to_thread(self._gpu_product, pod.spec.node_name)
+        try:
+            spec = engine_spec(container, pod.metadata.annotations or {}, product)
+        except (ValueError, TypeError) as err:
+            log.warning("pod %s/%s: cannot read engine settings: %s", pod.metadata.namespace, pod.metadata.name, err)
+            return
+        if spec is None:
+            return
+        try:
+            server, runners = await serve_engine(spec, pod.status.pod_ip)
+        except OSError as err:
+            log.warning("pod %s/%s: cannot listen on %s:%s: %s", pod.metadata.namespace, pod.metadata.name,
+                        pod.status.pod_ip, spec.port, err)
+            return
+        self.pods[pod.metadata.uid] = RunningPod(pod.metadata.uid, pod.status.pod_ip, spec, server, runners)
+        log.info("serving %s %s for pod %s/%s on %s:%s", spec.engine, ",".join(spec.models),
+                 pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip, spec.port)
+
+    async def _drain(self, key: str) -> None:
+        running = self.pods.get(key)
+        if running and not running.draining:
+            running.draining = True
+            asyncio.create_task(running.server.engine.scheduler.drain(self.drain_timeout))
+
+    async def _stop(self, key: str) -> None:
+        running = self.pods.pop(key, None)
+        if running:
+            for runner in running.runners:
+                await runner.cleanup()
+            log.info("stopped %s server on %s", running.spec.engine, running.ip)
+
+    def _gpu_product(self, node_name: str | None) -> str | None:
+        if not node_name:
+            return None
+        if node_name not in self._node_products:
+            try:
+                node = self.core.read_node(node_name)
+                self._node_products[node_name] = (node.metadata.labels or {}).get(GPU_PRODUCT_LABEL)
+            except Exception:
+                return None
+        return self._node_products[node_name]
+
+
+async def run_runtime(kubeconfig: str, health_port: int | None = None) -> None:
+    from kubernetes import config
+    runtime = SimulatedRuntime(config.new_client_from_config(config_file=kubeconfig))
+    if health_port:
+        app = web.Application()
+
+        async def healthz(request):
+            ok = runtime.ready.is_set()
+            return web.json_response({"ready": ok, "pods": len(runtime.pods)}, status=200 if ok else 503)
+
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", health_port).start()
+    await runtime.run()
