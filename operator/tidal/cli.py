@@ -78,7 +78,7 @@ def _sim_runtime(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run_runtime(args.kubeconfig, args.health_port))
+        asyncio.run(run_runtime(args.kubeconfig, args.health_port, args.targets_file))
     except KeyboardInterrupt:
         pass
     return 0
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "of the local cluster (started by dev-cluster up)")
     runtime.add_argument("--kubeconfig", required=True)
     runtime.add_argument("--health-port", type=int)
+    runtime.add_argument("--targets-file", help="write Prometheus file-discovery targets for annotated pods here")
     runtime.set_defaults(func=_sim_runtime)
     return parser
 

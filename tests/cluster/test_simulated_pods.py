@@ -52,7 +52,7 @@ def http_until_up(url, timeout=10):
     def attempt():
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status == 200 and r.read()
+                return r.status == 200 and (r.read() or b"(empty body)")
         except OSError:
             return None
     return wait_for(attempt, timeout=timeout, interval=0.1, what=url)

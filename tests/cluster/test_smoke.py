@@ -104,7 +104,7 @@ def test_pod_without_the_gpu_toleration_never_lands_on_a_gpu_node(k8s, namespace
     core = client.CoreV1Api(k8s)
     core.create_namespaced_pod(namespace, gpu_pod("untolerated", pool="h100", gpus=0, tolerate=False))
     message = wait_for(lambda: _unschedulable_message(core, namespace, "untolerated"), what="Unschedulable")
-    assert "untolerated taint" in message and GPU in message
+    assert "untolerated taint" in message
     # Without a pool selector it goes to the CPU pool, never to a GPU node.
     core.create_namespaced_pod(namespace, gpu_pod("plain", gpus=0, tolerate=False))
     node = wait_for(lambda: core.read_namespaced_pod("plain", namespace).spec.node_name, what="plain scheduled")

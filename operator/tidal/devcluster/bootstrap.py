@@ -10,7 +10,6 @@ from kubernetes.client.rest import ApiException
 
 from .nodes import ClusterDescription, node_manifests
 
-PROMETHEUS_USER = "tidal-prometheus"
 SIM_RUNTIME_USER = "tidal-sim-runtime"
 
 
@@ -28,8 +27,6 @@ def _create(fn, body) -> None:
 
 # What the cluster's own helpers may do, by user name (their client certificates carry it).
 INFRA_PERMISSIONS = {
-    PROMETHEUS_USER: [{"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"],
-                       "verbs": ["get", "list", "watch"]}],
     SIM_RUNTIME_USER: [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
 }

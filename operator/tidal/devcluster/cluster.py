@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import binaries as bins
-from .bootstrap import PROMETHEUS_USER, SIM_RUNTIME_USER, create_infra_rbac, create_nodes
+from .bootstrap import SIM_RUNTIME_USER, create_infra_rbac, create_nodes
 from .kubeconfig import write_kubeconfig
 from .nodes import ClusterDescription, load_description, node_manifests
 from .pki import CertificateAuthority, service_account_keypair
@@ -93,7 +93,7 @@ class DevCluster:
         started = time.monotonic()
         binaries = bins.ensure_binaries(self.log)
         for sub in ("pki", "logs", "etcd", "prometheus", "targets"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.state_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         components = self._components(binaries)
         launched: list[Component] = []
         try:
@@ -151,7 +151,6 @@ class DevCluster:
             "scheduler": ca.client_cert("scheduler", "system:kube-scheduler"),
             # KWOK plays every node's kubelet; it is cluster infrastructure, not a subject under test.
             "kwok": ca.client_cert("kwok", "tidal-kwok", "system:masters"),
-            "prometheus": ca.client_cert("prometheus", PROMETHEUS_USER),
             "sim-runtime": ca.client_cert("sim-runtime", SIM_RUNTIME_USER),
         }
         kwok_config = s / "kwok.yaml"
@@ -195,7 +194,7 @@ class DevCluster:
                            "--service-account-signing-key-file", str(sa_key),
                            "--service-account-issuer", "https://kubernetes.default.svc",
                            "--service-cluster-ip-range", SERVICE_CIDR,
-                           "--allow-privileged", "true", "--profiling=false", "--v", "1"],
+                           "--allow-privileged=true", "--profiling=false", "--v", "1"],
                 ["secure"],
                 lambda p: http_ok(f"https://127.0.0.1:{p['secure']}/readyz", verified),
                 startup_timeout=90),
@@ -240,7 +239,8 @@ class DevCluster:
             "sim-runtime": Component(
                 "sim-runtime",
                 lambda p: [sys.executable, "-m", "tidal.cli", "sim-runtime",
-                           "--kubeconfig", kubeconfig("sim-runtime"), "--health-port", str(p["health"])],
+                           "--kubeconfig", kubeconfig("sim-runtime"), "--health-port", str(p["health"]),
+                           "--targets-file", str(s / "targets" / "pods.json")],
                 ["health"],
                 lambda p: http_ok(f"http://127.0.0.1:{p['health']}/healthz")),
         }
@@ -255,8 +255,7 @@ class DevCluster:
             write_kubeconfig(self.state_dir / f"{key}.kubeconfig", self._api_server, ca, self._clients[key], user)
         shutil.copy(self.state_dir / "admin.kubeconfig", self.kubeconfig_path)
         create_infra_rbac(self.kubeconfig_path)
-        config = prometheus_config(self._api_server, ca, self._clients["prometheus"],
-                                   self.state_dir / "targets", self.scrape_interval)
+        config = prometheus_config(self.state_dir / "targets", self.scrape_interval)
         (self.state_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     # ---- down / status -----------------------------------------------------------------------

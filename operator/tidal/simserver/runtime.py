@@ -5,6 +5,7 @@ engine pod becomes Running it starts a simulated vLLM or Triton server on the
 pod's IP (a loopback address, from the node's pod CIDR) and port; when the pod
 is being deleted the server drains like the real engine on SIGTERM (no new
 requests, in-flight ones finish); when the pod is gone, so is its server.
+From the same watch it keeps Prometheus's pod targets up to date (pod_discovery).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..devcluster.pod_discovery import TargetsFile
 from .podspec import EngineSpec, engine_spec
 from .triton import TritonServer
 from .vllm import VllmServer
@@ -57,9 +59,11 @@ async def serve_engine(spec: EngineSpec, host: str) -> tuple[VllmServer | Triton
 
 
 class SimulatedRuntime:
-    def __init__(self, api_client, drain_timeout: float = 600):
+    def __init__(self, api_client, drain_timeout: float = 600, targets: TargetsFile | None = None):
         from kubernetes import client
         self.core = client.CoreV1Api(api_client)
+        self.api_client = api_client
+        self.targets = targets
         self.pods: dict[str, RunningPod] = {}
         self.drain_timeout = drain_timeout
         self._node_products: dict[str, str | None] = {}
@@ -84,6 +88,9 @@ class SimulatedRuntime:
                                                   resource_version=rv, timeout_seconds=300,
                                                   allow_watch_bookmarks=True)
                     for event in stream:
+                        if event["type"] == "ERROR":  # e.g. 410 Gone as a watch event
+                            raise ApiException(status=event["raw_object"].get("code", 500),
+                                               reason=event["raw_object"].get("reason", "watch error"))
                         obj = event["object"]
                         rv = obj.metadata.resource_version
                         if event["type"] != "BOOKMARK":
@@ -105,7 +112,12 @@ class SimulatedRuntime:
             if kind == "SYNC":
                 for key in [k for k in self.pods if k not in obj]:
                     asyncio.create_task(self._stop(key))
+                if self.targets:
+                    self.targets.retain(obj)
                 continue
+            if self.targets:
+                self.targets.update(obj.metadata.uid,
+                                    None if kind == "DELETED" else self.api_client.sanitize_for_serialization(obj))
             asyncio.create_task(self._handle(kind, obj))
 
     # ---- reactions -----------------------------------------------------------------------------
@@ -132,12 +144,17 @@ class SimulatedRuntime:
             return
         if spec is None:
             return
-        try:
-            server, runners = await serve_engine(spec, pod.status.pod_ip)
-        except OSError as err:
-            log.warning("pod %s/%s: cannot listen on %s:%s: %s", pod.metadata.namespace, pod.metadata.name,
-                        pod.status.pod_ip, spec.port, err)
-            return
+        # KWOK reuses the IP of a deleted pod; its server may still be closing, so retry briefly.
+        for attempt in range(50):
+            try:
+                server, runners = await serve_engine(spec, pod.status.pod_ip)
+                break
+            except OSError as err:
+                if attempt == 49:
+                    log.warning("pod %s/%s: cannot listen on %s:%s: %s", pod.metadata.namespace,
+                                pod.metadata.name, pod.status.pod_ip, spec.port, err)
+                    return
+                await asyncio.sleep(0.2)
         self.pods[pod.metadata.uid] = RunningPod(pod.metadata.uid, pod.status.pod_ip, spec, server, runners)
         log.info("serving %s %s for pod %s/%s on %s:%s", spec.engine, ",".join(spec.models),
                  pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip, spec.port)
@@ -167,9 +184,10 @@ class SimulatedRuntime:
         return self._node_products[node_name]
 
 
-async def run_runtime(kubeconfig: str, health_port: int | None = None) -> None:
+async def run_runtime(kubeconfig: str, health_port: int | None = None, targets_file: str | None = None) -> None:
     from kubernetes import config
-    runtime = SimulatedRuntime(config.new_client_from_config(config_file=kubeconfig))
+    targets = TargetsFile(targets_file) if targets_file else None
+    runtime = SimulatedRuntime(config.new_client_from_config(config_file=kubeconfig), targets=targets)
     if health_port:
         app = web.Application()
 
