@@ -1,0 +1,42 @@
+"""InferenceService status: what the operator and the autoscaler report. Written only by Tidal."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Condition(_Model):
+    type: str = Field(description="Condition type: `Ready` (serving or able to serve), `Valid` (the spec "
+                                  "can be run here), `ScalingActive` (the autoscaler has the metrics it "
+                                  "needs).")
+    status: str = Field(description="`True`, `False` or `Unknown`.")
+    reason: str = Field(description="One CamelCase word a program can match on.")
+    message: str = Field("", description="What happened, for a person.")
+    lastTransitionTime: str = Field(description="When the status last changed.")
+    observedGeneration: int = Field(0, description="The spec generation this condition is about.")
+
+
+class ScalingDecision(_Model):
+    time: str = Field(description="When the decision was made.")
+    replicas: int = Field(description="Replicas decided.")
+    previousReplicas: int = Field(description="Replicas before the decision.")
+    reason: str = Field(description="Why, for example `QueueAboveTarget` or `IdleToZero`.")
+    message: str = Field("", description="The numbers behind the decision.")
+
+
+class InferenceServiceStatus(_Model):
+    observedGeneration: int = Field(0, description="The spec generation the operator last acted on.")
+    conditions: list[Condition] = Field(default_factory=list, description="Current state, by type.")
+    replicas: int = Field(0, description="Replicas that exist (ready or starting).")
+    readyReplicas: int = Field(0, description="Replicas that pass readiness and serve the model.")
+    desiredReplicas: int = Field(0, description="Replicas the autoscaler wants now.")
+    queueDepth: float | None = Field(None, description="Requests waiting, last observed from Prometheus.")
+    url: str | None = Field(None, description="In-cluster URL of the service.")
+    lastActiveTime: str | None = Field(None, description="Last time a request was waiting or running; "
+                                                         "scale-to-zero counts idle time from here.")
+    lastScaleTime: str | None = Field(None, description="Last time the autoscaler changed replicas.")
+    lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")

@@ -1,0 +1,229 @@
+"""InferenceService, tidal.dev/v1alpha1: the spec a user writes.
+
+Every field has a description (it becomes `kubectl explain` text) and a
+default where one makes sense. Rules that span fields are CEL rules in the CRD
+(`x-kubernetes-validations`), so `kubectl apply` rejects a bad object with a
+message that names the field; the same rules are checked here by pydantic, so
+an object that somehow got past the apiserver is still refused with a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GROUP = "tidal.dev"
+VERSION = "v1alpha1"
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+SINGULAR = "inferenceservice"
+SHORT_NAMES = ["tis", "tidalsvc"]  # not `isvc`: that is KServe's
+
+URI_SCHEMES = ("hf", "s3", "gs", "pvc")
+URI_PATTERN = r"^(hf|s3|gs|pvc)://[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9._\-]+)*/?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+# Extra engine flags must be flags, not shell: a value can be anything except characters a shell
+# would act on, though the engine is executed directly (no shell) anyway.
+ARG = r"^[^\x00-\x1f;&|`$<>\\]*$"
+
+
+def rules(*triples: tuple[str, str] | tuple[str, str, str]) -> dict:
+    """CEL rules for the CRD: (rule, message[, fieldPath the error points at]) tuples."""
+    out = []
+    for rule, message, *path in triples:
+        out.append({"rule": rule, "message": message, **({"fieldPath": path[0]} if path else {})})
+    return {"x-kubernetes-validations": out}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
+
+
+class EngineType(str, Enum):
+    vllm = "vllm"
+    triton = "triton"
+
+
+class EnvVar(_Model):
+    name: str = Field(description="Environment variable name.", pattern=ENV_NAME, max_length=128)
+    value: str = Field("", description="Literal value. For secrets use valueFromSecret instead.",
+                       max_length=4096)
+    valueFromSecret: SecretKeyRef | None = Field(
+        None, description="Take the value from a key of a Secret in the same namespace "
+                          "(the value is never copied into the Deployment).")
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(description="Secret name, in the InferenceService's namespace.", pattern=NAME,
+                      max_length=253)
+    key: str = Field(description="Key within the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+class Engine(_Model):
+    type: EngineType = Field(description="Model server: `vllm` (OpenAI-compatible API) or `triton` "
+                                         "(KServe v2 protocol).")
+    image: str | None = Field(None, description="Container image (without tag) to use instead of the "
+                                                "engine's default.", max_length=512,
+                              pattern=r"^[a-z0-9][a-z0-9._\-/:]*$")
+    tag: str | None = Field(None, description="Image tag to use instead of the engine's default.",
+                            max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+    args: list[Annotated[str, Field(max_length=1024, pattern=ARG)]] = Field(
+        default_factory=list, max_length=64,
+        description="Extra command-line arguments appended to the engine's own (for example "
+                    "`--max-model-len=8192`). Passed to the engine directly, never through a shell.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=64,
+                              description="Extra environment variables for the engine container.")
+    drainSeconds: int = Field(120, ge=5, le=3600,
+                              description="On scale-down or rollout, how long a replica may keep "
+                                          "finishing in-flight requests after it stops receiving new ones "
+                                          "(the termination grace period).")
+
+
+class Credentials(_Model):
+    secretName: str = Field(description="Secret in the same namespace holding the storage credentials: "
+                                        "`HF_TOKEN` for hf://; `AWS_ACCESS_KEY_ID` and "
+                                        "`AWS_SECRET_ACCESS_KEY` for s3://; `credentials.json` for gs://.",
+                            pattern=NAME, max_length=253)
+
+
+class Model(_Model):
+    uri: str = Field(description="Where the weights are: `hf://org/name` (Hugging Face), "
+                                 "`s3://bucket/path`, `gs://bucket/path`, or `pvc://claim/path` "
+                                 "(mounted read-only instead of downloaded).",
+                     max_length=1024, pattern=URI_PATTERN)
+    servedName: str | None = Field(None, description="Name clients use in requests (the OpenAI `model` "
+                                                     "field, Triton's model name). Default: the last "
+                                                     "segment of the uri.",
+                                   max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+    revision: str | None = Field(None, description="Revision (branch, tag or commit) for hf:// models.",
+                                 max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+    credentials: Credentials | None = Field(None, description="Secret with credentials to fetch the "
+                                                              "model; referenced, never copied.")
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.uri.split("://", 1)[1].rstrip("/")
+
+    @property
+    def served_name(self) -> str:
+        return self.servedName or self.path.rsplit("/", 1)[-1]
+
+
+class Resources(_Model):
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per replica (`nvidia.com/gpu`). vLLM uses them "
+                                                  "for tensor parallelism.")
+    gpuProduct: str | None = Field(None, description="Require this GPU model (node label "
+                                                     "`nvidia.com/gpu.product`), e.g. NVIDIA-H100-80GB-HBM3.",
+                                   max_length=63, pattern=LABEL_VALUE)
+    cpu: str = Field("4", description="CPU request per replica.", pattern=QUANTITY, max_length=32)
+    memory: str = Field("32Gi", description="Memory request and limit per replica.", pattern=QUANTITY,
+                        max_length=32)
+    sharedMemory: str = Field("8Gi", description="Size of /dev/shm (tensor-parallel workers exchange "
+                                                 "data through it).", pattern=QUANTITY, max_length=32)
+
+
+class Toleration(_Model):
+    key: str | None = Field(None, description="Taint key to tolerate.", max_length=316)
+    operator: str | None = Field(None, description="`Exists` or `Equal`.", pattern="^(Exists|Equal)$")
+    value: str | None = Field(None, description="Taint value (with `Equal`).", max_length=63)
+    effect: str | None = Field(None, description="`NoSchedule`, `PreferNoSchedule` or `NoExecute`.",
+                               pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    tolerationSeconds: int | None = Field(None, description="For NoExecute: how long to stay bound.")
+
+
+class Placement(_Model):
+    nodePool: str | None = Field(None, description="Node pool to run on: nodes labelled "
+                                                   "`tidal.dev/pool=<nodePool>`. The GPU taint is tolerated "
+                                                   "automatically.", max_length=63, pattern=LABEL_VALUE)
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node labels to "
+                                                                           "require.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
+                                          description="Extra tolerations.")
+    affinity: dict[str, Any] | None = Field(None, description="A Kubernetes Affinity, passed through "
+                                                              "to the pods as written.")
+    priorityClassName: str | None = Field(None, description="PriorityClass of the pods.", max_length=253,
+                                          pattern=NAME)
+
+
+class Scaling(_Model):
+    minReplicas: int = Field(0, ge=0, le=1000, description="Fewest replicas. 0 lets an idle model scale "
+                                                           "to zero; the activator wakes it on the first "
+                                                           "request.")
+    maxReplicas: int = Field(4, ge=1, le=1000, description="Most replicas.")
+    targetQueueDepth: float = Field(4, gt=0, le=10000,
+                                    description="Requests waiting per replica that the autoscaler aims "
+                                                "for; more means fewer GPUs and longer waits.")
+    idleSecondsBeforeZero: int = Field(120, ge=0, le=86400,
+                                       description="Scale to zero only after this many seconds with no "
+                                                   "request waiting or running.")
+    scaleDownStabilizationSeconds: int = Field(60, ge=0, le=3600,
+                                               description="Scale down only to the highest replica count "
+                                                           "wanted over this window.")
+    scaleUpStabilizationSeconds: int = Field(0, ge=0, le=3600,
+                                             description="Scale up only to the lowest replica count wanted "
+                                                         "over this window (0: at once).")
+    query: str | None = Field(None, description="Custom PromQL returning this service's load in "
+                                                "requests (one series). `$namespace` and `$name` are "
+                                                "replaced. Default: the engine's queue metric summed over "
+                                                "the service's pods.", max_length=4096)
+
+
+class InferenceServiceSpec(_Model):
+    engine: Engine = Field(description="The model server and how to run it.")
+    model: Model = Field(description="The model to serve.")
+    resources: Resources = Field(default_factory=Resources, description="What each replica gets.")
+    placement: Placement = Field(default_factory=Placement, description="Where replicas run.")
+    scaling: Scaling = Field(default_factory=Scaling, description="How the autoscaler sizes the service.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "InferenceServiceSpec":
+        if self.scaling.minReplicas > self.scaling.maxReplicas:
+            raise ValueError(f"scaling.minReplicas ({self.scaling.minReplicas}) must not exceed "
+                             f"scaling.maxReplicas ({self.scaling.maxReplicas})")
+        if self.model.revision and self.model.scheme != "hf":
+            raise ValueError("model.revision is only meaningful for hf:// models")
+        return self
+
+
+# CEL rules attached to objects in the generated CRD: (json path of the object, rules).
+CEL_RULES = {
+    "spec": rules(
+        ("!has(self.scaling) || !has(self.scaling.minReplicas) || !has(self.scaling.maxReplicas) || "
+         "self.scaling.minReplicas <= self.scaling.maxReplicas",
+         "scaling.minReplicas must be less than or equal to scaling.maxReplicas", ".scaling.minReplicas"),
+        ("!has(self.model.revision) || self.model.uri.startsWith('hf://')",
+         "model.revision is only meaningful for hf:// models", ".model.revision"),
+    ),
+    "spec.model": rules(
+        ("self.uri.startsWith('hf://') || self.uri.startsWith('s3://') || self.uri.startsWith('gs://') || "
+         "self.uri.startsWith('pvc://')",
+         "model.uri must start with hf://, s3://, gs:// or pvc://", ".uri"),
+        ("!self.uri.startsWith('pvc://') || self.uri.size() > 6",
+         "model.uri pvc:// needs a claim name: pvc://claim/path", ".uri"),
+    ),
+    "spec.engine.env[]": rules(
+        ("!(has(self.value) && self.value != '' && has(self.valueFromSecret))",
+         "env: set value or valueFromSecret, not both"),
+    ),
+}
+
+
+def parse_spec(spec: dict) -> InferenceServiceSpec:
+    return InferenceServiceSpec.model_validate(spec)
+
+
+def resource_name_ok(name: str) -> bool:
+    return bool(re.match(NAME, name)) and len(name) <= 52  # leaves room for suffixes on children
+
+
+EnvVar.model_rebuild()
