@@ -84,6 +84,31 @@ def _sim_runtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_operator(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+    import os
+
+    import kopf
+
+    from .controller import handlers
+    from .render.settings import RenderSettings
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # for kopf's own login
+    handlers.CONFIG.kubeconfig = args.kubeconfig
+    handlers.CONFIG.resync_seconds = args.resync_seconds
+    handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
+                                                 startup_budget_seconds=args.startup_budget_seconds)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=True,
+             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--nodes", help="node pool description (default: the built-in nodepools.yaml)")
     dev.add_argument("--scrape-interval", default="2s", help="Prometheus scrape interval (default 2s)")
     dev.set_defaults(func=_dev_cluster)
+
+    run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    run.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG / ~/.kube/config")
+    run.add_argument("--namespace", action="append", help="watch only these namespaces (repeat); "
+                                                          "default: all namespaces")
+    run.add_argument("--pool-label", default="tidal.dev/pool", help="node label naming a node pool")
+    run.add_argument("--startup-budget-seconds", type=int, default=1800,
+                     help="how long a replica may take to load its model before Kubernetes restarts it")
+    run.add_argument("--resync-seconds", type=float, default=30.0, help="re-check every service this often")
+    run.add_argument("--health-port", type=int, help="serve /healthz on this port")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_run_operator)
 
     sim = sub.add_parser("sim-server", help="run one simulated vLLM or Triton server (no GPU needed)")
     sim.add_argument("--engine", choices=["vllm", "triton"], default="vllm")

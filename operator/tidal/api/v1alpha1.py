@@ -13,7 +13,9 @@ import re
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..engines import ENGINES
 
 GROUP = "tidal.dev"
 VERSION = "v1alpha1"
@@ -45,9 +47,8 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
 
 
-class EngineType(str, Enum):
-    vllm = "vllm"
-    triton = "triton"
+# One value per engine adapter in tidal/engines: a new adapter file extends the API.
+EngineType = Enum("EngineType", {name: name for name in sorted(ENGINES)}, type=str)
 
 
 class EnvVar(_Model):

@@ -1,0 +1,1 @@
+"""One module per external system: Kubernetes (kube), Prometheus, the engines' health APIs."""

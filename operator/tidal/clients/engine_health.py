@@ -1,0 +1,48 @@
+"""Ask a running engine whether it serves the model (beyond its pod being Ready).
+
+vLLM: the served name is listed by `GET /v1/models`. Triton: `tritonclient`'s model-ready call
+(KServe v2 `GET /v2/models/{name}/ready`).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+TIMEOUT_S = 3.0
+
+
+async def vllm_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
+    url = f"http://{host}:{port}/v1/models"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+            async with http.get(url) as resp:
+                if resp.status != 200:
+                    return False, f"GET {url} answered {resp.status}"
+                ids = [m.get("id") for m in (await resp.json()).get("data", [])]
+    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+        return False, f"GET {url} failed: {err or type(err).__name__}"
+    if served_name in ids:
+        return True, ""
+    return False, f"vLLM at {host}:{port} serves {ids}, not {served_name!r}"
+
+
+async def triton_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
+    from tritonclient.http.aio import InferenceServerClient
+    from tritonclient.utils import InferenceServerException
+
+    client = InferenceServerClient(f"{host}:{port}", conn_timeout=TIMEOUT_S)
+    try:
+        if await client.is_model_ready(served_name):
+            return True, ""
+        return False, f"Triton at {host}:{port} reports model {served_name!r} not ready"
+    except (InferenceServerException, aiohttp.ClientError, TimeoutError, OSError) as err:
+        return False, f"Triton at {host}:{port} did not answer: {err}"
+    finally:
+        await client.close()
+
+
+CHECKS = {"vllm": vllm_model_ready, "triton": triton_model_ready}
+
+
+async def model_ready(engine: str, host: str, port: int, served_name: str) -> tuple[bool, str]:
+    return await CHECKS[engine](host, port, served_name)

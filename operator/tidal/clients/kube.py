@@ -1,0 +1,152 @@
+"""The Kubernetes API, as the operator uses it: a narrow async interface.
+
+The official client is blocking; every call runs in a worker thread so the
+event loop never waits on the network. Objects go in and come out as plain
+dicts (the JSON the apiserver speaks), which is what the renderers produce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from dataclasses import dataclass
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from ..api.v1alpha1 import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("tidal.kube")
+OPERATOR_MANAGER = "tidal-operator"
+AUTOSCALER_MANAGER = "tidal-autoscaler"
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _json(response) -> dict:
+    return json.loads(response.data)
+
+
+@dataclass
+class RequestCounter:
+    """Counts API requests by verb, so 'no writes when nothing changes' can be measured."""
+
+    reads: int = 0
+    writes: int = 0
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient):
+        self.api = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.counter = RequestCounter()
+
+    async def _read(self, fn, *args, **kwargs):
+        self.counter.reads += 1
+        return await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+
+    async def _write(self, fn, *args, **kwargs):
+        self.counter.writes += 1
+        return await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    async def get_deployment(self, namespace: str, name: str) -> dict | None:
+        try:
+            return _json(await self._read(self.apps.read_namespaced_deployment, name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def get_service(self, namespace: str, name: str) -> dict | None:
+        try:
+            return _json(await self._read(self.core.read_namespaced_service, name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def get_inference_service(self, namespace: str, name: str) -> dict | None:
+        try:
+            return _json(await self._read(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                                          PLURAL, name))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        return _json(await self._read(self.core.list_namespaced_pod, namespace, label_selector=selector))["items"]
+
+    async def list_nodes(self, selector: str = "") -> list[dict]:
+        return _json(await self._read(self.core.list_node, label_selector=selector))["items"]
+
+    async def exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether a Secret or PersistentVolumeClaim exists (its content is not looked at)."""
+        fn = {"Secret": self.core.read_namespaced_secret,
+              "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
+        try:
+            await self._read(fn, name, namespace)
+            return True
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+
+    # ---- writes ---------------------------------------------------------------------------------
+    async def apply(self, obj: dict, manager: str = OPERATOR_MANAGER) -> dict:
+        """Server-side apply: we own exactly the fields we send."""
+        kind, meta = obj["kind"], obj["metadata"]
+        fn = {"Deployment": self.apps.patch_namespaced_deployment,
+              "Service": self.core.patch_namespaced_service}[kind]
+        return _json(await self._write(fn, meta["name"], meta["namespace"], obj, field_manager=manager,
+                                       force=True, _content_type="application/apply-patch+yaml"))
+
+    async def patch_status(self, namespace: str, name: str, status: dict) -> None:
+        await self._write(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL,
+                          name, {"status": status}, _content_type="application/merge-patch+json")
+
+    async def event(self, involved: dict, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about an object, as `kubectl describe` shows them."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "tidal"}, "reportingComponent": "tidal.dev/operator",
+            "reportingInstance": "tidal", "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self._write(self.core.create_namespaced_event, meta["namespace"], body)
+        except ApiException as err:  # an Event is best effort; never fail a reconcile over it
+            log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"],
+                        err.reason)
+
+
+def manages(obj: dict, manager: str, *path: str) -> bool:
+    """Whether `manager` owns the field at `path` (e.g. "spec", "replicas") per managedFields."""
+    for entry in obj.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != manager:
+            continue
+        node = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}")
+            if node is None:
+                break
+        else:
+            return True
+    return False

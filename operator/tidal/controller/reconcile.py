@@ -1,0 +1,158 @@
+"""Reconcile one InferenceService: parse, look up, plan, apply, report.
+
+Level-triggered and idempotent: it may run for any event (the object, its Deployment, its
+pods, a periodic resync) and writes only what differs — nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
+from ..clients.engine_health import model_ready
+from ..clients.kube import OPERATOR_MANAGER, Kube, manages
+from ..engines import engine
+from ..planning.checks import ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets
+from ..planning.conditions import get_condition
+from ..planning.status import Observation, plan_status
+from ..render import RenderSettings, render_deployment, render_service
+from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
+from ..render.service import service_url
+
+log = logging.getLogger("tidal.reconcile")
+# Not-ready reasons that are normal progress, announced as Normal events rather than Warnings.
+PROGRESS_REASONS = {"Creating", "ModelLoading"}
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def spec_problems(err: ValidationError) -> list[Problem]:
+    """Pydantic errors as problems that name the field, the value and what is allowed."""
+    problems = []
+    for e in err.errors():
+        where = ".".join(["spec", *(str(p) for p in e["loc"])])
+        value = repr(e.get("input"))[:80]
+        problems.append(Problem("InvalidSpec", f"{where}: {e['msg']} (got {value})"))
+    return problems
+
+
+def initial_replicas(spec: InferenceServiceSpec) -> int:
+    """Start with one replica (like Knative's initial scale) unless minReplicas asks for more; an idle
+    service then goes to zero through the autoscaler."""
+    return min(spec.scaling.maxReplicas, max(1, spec.scaling.minReplicas))
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    settings: RenderSettings
+    nodes: dict  # node name -> slim node (labels, allocatable), kept by a node watch
+
+    def __post_init__(self):
+        self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
+
+    async def reconcile(self, body: dict) -> dict:
+        """Bring the children and the status in line with `body`; returns the status now stored."""
+        meta = body["metadata"]
+        async with self._locks[(meta["namespace"], meta["name"])]:
+            return await self._reconcile(body)
+
+    async def _reconcile(self, body: dict) -> dict:
+        meta = body["metadata"]
+        ns, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
+        try:
+            spec = parse_spec(body.get("spec") or {})
+            problems = find_problems(spec, await self._facts(ns, spec), self.settings.pool_label)
+        except ValidationError as err:
+            spec, problems = None, spec_problems(err)
+        deployment = await self.kube.get_deployment(ns, name)
+        if spec is not None and not problems:
+            deployment = await self._apply(body, spec, deployment)
+        pods = await self.kube.list_pods(ns, f"{SERVICE_LABEL}={name}") if deployment else []
+        ready, why = await self._engine_check(spec, deployment, pods)
+        obs = Observation(generation, problems, deployment, pods, ready, why,
+                          service_url(name, ns) if spec is not None and not problems else None)
+        current = body.get("status") or {}
+        planned = plan_status(current, obs, utcnow())
+        if planned != current:
+            # Our copy may predate our own last write (watch events lag): compare with the stored status
+            # before writing, so a stale copy neither writes twice nor announces a transition twice.
+            current = (await self.kube.get_inference_service(ns, name) or {}).get("status") or {}
+            planned = plan_status(current, obs, utcnow())
+            if planned != current:
+                await self.kube.patch_status(ns, name, planned)
+                await self._announce(body, current, planned)
+        return planned
+
+    async def _facts(self, ns: str, spec: InferenceServiceSpec) -> ClusterFacts:
+        missing_secrets = tuple(sorted([s for s in referenced_secrets(spec)
+                                        if not await self.kube.exists("Secret", ns, s)]))
+        claim = referenced_claim(spec)
+        missing_claims = (claim,) if claim and not await self.kube.exists("PersistentVolumeClaim", ns, claim) else ()
+        return ClusterFacts(list(self.nodes.values()), missing_secrets, missing_claims)
+
+    async def _apply(self, body: dict, spec: InferenceServiceSpec, current: dict | None) -> dict:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        desired = render_deployment(name, ns, uid, spec, self.settings)
+        lo, hi = spec.scaling.minReplicas, spec.scaling.maxReplicas
+        if current is None:
+            desired["spec"]["replicas"] = initial_replicas(spec)
+            result = await self.kube.apply(desired)
+            await self.kube.event(body, "Normal", "Created",
+                                  f"created Deployment {name} with {desired['spec']['replicas']} replica(s)")
+        else:
+            replicas = (current.get("spec") or {}).get("replicas", 1)
+            owns_replicas = manages(current, OPERATOR_MANAGER, "spec", "replicas")
+            clamped = min(hi, max(lo, replicas))
+            if owns_replicas:
+                # Until the autoscaler takes replicas over, keep them (clamped to the spec's bounds):
+                # leaving them out of the apply would make the apiserver reset them to 1.
+                desired["spec"]["replicas"] = clamped
+            stale = _hash(current) != _hash(desired)
+            if stale or (owns_replicas and clamped != replicas):
+                result = await self.kube.apply(desired)
+                if stale:
+                    await self.kube.event(body, "Normal", "RollingOut",
+                                          f"spec generation {meta.get('generation')} applied to Deployment {name}")
+            else:
+                result = current
+        service = render_service(name, ns, uid, spec)
+        live = await self.kube.get_service(ns, name)
+        if live is None or _hash(live) != _hash(service):
+            await self.kube.apply(service)
+        return result
+
+    async def _engine_check(self, spec, deployment, pods) -> tuple[bool | None, str]:
+        if spec is None or not deployment or not (deployment.get("status") or {}).get("readyReplicas"):
+            return None, ""
+        adapter = engine(spec.engine.type)
+        for pod in pods:
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                return await model_ready(adapter.name, ip, adapter.api_port, spec.model.served_name)
+        return None, ""
+
+    async def _announce(self, body: dict, before: dict, after: dict) -> None:
+        """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""
+        for type_ in ("Valid", "Ready"):
+            old, new = get_condition(before.get("conditions"), type_), get_condition(after.get("conditions"), type_)
+            if new and (not old or (old["status"], old["reason"]) != (new["status"], new["reason"])):
+                kind = "Normal" if new["status"] == "True" or new["reason"] in PROGRESS_REASONS else "Warning"
+                await self.kube.event(body, kind, new["reason"], new["message"])
+
+
+def _hash(obj: dict) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)

@@ -1,0 +1,54 @@
+"""The engine adapter interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ENGINES: dict[str, "EngineAdapter"] = {}
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where the weights are inside the pod, and under which name clients ask for them."""
+
+    path: str
+    served_name: str
+    gpus: int
+    drain_seconds: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    path: str
+    port: str = "http"
+
+
+@dataclass(frozen=True)
+class EngineAdapter:
+    name: str
+    image: str
+    tag: str
+    # (name, port) pairs; the first one is the API port the Service routes to.
+    ports: tuple[tuple[str, int], ...]
+    # Where Prometheus scrapes the engine, and the series that count requests.
+    metrics_port: int
+    metrics_path: str
+    queue_metric: str  # requests waiting
+    inflight_metric: str | None  # requests being processed (None if the engine does not export it)
+    model_label: str  # the label that carries the served model's name
+    startup_probe: Probe
+    readiness_probe: Probe
+    liveness_probe: Probe
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def command(self, model: ModelLocation) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def api_port(self) -> int:
+        return self.ports[0][1]
+
+
+def register(adapter: EngineAdapter) -> EngineAdapter:
+    ENGINES[adapter.name] = adapter
+    return adapter

@@ -1,0 +1,77 @@
+"""Problems with a spec that only the cluster can reveal (the schema cannot know them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api.v1alpha1 import InferenceServiceSpec
+from ..render.settings import GPU_PRODUCT_LABEL, GPU_RESOURCE
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str  # CamelCase, for the condition and the Event
+    message: str  # names the field, the value and what is possible
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the operator looked up: the nodes and which referenced objects exist."""
+
+    nodes: list[dict]
+    missing_secrets: tuple[str, ...] = ()
+    missing_claims: tuple[str, ...] = ()
+
+
+def _gpus(node: dict) -> int:
+    try:
+        return int((node.get("status", {}).get("allocatable") or {}).get(GPU_RESOURCE, "0"))
+    except ValueError:
+        return 0
+
+
+def find_problems(spec: InferenceServiceSpec, facts: ClusterFacts, pool_label: str) -> list[Problem]:
+    problems: list[Problem] = []
+    nodes = facts.nodes
+    pool = spec.placement.nodePool
+    if pool:
+        pools = sorted({(n["metadata"].get("labels") or {}).get(pool_label) for n in facts.nodes} - {None})
+        nodes = [n for n in nodes if (n["metadata"].get("labels") or {}).get(pool_label) == pool]
+        if not nodes:
+            problems.append(Problem("UnknownNodePool",
+                                    f"spec.placement.nodePool {pool!r}: no node has the label {pool_label}={pool}; "
+                                    f"pools in this cluster: {', '.join(pools) or 'none'}"))
+    product = spec.resources.gpuProduct
+    if product and nodes:
+        matching = [n for n in nodes if (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) == product]
+        if not matching:
+            have = sorted({(n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) for n in nodes} - {None})
+            problems.append(Problem("UnknownGPUProduct",
+                                    f"spec.resources.gpuProduct {product!r}: no{' pool ' + repr(pool) if pool else ''}"
+                                    f" node has it; available: {', '.join(have) or 'none'}"))
+        nodes = matching
+    if spec.resources.gpus and nodes:
+        most = max(_gpus(n) for n in nodes)
+        if spec.resources.gpus > most:
+            where = f"pool {pool!r}" if pool else "the cluster"
+            problems.append(Problem("InsufficientGPUCapacity",
+                                    f"spec.resources.gpus {spec.resources.gpus}: the largest node in {where} has "
+                                    f"{most} allocatable {GPU_RESOURCE}; a replica cannot span nodes"))
+    for secret in facts.missing_secrets:
+        problems.append(Problem("SecretNotFound", f"Secret {secret!r} (referenced by the spec) does not exist in "
+                                                  "this namespace; create it or fix the reference"))
+    for claim in facts.missing_claims:
+        problems.append(Problem("ClaimNotFound", f"spec.model.uri: PersistentVolumeClaim {claim!r} does not "
+                                                 "exist in this namespace"))
+    return problems
+
+
+def referenced_secrets(spec: InferenceServiceSpec) -> set[str]:
+    names = {e.valueFromSecret.name for e in spec.engine.env if e.valueFromSecret}
+    if spec.model.credentials:
+        names.add(spec.model.credentials.secretName)
+    return names
+
+
+def referenced_claim(spec: InferenceServiceSpec) -> str | None:
+    return spec.model.path.split("/", 1)[0] if spec.model.scheme == "pvc" else None

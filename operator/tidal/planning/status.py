@@ -1,0 +1,84 @@
+"""What an InferenceService's status should say, from what the operator observed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .checks import Problem
+from .conditions import set_condition
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    problems: list[Problem] = field(default_factory=list)  # spec errors and cluster problems
+    deployment: dict | None = None
+    pods: list[dict] = field(default_factory=list)
+    engine_ready: bool | None = None  # the engine's own model check on a ready replica; None: not checked
+    engine_message: str = ""
+    url: str | None = None
+
+
+def _unschedulable(pods: list[dict]) -> str | None:
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return cond.get("message") or "a replica cannot be scheduled"
+    return None
+
+
+def _deployment_failed(deployment: dict) -> str | None:
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return cond.get("message")
+    return None
+
+
+def ready_condition(obs: Observation) -> tuple[str, str, str]:
+    """(status, reason, message) of the Ready condition."""
+    if obs.problems:
+        first = obs.problems[0]
+        return "False", first.reason, first.message
+    if obs.deployment is None:
+        return "False", "Creating", "creating the Deployment"
+    dstatus = obs.deployment.get("status") or {}
+    want = (obs.deployment.get("spec") or {}).get("replicas", 1)
+    ready = dstatus.get("readyReplicas", 0) or 0
+    if want == 0 and ready == 0:
+        return "True", "ScaledToZero", "no replicas while idle; a request through the activator wakes it"
+    failed = _deployment_failed(obs.deployment)
+    if failed and ready == 0:
+        return "False", "ProgressDeadlineExceeded", failed
+    if ready == 0:
+        pending = _unschedulable(obs.pods)
+        if pending:
+            return "False", "Unschedulable", pending
+        return "False", "ModelLoading", f"0/{want} replicas ready; waiting for the engine to load the model"
+    if obs.engine_ready is False:
+        return "False", "EngineNotReady", obs.engine_message or "the engine does not report the model ready"
+    return "True", "ModelReady", f"{ready}/{want} replicas serving"
+
+
+def plan_status(current: dict, obs: Observation, now: str) -> dict:
+    """The full status the object should have. Equal to `current` when nothing changed."""
+    conditions = list(current.get("conditions") or [])
+    if obs.problems:
+        reason = obs.problems[0].reason if len(obs.problems) == 1 else "MultipleProblems"
+        message = "; ".join(p.message for p in obs.problems)
+        conditions = set_condition(conditions, "Valid", "False", reason, message, obs.generation, now)
+    else:
+        conditions = set_condition(conditions, "Valid", "True", "SpecAccepted", "the spec can run in this cluster",
+                                   obs.generation, now)
+    status, reason, message = ready_condition(obs)
+    conditions = set_condition(conditions, "Ready", status, reason, message, obs.generation, now)
+    out = dict(current)
+    out["conditions"] = conditions
+    out["observedGeneration"] = obs.generation
+    if obs.deployment is not None:
+        dstatus = obs.deployment.get("status") or {}
+        out["replicas"] = dstatus.get("replicas", 0) or 0
+        out["readyReplicas"] = dstatus.get("readyReplicas", 0) or 0
+        out["desiredReplicas"] = (obs.deployment.get("spec") or {}).get("replicas", 0)
+    if obs.url:
+        out["url"] = obs.url
+    return out

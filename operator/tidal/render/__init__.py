@@ -1,0 +1,5 @@
+"""Renderers: pure functions from an InferenceService spec to the Kubernetes objects that run it."""
+
+from .deployment import render_deployment  # noqa: F401
+from .service import render_service  # noqa: F401
+from .settings import RenderSettings  # noqa: F401

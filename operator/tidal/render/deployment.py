@@ -1,0 +1,132 @@
+"""The Deployment that runs one InferenceService's engine."""
+
+from __future__ import annotations
+
+import math
+
+from ..api.v1alpha1 import InferenceServiceSpec
+from ..engines import engine
+from ..engines.base import ModelLocation, Probe
+from .labels import common_labels, owner_reference, selector_labels, stamp_hash
+from .model_fetch import model_volume
+from .settings import GPU_PRODUCT_LABEL, GPU_RESOURCE, RenderSettings
+
+PROBE_PERIOD_S = 10
+
+
+def _probe(probe: Probe, period: int, failures: int) -> dict:
+    return {"httpGet": {"path": probe.path, "port": probe.port}, "periodSeconds": period,
+            "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _security(settings: RenderSettings) -> tuple[dict, dict]:
+    pod = {"runAsNonRoot": True, "runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_user,
+           "fsGroup": settings.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
+    container = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                 "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def _env(spec: InferenceServiceSpec, adapter) -> list[dict]:
+    env = [{"name": k, "value": v} for k, v in adapter.extra_env]
+    env += [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"}]
+    for var in spec.engine.env:
+        if var.valueFromSecret:
+            env.append({"name": var.name, "valueFrom": {"secretKeyRef": {
+                "name": var.valueFromSecret.name, "key": var.valueFromSecret.key}}})
+        else:
+            env.append({"name": var.name, "value": var.value})
+    return env
+
+
+def _placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
+    selector = dict(spec.placement.nodeSelector)
+    if spec.placement.nodePool:
+        selector[settings.pool_label] = spec.placement.nodePool
+    if spec.resources.gpuProduct:
+        selector[GPU_PRODUCT_LABEL] = spec.resources.gpuProduct
+    tolerations = [t.model_dump(exclude_none=True) for t in spec.placement.tolerations]
+    if spec.resources.gpus and settings.gpu_toleration not in tolerations:
+        tolerations.insert(0, dict(settings.gpu_toleration))
+    out: dict = {}
+    if selector:
+        out["nodeSelector"] = selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if spec.placement.affinity:
+        out["affinity"] = spec.placement.affinity
+    if spec.placement.priorityClassName:
+        out["priorityClassName"] = spec.placement.priorityClassName
+    return out
+
+
+def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServiceSpec,
+                      settings: RenderSettings) -> dict:
+    """The Deployment, without `spec.replicas`: replicas belong to the autoscaler."""
+    adapter = engine(spec.engine.type)
+    pod_security, container_security = _security(settings)
+    models = model_volume(spec.model, settings, container_security)
+    location = ModelLocation(models.model_path, spec.model.served_name, spec.resources.gpus,
+                             spec.engine.drainSeconds)
+    resources = {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+                 "limits": {"memory": spec.resources.memory}}
+    if spec.resources.gpus:
+        resources["requests"][GPU_RESOURCE] = str(spec.resources.gpus)
+        resources["limits"][GPU_RESOURCE] = str(spec.resources.gpus)
+    image = f"{spec.engine.image or adapter.image}:{spec.engine.tag or adapter.tag}"
+    container = {
+        "name": "engine",
+        "image": image,
+        "command": adapter.command(location)[:1],
+        "args": adapter.command(location)[1:] + list(spec.engine.args),
+        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in adapter.ports],
+        "env": _env(spec, adapter),
+        "resources": resources,
+        "volumeMounts": [models.mount, {"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "startupProbe": _probe(adapter.startup_probe, PROBE_PERIOD_S,
+                               math.ceil(settings.startup_budget_seconds / PROBE_PERIOD_S)),
+        "readinessProbe": _probe(adapter.readiness_probe, 5, 3),
+        "livenessProbe": _probe(adapter.liveness_probe, 15, 4),
+        # Leave the endpoints first, then get SIGTERM: no new request reaches a stopping replica.
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.prestop_sleep_seconds}}},
+        "securityContext": container_security,
+    }
+    volumes = models.volumes + [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.sharedMemory}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    labels = common_labels(name, adapter.name)
+    pod_spec = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": pod_security,
+        # The engine never talks to the Kubernetes API: no token in the pod.
+        "automountServiceAccountToken": False,
+        # preStop sleep + the engine's own drain time.
+        "terminationGracePeriodSeconds": settings.prestop_sleep_seconds + spec.engine.drainSeconds,
+        **_placement(spec, settings),
+    }
+    if models.init_containers:
+        pod_spec["initContainers"] = models.init_containers
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {
+            "selector": {"matchLabels": selector_labels(name)},
+            # Never drop below the current capacity during a rollout: add one, then remove one.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            # The default 10 min marks large-model rollouts as failed while they are still loading.
+            "progressDeadlineSeconds": settings.startup_budget_seconds + 600,
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(adapter.metrics_port),
+                    "prometheus.io/path": adapter.metrics_path}},
+                "spec": pod_spec,
+            },
+        },
+    }
+    return stamp_hash(deployment)

@@ -1,0 +1,28 @@
+"""Operator-wide settings the renderers need (set by `tidal run` flags / the Helm chart)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    pool_label: str = "tidal.dev/pool"
+    # Tolerated on every GPU replica: GPU node pools are commonly tainted so that only GPU work lands there.
+    gpu_toleration: dict = field(default_factory=lambda: {"key": GPU_RESOURCE, "operator": "Exists",
+                                                          "effect": "NoSchedule"})
+    # Images of the init containers that fetch weights, by uri scheme.
+    fetch_images: dict = field(default_factory=lambda: {
+        "hf": "vllm/vllm-openai:v0.11.0",  # ships the `hf` CLI
+        "s3": "amazon/aws-cli:2.22.0",
+        "gs": "google/cloud-sdk:502.0.0-slim",
+    })
+    # A 70B model can take 15-20 min to download and load; the startup probe waits this long
+    # before the kubelet gives up, and the rollout deadline is longer still.
+    startup_budget_seconds: int = 1800
+    # After the pod leaves the endpoints, keep serving this long so that every proxy has seen it.
+    prestop_sleep_seconds: int = 5
+    run_as_user: int = 1000
