@@ -2,7 +2,7 @@
 PYTHON ?= python3
 STATE_DIR ?= $(CURDIR)/.tidal
 
-.PHONY: install build-cluster cluster cluster-down cluster-status test test-unit test-cluster
+.PHONY: install build-cluster cluster cluster-down cluster-status test test-unit test-cluster crds run
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -20,6 +20,14 @@ cluster-down:
 
 cluster-status:
 	$(PYTHON) -m tidal.cli dev-cluster status --state-dir $(STATE_DIR)
+
+# Regenerate the CRD from the pydantic model (a test fails when the committed one is stale).
+crds:
+	$(PYTHON) -m tidal.api.crd > crds/tidal.dev_inferenceservices.yaml
+
+# Run the operator against the local cluster (make cluster first).
+run:
+	$(PYTHON) -m tidal.cli run --kubeconfig $(STATE_DIR)/kubeconfig
 
 # The whole suite: unit tests, then tests on a throw-away local cluster of their own.
 test:

@@ -42,6 +42,8 @@ def structural(schema: dict, defs: dict) -> dict:
             out["properties"] = {name: structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
             out["items"] = structural(value, defs)
+            if "description" not in out["items"] and schema.get("description"):
+                out["items"]["description"] = f"One item of: {schema['description']}"
         elif key == "exclusiveMinimum":  # JSON Schema's number form to OpenAPI v3.0's boolean form
             out["minimum"], out["exclusiveMinimum"] = value, True
         else:

@@ -1,0 +1,116 @@
+"""Planning: problems only the cluster reveals, and the status the operator reports."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from tidal.api.v1alpha1 import parse_spec
+from tidal.controller.reconcile import initial_replicas, spec_problems
+from tidal.planning.checks import ClusterFacts, find_problems
+from tidal.planning.status import Observation, plan_status
+
+
+def node(pool, gpus=8, product="NVIDIA-H100-80GB-HBM3"):
+    return {"metadata": {"labels": {"tidal.dev/pool": pool, "nvidia.com/gpu.product": product}},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}}}
+
+
+NODES = [node("h100"), node("a100", product="NVIDIA-A100-SXM4-80GB"), node("cpu", 0, None)]
+
+
+def spec(**kw):
+    return parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "hf://o/m"}, **kw})
+
+
+def reasons(problems):
+    return [p.reason for p in problems]
+
+
+def test_unknown_pool_names_the_field_and_the_pools_that_exist():
+    problems = find_problems(spec(placement={"nodePool": "h200"}), ClusterFacts(NODES), "tidal.dev/pool")
+    assert reasons(problems) == ["UnknownNodePool"]
+    assert "spec.placement.nodePool 'h200'" in problems[0].message and "a100, cpu, h100" in problems[0].message
+
+
+def test_more_gpus_than_any_node_of_the_pool_has():
+    problems = find_problems(spec(placement={"nodePool": "h100"}, resources={"gpus": 16}),
+                             ClusterFacts(NODES), "tidal.dev/pool")
+    assert reasons(problems) == ["InsufficientGPUCapacity"]
+    assert "spec.resources.gpus 16" in problems[0].message and "has 8" in problems[0].message
+
+
+def test_gpu_product_missing_from_the_pool():
+    problems = find_problems(spec(placement={"nodePool": "a100"}, resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"}),
+                             ClusterFacts(NODES), "tidal.dev/pool")
+    assert reasons(problems) == ["UnknownGPUProduct"]
+
+
+def test_missing_secret_and_claim():
+    problems = find_problems(spec(), ClusterFacts(NODES, ("hf-token",), ("weights",)), "tidal.dev/pool")
+    assert reasons(problems) == ["SecretNotFound", "ClaimNotFound"]
+
+
+def test_a_valid_spec_has_no_problems():
+    assert find_problems(spec(placement={"nodePool": "h100"}, resources={"gpus": 8}), ClusterFacts(NODES),
+                         "tidal.dev/pool") == []
+
+
+def test_spec_errors_name_field_value_and_rule():
+    try:
+        parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "hf://o/m"}, "scaling": {"maxReplicas": 0}})
+    except ValidationError as err:
+        [problem] = spec_problems(err)
+    assert problem.reason == "InvalidSpec"
+    assert problem.message.startswith("spec.scaling.maxReplicas: Input should be greater than or equal to 1")
+    assert problem.message.endswith("(got 0)")
+
+
+def deployment(want, ready, progressing=None):
+    status = {"replicas": want, "readyReplicas": ready}
+    if progressing:
+        status["conditions"] = [{"type": "Progressing", "reason": progressing, "message": "deadline"}]
+    return {"spec": {"replicas": want}, "status": status}
+
+
+def ready(status):
+    c = next(c for c in status["conditions"] if c["type"] == "Ready")
+    return c["status"], c["reason"]
+
+
+def test_status_follows_the_replicas_and_the_engine():
+    loading = plan_status({}, Observation(1, deployment=deployment(1, 0)), "t1")
+    assert ready(loading) == ("False", "ModelLoading")
+    up = plan_status(loading, Observation(1, deployment=deployment(1, 1), engine_ready=True), "t2")
+    assert ready(up) == ("True", "ModelReady") and up["readyReplicas"] == 1 and up["observedGeneration"] == 1
+    engine_down = plan_status(up, Observation(1, deployment=deployment(1, 1), engine_ready=False,
+                                              engine_message="no model"), "t3")
+    assert ready(engine_down) == ("False", "EngineNotReady")
+    zero = plan_status(up, Observation(2, deployment=deployment(0, 0)), "t4")
+    assert ready(zero) == ("True", "ScaledToZero")
+
+
+def test_unchanged_observation_gives_an_identical_status():
+    obs = Observation(3, deployment=deployment(2, 2), engine_ready=True, url="http://x")
+    first = plan_status({}, obs, "t1")
+    assert plan_status(first, obs, "t2") == first  # no write when nothing changed
+
+
+def test_transition_time_moves_only_with_the_status():
+    first = plan_status({}, Observation(1, deployment=deployment(2, 1), engine_ready=True), "t1")
+    second = plan_status(first, Observation(1, deployment=deployment(2, 2), engine_ready=True), "t2")
+    [c] = [c for c in second["conditions"] if c["type"] == "Ready"]
+    assert c["lastTransitionTime"] == "t1" and c["message"] == "2/2 replicas serving"
+
+
+def test_unschedulable_and_deadline_are_reported():
+    pods = [{"status": {"conditions": [{"type": "PodScheduled", "reason": "Unschedulable",
+                                        "message": "0/10 nodes are available: Insufficient nvidia.com/gpu"}]}}]
+    assert ready(plan_status({}, Observation(1, deployment=deployment(1, 0), pods=pods), "t")) == \
+        ("False", "Unschedulable")
+    assert ready(plan_status({}, Observation(1, deployment=deployment(1, 0, "ProgressDeadlineExceeded")), "t")) == \
+        ("False", "ProgressDeadlineExceeded")
+
+
+def test_initial_replicas():
+    assert initial_replicas(spec(scaling={"minReplicas": 0, "maxReplicas": 4})) == 1
+    assert initial_replicas(spec(scaling={"minReplicas": 3, "maxReplicas": 4})) == 3
