@@ -50,3 +50,46 @@ def namespace(k8s):
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+class Kubectl:
+    """kubectl as a user runs it, against the test cluster (the version matching the server)."""
+
+    def __init__(self, info: ClusterInfo):
+        self.binary, self.kubeconfig = info.kubectl(), str(info.kubeconfig)
+
+    def __call__(self, *args, check=True, input=None):
+        import subprocess
+        proc = subprocess.run([self.binary, "--kubeconfig", self.kubeconfig, *args], capture_output=True,
+                              text=True, input=input, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def kubectl(dev_cluster) -> Kubectl:
+    return Kubectl(dev_cluster)
+
+
+@pytest.fixture(scope="session")
+def operator(dev_cluster, kubectl, tmp_path_factory):
+    """`tidal run` against the test cluster, with the CRD installed, for the whole session."""
+    import subprocess
+    import sys
+    import time
+
+    kubectl("apply", "-f", str(TESTS_DIR.parent / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(dev_cluster.kubeconfig),
+                             "--resync-seconds", "5"], stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(1)
+    yield proc, log_path
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

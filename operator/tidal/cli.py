@@ -89,13 +89,14 @@ def _run_operator(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    if args.kubeconfig:
+        # For kopf's own login; the kubernetes package reads it when first imported, so set it first.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
     from .controller import handlers
     from .render.settings import RenderSettings
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # for kopf's own login
     handlers.CONFIG.kubeconfig = args.kubeconfig
     handlers.CONFIG.resync_seconds = args.resync_seconds
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
