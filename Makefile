@@ -2,7 +2,14 @@
 PYTHON ?= python3
 STATE_DIR ?= $(CURDIR)/.tidal
 
-.PHONY: install build-cluster cluster cluster-down cluster-status test test-unit test-cluster crds run
+.PHONY: demo demo-down install build-cluster cluster cluster-down cluster-status test test-unit test-cluster crds run
+
+# See Tidal run a model on the local GPU cluster (builds the cluster on first use).
+demo: install
+	$(PYTHON) -m tidal.cli demo up --state-dir $(STATE_DIR)
+
+demo-down:
+	$(PYTHON) -m tidal.cli demo down --state-dir $(STATE_DIR)
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -24,6 +31,7 @@ cluster-status:
 # Regenerate the CRD from the pydantic model (a test fails when the committed one is stale).
 crds:
 	$(PYTHON) -m tidal.api.crd > crds/tidal.dev_inferenceservices.yaml
+	$(PYTHON) -m tidal.api.reference > docs/crd-reference.md
 
 # Run the operator against the local cluster (make cluster first).
 run:

@@ -86,3 +86,8 @@ def test_crd_carries_the_cel_rules():
     assert any("self.scaling.minReplicas <= self.scaling.maxReplicas" in r["rule"]
                for r in spec["x-kubernetes-validations"])
     assert version["subresources"] == {"status": {}}
+
+
+def test_committed_reference_is_the_generated_one():
+    from tidal.api.reference import render as reference
+    assert (ROOT / "docs" / "crd-reference.md").read_text() == reference(), "docs/ is stale: run `make crds`"

@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--scrape-interval", default="2s", help="Prometheus scrape interval (default 2s)")
     dev.set_defaults(func=_dev_cluster)
 
+    demo = sub.add_parser("demo", help="the local cluster, the operator and an example model (make demo)")
+    demo.add_argument("action", choices=["up", "down"])
+    demo.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
+    demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(a.action, a.state_dir))
+
     run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
     run.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG / ~/.kube/config")
     run.add_argument("--namespace", action="append", help="watch only these namespaces (repeat); "
