@@ -1,0 +1,112 @@
+"""One scaling decision for one service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .limits import (clamp, idle_long_enough, limit_scale_down, limit_scale_up, recommend, stabilise_down,
+                     stabilise_up, within_tolerance)
+from .policy import Policy
+
+
+@dataclass(frozen=True)
+class Observation:
+    current: int  # replicas the Deployment asks for now
+    ready: int  # of those, ready to serve
+    waiting: float | None  # requests queued in the engines; None when the metrics are unavailable
+    running: float | None  # requests being generated; None when unavailable
+    pending: float = 0.0  # requests the activator holds for this service (it is at zero or waking)
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    # Persisted in status, so a restarted operator decides the same way:
+    last_active: float | None = None  # last time anything was waiting, running or held
+    last_scale: float | None = None
+    # In memory only; after a restart it is empty, and scale-down waits for it to refill:
+    history: tuple[tuple[float, int], ...] = field(default_factory=tuple)  # (time, recommendation)
+    observing_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+    message: str
+    state: ScalerState
+    recommended: int | None = None
+
+    def changed(self, current: int) -> bool:
+        return self.replicas != current
+
+
+def _hold(obs: Observation, policy: Policy, state: ScalerState, reason: str, message: str) -> Decision:
+    return Decision(clamp(obs.current, policy.min_replicas, policy.max_replicas), reason, message, state)
+
+
+def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> Decision:
+    since = state.observing_since if state.observing_since is not None else now
+    state = replace(state, observing_since=since)
+    if obs.current == 0 and obs.pending > 0:
+        # A request is held at the activator: wake at once, metrics or not.
+        wanted = clamp(max(1, recommend(obs.pending, 0, policy.target_queue, policy.max_concurrency)),
+                       max(1, policy.min_replicas), policy.max_replicas)
+        wanted = limit_scale_up(0, wanted, policy.scale_up_rate, policy.scale_up_step)
+        state = replace(state, last_active=now, last_scale=now)
+        return Decision(wanted, "ActivatorWake", f"{obs.pending:g} request(s) held by the activator", state, wanted)
+    if obs.waiting is None or obs.running is None:
+        # Never act on missing data: a metrics outage must not look like an idle service.
+        return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
+
+    waiting = obs.waiting + obs.pending
+    busy = waiting > 0 or obs.running > 0
+    if busy:
+        state = replace(state, last_active=now)
+    recommended = recommend(waiting, obs.running, policy.target_queue, policy.max_concurrency)
+    keep = max(policy.scale_down_window_s, policy.scale_up_window_s)
+    history = tuple((t, r) for t, r in state.history if now - t <= keep) + ((now, recommended),)
+    state = replace(state, history=history)
+    load = f"{waiting:g} waiting, {obs.running:g} running on {obs.ready}/{obs.current} ready"
+
+    def result(replicas: int, reason: str, message: str) -> Decision:
+        replicas = clamp(replicas, policy.min_replicas, policy.max_replicas)
+        final_state = replace(state, last_scale=now) if replicas != obs.current else state
+        return Decision(replicas, reason, message, final_state, recommended)
+
+    if recommended > obs.current:
+        if within_tolerance(obs.current, recommended, policy.tolerance):
+            return result(obs.current, "WithinTolerance", f"{load}; {recommended} wanted is within tolerance")
+        wanted = stabilise_up(recommended, history, now, policy.scale_up_window_s, obs.current)
+        wanted = limit_scale_up(obs.current, wanted, policy.scale_up_rate, policy.scale_up_step)
+        reason = "ScaleFromZero" if obs.current == 0 else "QueueAboveTarget"
+        return result(wanted, reason, f"{load}; target {policy.target_queue:g} waiting per replica")
+    if recommended == obs.current or within_tolerance(obs.current, recommended, policy.tolerance):
+        return result(obs.current, "Steady", load)
+
+    # Below the current size: every brake applies before anything is removed.
+    if obs.ready < obs.current:
+        return result(obs.current, "ReplicasStarting",
+                      f"{load}; not removing capacity while {obs.current - obs.ready} replica(s) start")
+    if now - since < policy.scale_down_window_s:
+        return result(obs.current, "WindowFilling",
+                      f"{load}; observed for {now - since:.0f}s of the {policy.scale_down_window_s:g}s "
+                      "scale-down window")
+    wanted = stabilise_down(recommended, history, now, policy.scale_down_window_s)
+    wanted = limit_scale_down(obs.current, wanted, policy.scale_down_rate)
+    if wanted >= obs.current:
+        return result(obs.current, "Stabilising",
+                      f"{load}; {wanted} wanted within the last {policy.scale_down_window_s:g}s")
+    if wanted == 0:
+        if policy.min_replicas > 0:
+            return result(policy.min_replicas, "QueueBelowTarget", f"{load}; down to minReplicas")
+        # Never active since we started watching: count idle time from then.
+        active = state.last_active if state.last_active is not None else since
+        if not idle_long_enough(active, now, policy.idle_seconds):
+            idle_for = now - active
+            if obs.current == 1:
+                return result(1, "WaitingForIdlePeriod",
+                              f"idle for {idle_for:.0f}s of {policy.idle_seconds:g}s before scaling to zero")
+            return result(1, "QueueBelowTarget", f"{load}; keeping one replica until idle for "
+                                                 f"{policy.idle_seconds:g}s")
+        return result(0, "IdleToZero", f"nothing waiting or running for {policy.idle_seconds:g}s")
+    return result(wanted, "QueueBelowTarget", f"{load}; target {policy.target_queue:g} waiting per replica")

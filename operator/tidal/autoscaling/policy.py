@@ -1,0 +1,27 @@
+"""A service's scaling policy: the spec's numbers plus the engine's capacity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_replicas: int = 0
+    max_replicas: int = 4
+    # Requests waiting per replica that we aim for (the scale-up signal).
+    target_queue: float = 4.0
+    # Requests one replica runs at once (vLLM --max-num-seqs). Keeps busy replicas during scale-down:
+    # 100 running on replicas that each run 48 need 3 of them even when nothing waits.
+    max_concurrency: float = 256.0
+    idle_seconds: float = 120.0
+    scale_down_window_s: float = 60.0
+    scale_up_window_s: float = 0.0
+    # |desired/current - 1| within this band: no change (HPA's default 0.1).
+    tolerance: float = 0.1
+    # Per decision, grow to at most max(current * rate, current + step): a burst can quadruple the
+    # service at once, and from 1 replica it can still jump to 5.
+    scale_up_rate: float = 4.0
+    scale_up_step: int = 4
+    # Per decision, shrink to no less than current / rate (Knative's default 2).
+    scale_down_rate: float = 2.0

@@ -1,0 +1,182 @@
+"""The scaling decision, with synthetic time: named limits, scenarios, and properties (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from tidal.autoscaling import Observation, Policy, ScalerState, decide
+from tidal.autoscaling.limits import (clamp, limit_scale_down, limit_scale_up, recommend, stabilise_down,
+                                      within_tolerance)
+
+POLICY = Policy(min_replicas=0, max_replicas=10, target_queue=4, max_concurrency=48, idle_seconds=120,
+                scale_down_window_s=60)
+
+
+# ---- the limits, one by one ----------------------------------------------------------------------
+def test_recommend_from_queue_and_from_running():
+    assert recommend(10, 0, 4, 48) == 3
+    assert recommend(0, 100, 4, 48) == 3
+    assert recommend(0, 0, 4, 48) == 0
+
+
+def test_tolerance_band():
+    assert within_tolerance(10, 11, 0.1) and not within_tolerance(10, 12, 0.1)
+    assert not within_tolerance(0, 1, 0.1) and within_tolerance(0, 0, 0.1)
+
+
+def test_stabilise_down_takes_the_window_maximum():
+    history = [(0, 5), (30, 2), (50, 1)]
+    assert stabilise_down(1, history, now=55, window_s=60) == 5
+    assert stabilise_down(1, history, now=65, window_s=60) == 2
+
+
+def test_rate_limits():
+    assert limit_scale_up(1, 100, rate=4, step=4) == 5
+    assert limit_scale_up(10, 100, rate=4, step=4) == 40
+    assert limit_scale_down(10, 1, rate=2) == 5
+    assert limit_scale_down(1, 0, rate=2) == 0
+
+
+def test_clamp():
+    assert clamp(0, 1, 4) == 1 and clamp(9, 1, 4) == 4
+
+
+# ---- scenarios over synthetic time ---------------------------------------------------------------
+def run(observations, policy=POLICY, state=None, start=0.0, step=2.0):
+    """Feed observations every `step` s; the Deployment follows each decision at once."""
+    state = state or ScalerState()
+    decisions = []
+    current = observations[0][0]
+    for i, (_, waiting, running) in enumerate(observations):
+        obs = Observation(current=current, ready=current, waiting=waiting, running=running)
+        d = decide(obs, state, policy, start + i * step)
+        decisions.append(d)
+        state, current = d.state, d.replicas
+    return decisions
+
+
+def test_burst_scales_up_at_once_and_idle_returns_to_zero_after_the_idle_period():
+    burst = [(1, 40, 48)] * 3
+    quiet = [(None, 0, 0)] * 100  # 200 s of nothing
+    decisions = run(burst + quiet)
+    assert decisions[0].replicas == 5 and decisions[0].reason == "QueueAboveTarget"
+    replicas = [d.replicas for d in decisions]
+    first_zero = replicas.index(0)
+    # last activity at t=4 s; zero only once 120 s have passed
+    assert first_zero * 2.0 - 4.0 >= 120
+    assert decisions[first_zero].reason == "IdleToZero"
+    assert all(r >= 1 for r in replicas[:first_zero])
+
+
+def test_missing_metrics_hold_the_replicas():
+    d = decide(Observation(current=3, ready=3, waiting=None, running=None), ScalerState(last_active=0.0),
+               POLICY, now=10_000)
+    assert (d.replicas, d.reason) == (3, "MetricsUnavailable")
+
+
+def test_activator_wakes_a_service_at_zero_even_without_metrics():
+    d = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=1), ScalerState(), POLICY, 5)
+    assert (d.replicas, d.reason) == (1, "ActivatorWake") and d.state.last_active == 5
+
+
+def test_starting_replicas_are_not_removed_as_idle_capacity():
+    state = ScalerState(observing_since=0.0, last_active=0.0)
+    d = decide(Observation(current=4, ready=1, waiting=0, running=0), state, POLICY, now=500)
+    assert (d.replicas, d.reason) == (4, "ReplicasStarting")
+
+
+def test_a_restarted_operator_waits_for_its_window_before_scaling_down():
+    persisted = ScalerState(last_active=0.0, last_scale=0.0)  # what status carried over the restart
+    d = decide(Observation(current=4, ready=4, waiting=0, running=0), persisted, POLICY, now=1000)
+    assert (d.replicas, d.reason) == (4, "WindowFilling")
+    later = decide(Observation(current=4, ready=4, waiting=0, running=0), d.state, POLICY, now=1061)
+    assert later.replicas < 4
+
+
+# ---- properties ----------------------------------------------------------------------------------
+@st.composite
+def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans()):
+    """A policy, an observation (current inside [min, max] when `in_bounds`), a state and a time."""
+    lo = draw(st.integers(0, 3))
+    policy = Policy(min_replicas=lo, max_replicas=max(1, lo + draw(st.integers(0, 20))),
+                    target_queue=draw(st.floats(0.5, 50)), max_concurrency=draw(st.floats(1, 256)),
+                    idle_seconds=draw(st.floats(0, 600)), scale_down_window_s=draw(st.floats(0, 300)),
+                    tolerance=draw(st.floats(0, 0.5)))
+    current = draw(st.integers(policy.min_replicas, policy.max_replicas) if draw(in_bounds)
+                   else st.integers(0, 30))
+    has_metrics = draw(metrics)
+    obs = Observation(current=current, ready=draw(st.integers(0, current)),
+                      waiting=draw(st.floats(0, 2000)) if has_metrics else None,
+                      running=draw(st.floats(0, 2000)) if has_metrics else None,
+                      pending=draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 50.0])))
+    now = draw(st.floats(1000, 2000))
+    history = tuple(draw(st.lists(st.tuples(st.floats(now - 400, now), st.integers(0, 40)), max_size=20)))
+    state = ScalerState(last_active=draw(st.one_of(st.none(), st.floats(0, now))),
+                        observing_since=draw(st.one_of(st.none(), st.floats(0, now))), history=history)
+    return obs, state, policy, now
+
+
+@settings(max_examples=500)
+@given(scenarios())
+def test_never_outside_min_max(scenario):
+    obs, state, policy, now = scenario
+    assert policy.min_replicas <= decide(obs, state, policy, now).replicas <= policy.max_replicas
+
+
+@settings(max_examples=500)
+@given(scenarios())
+def test_never_to_zero_while_work_exists_or_before_the_idle_period(scenario):
+    obs, state, policy, now = scenario
+    d = decide(obs, state, policy, now)
+    if d.replicas == 0 and obs.current > 0:
+        assert not obs.pending and obs.waiting == 0 and obs.running == 0
+        active = state.last_active if state.last_active is not None else (state.observing_since or now)
+        assert now - active >= policy.idle_seconds
+
+
+@settings(max_examples=300)
+@given(scenarios(metrics=st.just(False), in_bounds=st.just(True)))
+def test_missing_metrics_never_scale_down(scenario):
+    obs, state, policy, now = scenario
+    assert decide(obs, state, policy, now).replicas >= obs.current
+
+
+@settings(max_examples=500)
+@given(scenarios(metrics=st.just(True), in_bounds=st.just(True)))
+def test_no_change_inside_the_tolerance_band(scenario):
+    obs, state, policy, now = scenario
+    assume(obs.current > 0 and not obs.pending)
+    d = decide(obs, state, policy, now)
+    if within_tolerance(obs.current, d.recommended, policy.tolerance):
+        assert d.replicas == obs.current
+
+
+@settings(max_examples=500)
+@given(scenarios(metrics=st.just(True), in_bounds=st.just(True)))
+def test_no_scale_down_inside_the_stabilisation_window(scenario):
+    obs, state, policy, now = scenario
+    d = decide(obs, state, policy, now)
+    if d.replicas < obs.current:
+        wanted = max(r for t, r in d.state.history if now - t <= policy.scale_down_window_s)
+        assert d.replicas >= min(wanted, obs.current) or d.replicas == policy.min_replicas
+        assert now - d.state.observing_since >= policy.scale_down_window_s  # the window has filled
+        assert obs.ready == obs.current  # nothing still starting was counted as idle
+
+
+@settings(max_examples=300)
+@given(scenarios(in_bounds=st.just(True)))
+def test_restart_safe_no_scale_down_on_a_fresh_memory(scenario):
+    obs, _, policy, now = scenario
+    assume(policy.scale_down_window_s > 0)
+    persisted = ScalerState(last_active=now - 10_000, last_scale=now - 10_000)  # all that status carries
+    assert decide(obs, persisted, policy, now).replicas >= obs.current
+
+
+@settings(max_examples=300)
+@given(scenarios())
+def test_deterministic(scenario):
+    obs, state, policy, now = scenario
+    assert decide(obs, state, policy, now) == decide(obs, replace(state), policy, now)
