@@ -99,6 +99,11 @@ def _run_operator(args: argparse.Namespace) -> int:
 
     handlers.CONFIG.kubeconfig = args.kubeconfig
     handlers.CONFIG.resync_seconds = args.resync_seconds
+    handlers.CONFIG.prometheus_url = args.prometheus_url
+    handlers.CONFIG.service_label = args.service_label
+    handlers.CONFIG.autoscale_interval_s = args.autoscale_interval
+    handlers.CONFIG.http_port = args.http_port
+    handlers.CONFIG.http_host = args.http_host
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
                                                  startup_budget_seconds=args.startup_budget_seconds)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -134,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--startup-budget-seconds", type=int, default=1800,
                      help="how long a replica may take to load its model before Kubernetes restarts it")
     run.add_argument("--resync-seconds", type=float, default=30.0, help="re-check every service this often")
-    run.add_argument("--health-port", type=int, help="serve /healthz on this port")
+    run.add_argument("--prometheus-url", help="Prometheus to read queue depth from; without it, no autoscaling")
+    run.add_argument("--service-label", default="tidal_dev_inferenceservice",
+                     help="label carrying the InferenceService name on scraped series")
+    run.add_argument("--autoscale-interval", type=float, default=2.0, help="seconds between autoscaling ticks")
+    run.add_argument("--http-port", type=int, help="serve /healthz, /metrics and the activator's /v1/wake here")
+    run.add_argument("--http-host", default="0.0.0.0")
+    run.add_argument("--health-port", type=int, help="kopf's own liveness endpoint on this port")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 

@@ -33,6 +33,10 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
+class Conflict(RuntimeError):
+    """The object changed under us (optimistic concurrency); read it again and retry."""
+
+
 def _json(response) -> dict:
     return json.loads(response.data)
 
@@ -114,9 +118,25 @@ class Kube:
         return _json(await self._write(fn, meta["name"], meta["namespace"], obj, field_manager=manager,
                                        force=True, _content_type="application/apply-patch+yaml"))
 
-    async def patch_status(self, namespace: str, name: str, status: dict) -> None:
-        await self._write(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL,
-                          name, {"status": status}, _content_type="application/merge-patch+json")
+    async def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None) -> dict:
+        """Replace the status, only if the object is still at `resource_version` (else Conflict)."""
+        body = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return _json(await self._write(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
+                                           namespace, PLURAL, name, body,
+                                           _content_type="application/merge-patch+json"))
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from err
+            raise
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replicas as the autoscaler: it owns spec.replicas and nothing else."""
+        await self.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                          "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}},
+                         manager=AUTOSCALER_MANAGER)
 
     async def event(self, involved: dict, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about an object, as `kubectl describe` shows them."""

@@ -12,3 +12,10 @@ class OperatorConfig:
     kubeconfig: str | None = None
     render: RenderSettings = field(default_factory=RenderSettings)
     resync_seconds: float = 30.0
+    prometheus_url: str | None = None  # no URL: no autoscaling, replicas stay where they are
+    # The label that carries the InferenceService name on scraped series: the pod label
+    # tidal.dev/inferenceservice after Prometheus's usual labelmap relabelling.
+    service_label: str = "tidal_dev_inferenceservice"
+    autoscale_interval_s: float = 2.0
+    http_host: str = "0.0.0.0"
+    http_port: int | None = None

@@ -1,4 +1,4 @@
-"""kopf wiring: which events trigger a reconcile. Kept thin; the logic is in reconcile.py.
+"""kopf wiring: which events trigger what. Kept thin; the logic is in reconcile.py and autoscaler.py.
 
 No handler here makes kopf store state on objects (no finalizers, no annotations): deletion
 needs no operator (owner references cascade), and an unchanged object costs no write.
@@ -11,16 +11,20 @@ import copy
 import logging
 
 import kopf
+from aiohttp import web
 
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client
+from ..clients.prometheus import Prometheus
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
+from .autoscaler import Autoscaler
 from .config import OperatorConfig
+from .http import build_app
 from .reconcile import Reconciler
+from .store import DeploymentState, ServiceStore
 
 log = logging.getLogger("tidal.operator")
 CONFIG = OperatorConfig()  # set by `tidal run` before kopf starts
-MANAGED = {k: v for k, v in MANAGED_BY.items()}
 
 
 @kopf.on.startup()
@@ -29,24 +33,32 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    memo.services = {}
-    memo.nodes = {}
-    memo.reconciler = Reconciler(Kube(load_api_client(CONFIG.kubeconfig)), CONFIG.render, memo.nodes)
-    memo.resync = asyncio.create_task(_resync(memo))
+    memo.store = ServiceStore()
+    kube = Kube(load_api_client(CONFIG.kubeconfig))
+    memo.kube = kube
+    memo.reconciler = Reconciler(kube, CONFIG.render, memo.store)
+    memo.tasks = [asyncio.create_task(_resync(memo))]
+    memo.autoscaler = None
+    if CONFIG.prometheus_url:
+        memo.autoscaler = Autoscaler(kube, Prometheus(CONFIG.prometheus_url, CONFIG.service_label), memo.store,
+                                     CONFIG.autoscale_interval_s)
+        memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
+    if CONFIG.http_port:
+        runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, CONFIG.http_host, CONFIG.http_port).start()
+        memo.http = runner
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_):
-    memo.resync.cancel()
+    for task in memo.tasks:
+        task.cancel()
 
 
 async def _reconcile(memo: kopf.Memo, body: dict) -> None:
-    meta = body["metadata"]
-    key = (meta["namespace"], meta["name"])
     try:
-        status = await memo.reconciler.reconcile(body)
-        if key in memo.services:  # later triggers compare against what we just wrote, not a stale copy
-            memo.services[key]["status"] = status
+        await memo.reconciler.reconcile(body)
     except Exception:  # one object's failure never stops the others; the resync retries it
         meta = body.get("metadata", {})
         log.exception("reconcile of %s/%s failed; will retry", meta.get("namespace"), meta.get("name"))
@@ -55,26 +67,33 @@ async def _reconcile(memo: kopf.Memo, body: dict) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def inference_service_event(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_):
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
-        memo.services.pop((namespace, name), None)
+        memo.store.drop_service((namespace, name))
         memo.reconciler.forget(namespace, name)
+        if memo.autoscaler:
+            memo.autoscaler.forget((namespace, name))
         return
-    memo.services[(namespace, name)] = copy.deepcopy(dict(body))
-    await _reconcile(memo, memo.services[(namespace, name)])
+    memo.store.put_service(copy.deepcopy(dict(body)))
+    await _reconcile(memo, memo.store.services[(namespace, name)])
 
 
 async def _owner_changed(namespace: str, labels, memo: kopf.Memo) -> None:
-    owner = (labels or {}).get(SERVICE_LABEL)
-    body = memo.services.get((namespace, owner))
+    body = memo.store.services.get((namespace, (labels or {}).get(SERVICE_LABEL)))
     if body is not None:
         await _reconcile(memo, body)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_event(namespace: str, labels, memo: kopf.Memo, **_):
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
+async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, memo: kopf.Memo, **_):
+    key = (namespace, (labels or {}).get(SERVICE_LABEL))
+    if type == "DELETED":
+        memo.store.deployments.pop(key, None)
+    else:
+        memo.store.deployments[key] = DeploymentState(replicas=body.spec.get("replicas", 1),
+                                                      ready=body.status.get("readyReplicas", 0) or 0)
     await _owner_changed(namespace, labels, memo)
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
 async def pod_event(namespace: str, labels, memo: kopf.Memo, **_):
     await _owner_changed(namespace, labels, memo)
 
@@ -83,10 +102,10 @@ async def pod_event(namespace: str, labels, memo: kopf.Memo, **_):
 async def node_event(type: str, name: str, body: kopf.Body, memo: kopf.Memo, **_):
     """Keep only what placement checks need: labels and allocatable resources."""
     if type == "DELETED":
-        memo.nodes.pop(name, None)
+        memo.store.nodes.pop(name, None)
     else:
-        memo.nodes[name] = {"metadata": {"name": name, "labels": dict(body.metadata.labels or {})},
-                            "status": {"allocatable": dict((body.get("status") or {}).get("allocatable") or {})}}
+        memo.store.nodes[name] = {"metadata": {"name": name, "labels": dict(body.metadata.labels or {})},
+                                  "status": {"allocatable": dict((body.get("status") or {}).get("allocatable") or {})}}
 
 
 async def _resync(memo: kopf.Memo) -> None:
@@ -94,5 +113,5 @@ async def _resync(memo: kopf.Memo) -> None:
     and a failed reconcile is retried here."""
     while True:
         await asyncio.sleep(CONFIG.resync_seconds)
-        for body in list(memo.services.values()):
+        for body in list(memo.store.services.values()):
             await _reconcile(memo, body)

@@ -24,6 +24,7 @@ from ..planning.status import Observation, plan_status
 from ..render import RenderSettings, render_deployment, render_service
 from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
 from ..render.service import service_url
+from .store import ServiceStore, update_status
 
 log = logging.getLogger("tidal.reconcile")
 # Not-ready reasons that are normal progress, announced as Normal events rather than Warnings.
@@ -54,7 +55,7 @@ def initial_replicas(spec: InferenceServiceSpec) -> int:
 class Reconciler:
     kube: Kube
     settings: RenderSettings
-    nodes: dict  # node name -> slim node (labels, allocatable), kept by a node watch
+    store: ServiceStore
 
     def __post_init__(self):
         self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -62,13 +63,13 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
 
-    async def reconcile(self, body: dict) -> dict:
-        """Bring the children and the status in line with `body`; returns the status now stored."""
+    async def reconcile(self, body: dict) -> None:
+        """Bring the children and the status in line with `body`."""
         meta = body["metadata"]
         async with self._locks[(meta["namespace"], meta["name"])]:
             return await self._reconcile(body)
 
-    async def _reconcile(self, body: dict) -> dict:
+    async def _reconcile(self, body: dict) -> None:
         meta = body["metadata"]
         ns, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
         try:
@@ -83,24 +84,17 @@ class Reconciler:
         ready, why = await self._engine_check(spec, deployment, pods)
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None)
-        current = body.get("status") or {}
-        planned = plan_status(current, obs, utcnow())
-        if planned != current:
-            # Our copy may predate our own last write (watch events lag): compare with the stored status
-            # before writing, so a stale copy neither writes twice nor announces a transition twice.
-            current = (await self.kube.get_inference_service(ns, name) or {}).get("status") or {}
-            planned = plan_status(current, obs, utcnow())
-            if planned != current:
-                await self.kube.patch_status(ns, name, planned)
-                await self._announce(body, current, planned)
-        return planned
+        now = utcnow()
+        before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
+        if after != before:
+            await self._announce(body, before, after)
 
     async def _facts(self, ns: str, spec: InferenceServiceSpec) -> ClusterFacts:
         missing_secrets = tuple(sorted([s for s in referenced_secrets(spec)
                                         if not await self.kube.exists("Secret", ns, s)]))
         claim = referenced_claim(spec)
         missing_claims = (claim,) if claim and not await self.kube.exists("PersistentVolumeClaim", ns, claim) else ()
-        return ClusterFacts(list(self.nodes.values()), missing_secrets, missing_claims)
+        return ClusterFacts(list(self.store.nodes.values()), missing_secrets, missing_claims)
 
     async def _apply(self, body: dict, spec: InferenceServiceSpec, current: dict | None) -> dict:
         meta = body["metadata"]
@@ -138,12 +132,15 @@ class Reconciler:
         if spec is None or not deployment or not (deployment.get("status") or {}).get("readyReplicas"):
             return None, ""
         adapter = engine(spec.engine.type)
-        for pod in pods:
-            conditions = (pod.get("status") or {}).get("conditions") or []
-            ip = (pod.get("status") or {}).get("podIP")
-            if ip and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-                return await model_ready(adapter.name, ip, adapter.api_port, spec.model.served_name)
-        return None, ""
+        ready_ips = [(p.get("status") or {}).get("podIP") for p in pods
+                     if any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (p.get("status") or {}).get("conditions") or [])]
+        result: tuple[bool | None, str] = (None, "")
+        for ip in [ip for ip in ready_ips if ip][:3]:  # one serving replica is enough to call it Ready
+            result = await model_ready(adapter.name, ip, adapter.api_port, spec.model.served_name)
+            if result[0]:
+                return result
+        return result
 
     async def _announce(self, body: dict, before: dict, after: dict) -> None:
         """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""

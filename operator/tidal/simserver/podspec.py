@@ -8,7 +8,7 @@ the simulated runtime reads the same arguments a real container would get.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .latency import GPU_SLOWDOWN, LatencyModel
 
@@ -57,6 +57,9 @@ def engine_spec(container: dict, annotations: dict, gpu_product: str | None = No
         words = [a.rsplit("/", 1)[-1] for a in argv]
     latency = _latency(annotations, gpu_product)
     if "vllm" in words and "serve" in words:
+        seqs = _flag(argv, "--max-num-seqs")
+        if seqs and seqs[0].isdigit():  # the engine's own batch limit is the simulated concurrency
+            latency = replace(latency, max_concurrency=int(seqs[0]))
         rest = argv[words.index("serve") + 1:]
         model = rest[0] if rest and not rest[0].startswith("-") else (_flag(argv, "--model") or ["model"])[0]
         served = (_flag(argv, "--served-model-name") or [model])[0]

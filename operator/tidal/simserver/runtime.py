@@ -1,7 +1,7 @@
 """The simulated container runtime: a model server for every Running engine pod.
 
 KWOK pods run no process. This watches pods (a watch, not a poll); when an
-engine pod becomes Running it starts a simulated vLLM or Triton server on the
+engine pod gets its IP it starts a simulated vLLM or Triton server on the
 pod's IP (a loopback address, from the node's pod CIDR) and port; when the pod
 is being deleted the server drains like the real engine on SIGTERM (no new
 requests, in-flight ones finish); when the pod is gone, so is its server.
@@ -130,7 +130,9 @@ class SimulatedRuntime:
                 self._locks.pop(key, None)
             elif pod.metadata.deletion_timestamp:
                 await self._drain(key)
-            elif pod.status.phase == "Running" and pod.status.pod_ip and key not in self.pods:
+            elif pod.status.pod_ip and pod.status.phase in ("Pending", "Running") and key not in self.pods:
+                # Listening from the moment the pod has an IP, so that when KWOK marks it Ready the
+                # engine answers; nothing routes to it before it is Ready.
                 await self._start(pod)
 
     async def _start(self, pod) -> None:

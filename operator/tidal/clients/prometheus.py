@@ -1,0 +1,115 @@
+"""Prometheus, as the autoscaler reads it: one instant query per tick for every service.
+
+The engines' queue gauges are summed per (namespace, InferenceService) in a single query, grouped
+by metric name, together with `up` (how many of the service's pods Prometheus scrapes):
+
+  sum by (namespace, <service label>, __name__) ({__name__=~"vllm:num_requests_waiting|...|up"})
+
+Edge cases, each decided here once: an HTTP error, a timeout or a malformed answer raise
+PrometheusError (the autoscaler then holds every service); NaN or ±Inf make that one service's
+load unknown; several series of one service are summed by the query; an empty result is "no
+series", which the autoscaler treats as unknown for a service whose pods should be reporting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from ..engines import ENGINES
+
+# The activator's gauge of requests it holds for a service that is at zero or waking.
+ACTIVATOR_PENDING = "tidal_activator_pending_requests"
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServiceLoad:
+    waiting: float = 0.0
+    running: float = 0.0
+    pending: float = 0.0
+    targets_up: float = 0.0
+    unknown: bool = False  # a NaN/Inf sample: the numbers above cannot be trusted
+    seen: set[str] = field(default_factory=set)  # metric names present
+
+
+def signal_metrics() -> tuple[set[str], set[str]]:
+    """(waiting metrics, running metrics) of every registered engine."""
+    waiting = {e.queue_metric for e in ENGINES.values()}
+    running = {e.inflight_metric for e in ENGINES.values() if e.inflight_metric}
+    return waiting, running
+
+
+def batched_query(service_label: str) -> str:
+    waiting, running = signal_metrics()
+    names = "|".join(sorted(waiting | running | {ACTIVATOR_PENDING, "up"}))
+    return f'sum by (namespace, {service_label}, __name__) ({{__name__=~"{names}", {service_label}!=""}})'
+
+
+class Prometheus:
+    def __init__(self, url: str, service_label: str = "tidal_dev_inferenceservice", timeout: float = 2.0):
+        self.url = url
+        self.service_label = service_label
+        self.timeout = timeout
+        session = requests.Session()
+        # Fail fast: an outage must be noticed in one tick, not after urllib3's retries.
+        self._client = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), session=session,
+                                         timeout=timeout)
+        self.queries = 0
+
+    async def query(self, promql: str) -> list[dict]:
+        self.queries += 1
+        try:
+            result = await asyncio.to_thread(self._client.custom_query, promql, None, self.timeout)
+        except PrometheusApiClientException as err:
+            raise PrometheusError(f"Prometheus at {self.url} answered an error: {err}") from err
+        except (requests.RequestException, ValueError) as err:
+            raise PrometheusError(f"Prometheus at {self.url} unreachable: {type(err).__name__}: {err}") from err
+        if not isinstance(result, list):
+            raise PrometheusError(f"Prometheus at {self.url} returned {type(result).__name__}, not a vector")
+        return result
+
+    async def service_loads(self) -> dict[tuple[str, str], ServiceLoad]:
+        waiting, running = signal_metrics()
+        loads: dict[tuple[str, str], ServiceLoad] = {}
+        for series in await self.query(batched_query(self.service_label)):
+            labels = series.get("metric", {})
+            key = (labels.get("namespace", ""), labels.get(self.service_label, ""))
+            try:
+                value = float(series["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise PrometheusError(f"malformed sample from Prometheus: {series!r}") from None
+            load = loads.setdefault(key, ServiceLoad())
+            name = labels.get("__name__", "")
+            load.seen.add(name)
+            if not math.isfinite(value):
+                load.unknown = True
+                continue
+            if name in waiting:
+                load.waiting += value
+            elif name in running:
+                load.running += value
+            elif name == ACTIVATOR_PENDING:
+                load.pending += value
+            elif name == "up":
+                load.targets_up += value
+        return loads
+
+    async def scalar(self, promql: str) -> float | None:
+        """A custom query's single value; None for an empty result or a non-finite value."""
+        result = await self.query(promql)
+        if not result:
+            return None
+        try:
+            value = sum(float(s["value"][1]) for s in result)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise PrometheusError(f"malformed sample from Prometheus: {result[:1]!r}") from None
+        return value if math.isfinite(value) else None

@@ -1,0 +1,197 @@
+"""The autoscaling loop: every tick, one Prometheus query for all services, one pure decision per
+service, and Kubernetes writes only for the services whose replicas or status changed.
+
+A wake-up (the activator holding a request for a service at zero) runs the same decision for
+that one service at once, without waiting for a scrape or the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
+from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
+from ..clients.kube import Kube
+from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
+from ..engines import engine
+from ..planning.conditions import get_condition
+from ..planning.scaling_status import plan_scaling_status, restored_state
+from . import metrics
+from .store import Key, ServiceStore, update_status
+
+log = logging.getLogger("tidal.autoscaler")
+MAX_CONCURRENCY_FLAG = "--max-num-seqs"
+# New replicas are not scraped yet: a service's series may be missing for a scrape interval or two.
+# Replicas are held from the first tick without data, but the condition and Event wait this long.
+MISSING_GRACE_TICKS = 3
+VLLM_DEFAULT_MAX_SEQS = 256
+
+
+def policy_of(spec: InferenceServiceSpec) -> Policy:
+    s = spec.scaling
+    concurrency = VLLM_DEFAULT_MAX_SEQS
+    for i, arg in enumerate(spec.engine.args):  # the engine's own batch limit, if the user set it
+        if arg.startswith(MAX_CONCURRENCY_FLAG + "="):
+            concurrency = int(arg.split("=", 1)[1]) if arg.split("=", 1)[1].isdigit() else concurrency
+        elif arg == MAX_CONCURRENCY_FLAG and i + 1 < len(spec.engine.args) and spec.engine.args[i + 1].isdigit():
+            concurrency = int(spec.engine.args[i + 1])
+    return Policy(min_replicas=s.minReplicas, max_replicas=s.maxReplicas, target_queue=s.targetQueueDepth,
+                  max_concurrency=concurrency, idle_seconds=s.idleSecondsBeforeZero,
+                  scale_down_window_s=s.scaleDownStabilizationSeconds, scale_up_window_s=s.scaleUpStabilizationSeconds)
+
+
+def custom_query(spec: InferenceServiceSpec, namespace: str, name: str) -> str | None:
+    if not spec.scaling.query:
+        return None
+    return spec.scaling.query.replace("$namespace", namespace).replace("$name", name)
+
+
+@dataclass
+class Autoscaler:
+    kube: Kube
+    prometheus: Prometheus
+    store: ServiceStore
+    interval_s: float = 2.0
+    clock: callable = time.time
+    states: dict[Key, ScalerState] = field(default_factory=dict)
+    _specs: dict[Key, tuple[int, InferenceServiceSpec | None]] = field(default_factory=dict)
+    _missing: dict[Key, int] = field(default_factory=dict)  # consecutive ticks without this service's data
+    last_tick_s: float = 0.0
+
+    def forget(self, key: Key) -> None:
+        self.states.pop(key, None)
+        self._specs.pop(key, None)
+        self._missing.pop(key, None)
+        metrics.forget(*key)
+
+    def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
+        """Parsed once per generation: a tick over 2,000 services must not re-validate 2,000 specs."""
+        generation = body["metadata"].get("generation", 0)
+        cached = self._specs.get(key)
+        if cached and cached[0] == generation:
+            return cached[1]
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except ValidationError:
+            spec = None  # the reconciler reports it; nothing to scale
+        self._specs[key] = (generation, spec)
+        return spec
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:  # the loop must survive anything; the next tick tries again
+                metrics.ERRORS.labels("tick").inc()
+                log.exception("autoscaling tick failed")
+            self.last_tick_s = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.interval_s - self.last_tick_s))
+
+    async def tick(self) -> None:
+        with metrics.TICK_SECONDS.time():
+            try:
+                loads: dict[Key, ServiceLoad] | None = await self.prometheus.service_loads()
+            except PrometheusError as err:
+                metrics.ERRORS.labels("prometheus").inc()
+                log.warning("%s; holding every service's replicas", err)
+                loads = None
+            keys = list(self.store.services)
+            metrics.SERVICES.set(len(keys))
+            custom = await self._custom_loads(keys, loads is not None)
+            for key in keys:
+                body = self.store.services.get(key)
+                if body is not None:
+                    load = custom.get(key, loads.get(key) if loads is not None else None)
+                    await self._scale(key, body, load, prometheus_ok=loads is not None)
+
+    async def _custom_loads(self, keys: list[Key], prometheus_ok: bool) -> dict[Key, ServiceLoad | None]:
+        out: dict[Key, ServiceLoad | None] = {}
+        for key in keys:
+            body = self.store.services.get(key)
+            spec = self._spec(key, body) if body else None
+            query = custom_query(spec, *key) if spec else None
+            if query is None:
+                continue
+            if not prometheus_ok:
+                out[key] = None
+                continue
+            try:
+                value = await self.prometheus.scalar(query)
+                out[key] = None if value is None else ServiceLoad(waiting=value, seen={"custom"})
+            except PrometheusError as err:
+                metrics.ERRORS.labels("custom_query").inc()
+                log.warning("%s/%s: custom query failed: %s", *key, err)
+                out[key] = None
+        return out
+
+    def _observe(self, key: Key, spec: InferenceServiceSpec, load: ServiceLoad | None,
+                 extra_pending: float = 0.0) -> Observation | None:
+        deployment = self.store.deployments.get(key)
+        if deployment is None:
+            return None  # the reconciler has not created it yet
+        adapter = engine(spec.engine.type)
+        known = load is not None and not load.unknown
+        if known and deployment.ready > 0 and not spec.scaling.query and adapter.queue_metric not in load.seen:
+            known = False  # pods serve but export nothing: a scrape problem, not an idle service
+        if load is None and deployment.ready == 0 and deployment.replicas == 0:
+            load, known = ServiceLoad(), True  # at zero there are no pods to report: no load is the truth
+        if load is None:
+            load = ServiceLoad()
+        running = load.running if adapter.inflight_metric else 0.0
+        return Observation(current=deployment.replicas, ready=min(deployment.ready, deployment.replicas),
+                           waiting=load.waiting if known else None, running=running if known else None,
+                           pending=load.pending + extra_pending)
+
+    async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool,
+                     extra_pending: float = 0.0) -> Decision | None:
+        spec = self._spec(key, body)
+        if spec is None:
+            return None
+        if load is None and prometheus_ok and not custom_query(spec, *key):
+            load = ServiceLoad()  # Prometheus answered and has no series for this service
+        obs = self._observe(key, spec, load, extra_pending)
+        if obs is None:
+            return None
+        now = self.clock()
+        state = self.states.get(key) or restored_state(body.get("status") or {})
+        decision = decide(obs, state, policy_of(spec), now)
+        self.states[key] = decision.state
+        metrics.DECISIONS.labels(decision.reason).inc()
+        metrics.DESIRED.labels(*key).set(decision.replicas)
+        if obs.waiting is not None:
+            metrics.QUEUE.labels(*key).set(obs.waiting)
+        if decision.replicas != obs.current:
+            await self.kube.scale(key[0], key[1], decision.replicas)
+            self.store.deployments[key].replicas = decision.replicas
+            metrics.SCALE_CHANGES.labels("up" if decision.replicas > obs.current else "down").inc()
+            await self.kube.event(body, "Normal", "Scaled",
+                                  f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
+            log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
+                     decision.message)
+        generation = body["metadata"].get("generation", 0)
+        missing = self._missing[key] = self._missing.get(key, 0) + 1 if obs.waiting is None else 0
+        report = not (0 < missing < MISSING_GRACE_TICKS and prometheus_ok)
+        before, after = await update_status(
+            self.kube, self.store, body,
+            lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report))
+        old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
+                                                                                          "ScalingActive")
+        if new and (not old or old["status"] != new["status"]):
+            await self.kube.event(body, "Normal" if new["status"] == "True" else "Warning", new["reason"],
+                                  new["message"])
+        return decision
+
+    async def wake(self, namespace: str, name: str, pending: float) -> Decision | None:
+        """The activator holds `pending` requests for this service: decide now, not at the next tick."""
+        key = (namespace, name)
+        body = self.store.services.get(key)
+        deployment = self.store.deployments.get(key)
+        if body is None or deployment is None or deployment.replicas > 0:
+            return None  # already awake (or not created yet): the regular tick handles it
+        return await self._scale(key, body, None, prometheus_ok=False, extra_pending=pending)

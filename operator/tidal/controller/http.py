@@ -1,0 +1,40 @@
+"""The operator's HTTP endpoints: health, its own metrics, and the activator's wake-up call."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from . import metrics
+from .autoscaler import Autoscaler
+
+
+def build_app(autoscaler: Autoscaler) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "services": len(autoscaler.store.services),
+                                  "lastTickSeconds": round(autoscaler.last_tick_s, 4)})
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain", charset="utf-8")
+
+    async def wake(request: web.Request) -> web.Response:
+        """POST /v1/wake/{namespace}/{name} {"pending": N}: the activator holds N requests for a service."""
+        started = time.monotonic()
+        try:
+            pending = float((await request.json()).get("pending", 1))
+        except (ValueError, AttributeError):
+            pending = 1.0
+        decision = await autoscaler.wake(request.match_info["namespace"], request.match_info["name"], max(1.0, pending))
+        return web.json_response({
+            "woken": decision is not None and decision.replicas > 0,
+            "replicas": decision.replicas if decision else None,
+            "reason": decision.reason if decision else "NotAtZero",
+            "seconds": round(time.monotonic() - started, 4)})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/v1/wake/{namespace}/{name}", wake)
+    return app

@@ -1,0 +1,64 @@
+"""The autoscaler's part of an InferenceService's status.
+
+lastActiveTime and lastScaleTime are the autoscaler's memory that must survive a restart.
+lastActiveTime is written when it moved by ACTIVE_GRANULARITY_S or more, not on every busy
+tick: under steady load that is one status write per 15 s, and a restarted operator can only
+err towards keeping a replica 15 s longer.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from ..autoscaling import Decision, ScalerState
+from .conditions import set_condition
+
+ACTIVE_GRANULARITY_S = 15.0
+
+
+def to_iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def from_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def restored_state(status: dict) -> ScalerState:
+    """What a (re)started operator knows about a service: only what status carried."""
+    return ScalerState(last_active=from_iso(status.get("lastActiveTime")),
+                       last_scale=from_iso(status.get("lastScaleTime")))
+
+
+def plan_scaling_status(current: dict, decision: Decision, previous_replicas: int, queue: float | None,
+                        generation: int, now: float, report_condition: bool = True) -> dict:
+    out = dict(current)
+    out["desiredReplicas"] = decision.replicas
+    if queue is not None:
+        out["queueDepth"] = round(queue)
+    active = decision.state.last_active
+    stored = from_iso(current.get("lastActiveTime"))
+    if active is not None and (stored is None or active - stored >= ACTIVE_GRANULARITY_S):
+        out["lastActiveTime"] = to_iso(active)
+    if decision.replicas != previous_replicas:
+        out["lastScaleTime"] = to_iso(now)
+        out["lastDecision"] = {"time": to_iso(now), "replicas": decision.replicas,
+                               "previousReplicas": previous_replicas, "reason": decision.reason,
+                               "message": decision.message}
+    iso_now = to_iso(now)
+    if not report_condition:
+        return out
+    if decision.reason == "MetricsUnavailable":
+        conditions = set_condition(current.get("conditions") or [], "ScalingActive", "False", "MetricsUnavailable",
+                                   decision.message, generation, iso_now)
+    else:
+        conditions = set_condition(current.get("conditions") or [], "ScalingActive", "True", "MetricsAvailable",
+                                   "scaling on the observed queue", generation, iso_now)
+    out["conditions"] = conditions
+    return out
