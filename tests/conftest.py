@@ -72,6 +72,11 @@ def kubectl(dev_cluster) -> Kubectl:
     return Kubectl(dev_cluster)
 
 
+class OperatorProcess:
+    def __init__(self, proc, log_path, url):
+        self.proc, self.log_path, self.url = proc, log_path, url
+
+
 @pytest.fixture(scope="session")
 def operator(dev_cluster, kubectl, tmp_path_factory):
     """`tidal run` against the test cluster, with the CRD installed, for the whole session."""
@@ -83,10 +88,16 @@ def operator(dev_cluster, kubectl, tmp_path_factory):
     kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     log = open(log_path, "w")
+    from tidal.devcluster.processes import free_port, http_ok
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(dev_cluster.kubeconfig),
-                             "--resync-seconds", "5"], stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(1)
-    yield proc, log_path
+                             "--resync-seconds", "5", "--prometheus-url", dev_cluster.prometheus_url,
+                             "--autoscale-interval", "1", "--http-port", str(port), "--http-host", "127.0.0.1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not http_ok(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    yield OperatorProcess(proc, log_path, f"http://127.0.0.1:{port}")
     proc.terminate()
     try:
         proc.wait(10)

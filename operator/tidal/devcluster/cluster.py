@@ -45,16 +45,17 @@ class ClusterInfo:
     prometheus_url: str
     binaries_dir: Path
     pids: dict[str, int]
+    ports: dict[str, dict[str, int]]
 
     def to_json(self) -> dict:
         return {"kubeconfig": str(self.kubeconfig), "api_server": self.api_server,
                 "prometheus_url": self.prometheus_url, "binaries_dir": str(self.binaries_dir),
-                "pids": self.pids}
+                "pids": self.pids, "ports": self.ports}
 
     @classmethod
     def from_json(cls, state_dir: Path, raw: dict) -> "ClusterInfo":
         return cls(state_dir, Path(raw["kubeconfig"]), raw["api_server"], raw["prometheus_url"],
-                   Path(raw["binaries_dir"]), {k: int(v) for k, v in raw["pids"].items()})
+                   Path(raw["binaries_dir"]), {k: int(v) for k, v in raw["pids"].items()}, raw.get("ports", {}))
 
     def kubectl(self) -> str:
         return str(self.binaries_dir / "kubectl")
@@ -107,7 +108,8 @@ class DevCluster:
                     self._write_after_apiserver(components["kube-apiserver"].port_numbers["secure"])
             info = ClusterInfo(self.state_dir, self.kubeconfig_path, self._api_server,
                                f"http://127.0.0.1:{components['prometheus'].port_numbers['web']}",
-                               binaries.directory, {c.name: c.pid for c in launched})
+                               binaries.directory, {c.name: c.pid for c in launched},
+                               {c.name: c.port_numbers for c in launched})
             self.state_file.write_text(json.dumps(info.to_json(), indent=2))
             create_nodes(info.kubeconfig, self.description, self.log)
         except BaseException:
@@ -137,30 +139,33 @@ class DevCluster:
             raise errors[0]
 
     # ---- components --------------------------------------------------------------------------
-    def _components(self, binaries: bins.Binaries) -> dict[str, Component]:
+    def _components(self, binaries: bins.Binaries, regenerate: bool = True) -> dict[str, Component]:
         s = self.state_dir
         pki = s / "pki"
         ca = CertificateAuthority(pki)
         sa_key, sa_pub = service_account_keypair(pki)
-        serving = ca.server_cert("apiserver", ["127.0.0.1", "10.96.0.1"],
-                                 ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
         self._ca = ca
-        self._clients = {
-            "admin": ca.client_cert("admin", "tidal-admin", "system:masters"),
-            "controller-manager": ca.client_cert("controller-manager", "system:kube-controller-manager"),
-            "scheduler": ca.client_cert("scheduler", "system:kube-scheduler"),
-            # KWOK plays every node's kubelet; it is cluster infrastructure, not a subject under test.
-            "kwok": ca.client_cert("kwok", "tidal-kwok", "system:masters"),
-            "sim-runtime": ca.client_cert("sim-runtime", SIM_RUNTIME_USER),
-        }
+        serving = ca.paths("apiserver")
+        if regenerate:
+            serving = ca.server_cert("apiserver", ["127.0.0.1", "10.96.0.1"],
+                                     ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"])
+            self._clients = {
+                "admin": ca.client_cert("admin", "tidal-admin", "system:masters"),
+                "controller-manager": ca.client_cert("controller-manager", "system:kube-controller-manager"),
+                "scheduler": ca.client_cert("scheduler", "system:kube-scheduler"),
+                # KWOK plays every node's kubelet; it is cluster infrastructure, not a subject under test.
+                "kwok": ca.client_cert("kwok", "tidal-kwok", "system:masters"),
+                "sim-runtime": ca.client_cert("sim-runtime", SIM_RUNTIME_USER),
+            }
         kwok_config = s / "kwok.yaml"
-        kwok_config.write_text(yaml.safe_dump_all(
-            stages(self.description.cold_start, self.description.terminate_delay), sort_keys=False))
+        if regenerate:
+            kwok_config.write_text(yaml.safe_dump_all(
+                stages(self.description.cold_start, self.description.terminate_delay), sort_keys=False))
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
         verified = ssl.create_default_context(cafile=str(ca.cert_path))
-        verified.load_cert_chain(str(self._clients["admin"].cert), str(self._clients["admin"].key))
+        verified.load_cert_chain(str(ca.paths("admin").cert), str(ca.paths("admin").key))
 
         def kubeconfig(user):
             return str(s / f"{user}.kubeconfig")
@@ -257,6 +262,25 @@ class DevCluster:
         create_infra_rbac(self.kubeconfig_path)
         config = prometheus_config(self.state_dir / "targets", self.scrape_interval)
         (self.state_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # ---- one component (fault tests restart Prometheus, the apiserver, etcd) -------------------
+    def stop_component(self, name: str) -> None:
+        info = self.info()
+        if info and name in info.pids and pid_alive(info.pids[name]):
+            stop_pid(info.pids[name])
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped component again, on the same ports and with the same data."""
+        info = self.info()
+        if info is None:
+            raise RuntimeError(f"no cluster in {self.state_dir}")
+        if pid_alive(info.pids.get(name, 0) or 0):
+            return
+        components = self._components(bins.Binaries(info.binaries_dir), regenerate=False)
+        self._etcd_port = info.ports["etcd"]["client"]
+        start(components[name], self.state_dir / "logs", fixed_ports=info.ports[name])
+        info.pids[name] = components[name].pid
+        self.state_file.write_text(json.dumps(info.to_json(), indent=2))
 
     # ---- down / status -----------------------------------------------------------------------
     def down(self, quiet: bool = False) -> None:

@@ -92,6 +92,10 @@ class CertificateAuthority:
         _write_key(key, paths.key)
         return paths
 
+    def paths(self, name: str) -> ClientCert:
+        """The files of a certificate issued earlier."""
+        return ClientCert(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+
     def server_cert(self, name: str, ips: list[str], dns: list[str]) -> ClientCert:
         sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips] + [x509.DNSName(d) for d in dns]
         return self._issue(name, _name(name), ExtendedKeyUsageOID.SERVER_AUTH, sans)

@@ -1,0 +1,142 @@
+"""The autoscaler end to end: real Prometheus, simulated engines, the operator as users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.cluster.test_operator import condition, events, get, wait_condition
+from tests.cluster.test_smoke import wait_for
+from tests.loadgen import steady_load
+
+pytestmark = pytest.mark.cluster
+
+
+def service(name, **scaling):
+    scaling = {"minReplicas": 0, "maxReplicas": 4, "targetQueueDepth": 2, "idleSecondsBeforeZero": 10,
+               "scaleDownStabilizationSeconds": 8, **scaling}
+    return {"apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
+            "spec": {"engine": {"type": "vllm", "args": ["--max-num-seqs=4"]}, "model": {"uri": f"hf://org/{name}"},
+                     "placement": {"nodePool": "h100"}, "scaling": scaling}}
+
+
+def apply(kubectl, namespace, obj):
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def replicas(kubectl, namespace, name):
+    return get(kubectl, namespace, "deployment", name)["spec"]["replicas"]
+
+
+def test_load_raises_replicas_to_max_and_idle_returns_them_to_zero(operator, kubectl, namespace):
+    apply(kubectl, namespace, service("chat"))
+    wait_condition(kubectl, namespace, "chat", "Ready", "True", "ModelReady")
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            obj = get(kubectl, namespace, "tis", "chat")
+            seen.append((obj["status"].get("desiredReplicas"), obj["status"].get("queueDepth")))
+            time.sleep(0.5)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        # 24 clients, 2.8 s per request, 4 at a time per replica: one replica queues 20.
+        counts = asyncio.run(steady_load(kubectl, namespace, "chat", concurrency=24, seconds=20, max_tokens=400))
+    finally:
+        stop.set()
+        watcher.join()
+    assert counts["failed"] == 0 and counts["ok"] > 0
+    assert max(d for d, _ in seen if d is not None) == 4  # reached maxReplicas...
+    assert all(d <= 4 for d, _ in seen if d is not None)  # ...and never beyond
+    assert max(q for _, q in seen if q is not None) >= 4  # the queue Prometheus saw is in status
+    started = time.monotonic()
+    wait_for(lambda: replicas(kubectl, namespace, "chat") == 0, timeout=90, interval=1, what="scale to zero")
+    obj = get(kubectl, namespace, "tis", "chat")
+    assert obj["status"]["lastDecision"]["reason"] == "IdleToZero"
+    assert time.monotonic() - started >= 8  # not before the idle period
+    scaled = [m for t, r, m in events(kubectl, namespace, "chat") if r == "Scaled"]
+    assert any("QueueAboveTarget" in m for m in scaled) and any("IdleToZero" in m for m in scaled)
+    metrics = urllib.request.urlopen(operator.url + "/metrics").read().decode()
+    assert 'tidal_autoscaler_decisions_total{reason="IdleToZero"}' in metrics
+    assert "tidal_autoscaler_tick_seconds_count" in metrics
+
+
+def test_prometheus_outage_holds_replicas_then_scaling_resumes(dev_cluster, operator, kubectl, namespace):
+    from tidal.devcluster.cluster import DevCluster
+    cluster = DevCluster(dev_cluster.state_dir)
+    apply(kubectl, namespace, service("steady", idleSecondsBeforeZero=4, scaleDownStabilizationSeconds=2))
+    wait_condition(kubectl, namespace, "steady", "Ready", "True", "ModelReady")
+    wait_condition(kubectl, namespace, "steady", "ScalingActive", "True")
+    cluster.stop_component("prometheus")
+    try:
+        obj = wait_condition(kubectl, namespace, "steady", "ScalingActive", "False", "MetricsUnavailable", timeout=20)
+        assert "keeping the current replicas" in condition(obj, "ScalingActive")["message"]
+        # Long past the 4 s idle period: an outage is not an idle service.
+        time.sleep(10)
+        assert replicas(kubectl, namespace, "steady") == 1
+        assert ("Warning", "MetricsUnavailable") in [(t, r) for t, r, _ in events(kubectl, namespace, "steady")]
+    finally:
+        cluster.start_component("prometheus")
+    wait_condition(kubectl, namespace, "steady", "ScalingActive", "True", timeout=30)
+    wait_for(lambda: replicas(kubectl, namespace, "steady") == 0, timeout=60, interval=1,
+             what="scaling resumed: idle service to zero")
+
+
+class Backlog(http.server.BaseHTTPRequestHandler):
+    value = 0.0
+
+    def do_GET(self):
+        body = f"# TYPE tidal_test_backlog gauge\ntidal_test_backlog{{queue=\"orders\"}} {Backlog.value}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_custom_promql_service_scales_on_its_own_query(dev_cluster, operator, kubectl, namespace):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backlog)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = dev_cluster.state_dir / "targets" / f"backlog-{namespace}.json"
+    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{server.server_port}"], "labels": {"job": "backlog"}}]))
+    try:
+        Backlog.value = 0
+        svc = service("orders", minReplicas=1, maxReplicas=5, targetQueueDepth=4,
+                      query='sum(tidal_test_backlog{queue="orders"})')
+        apply(kubectl, namespace, svc)
+        wait_condition(kubectl, namespace, "orders", "Ready", "True", "ModelReady")
+        Backlog.value = 12  # 12 / 4 per replica = 3 replicas, whatever the engines say
+        wait_for(lambda: replicas(kubectl, namespace, "orders") == 3, timeout=30, what="3 replicas from the query")
+        obj = get(kubectl, namespace, "tis", "orders")
+        assert obj["status"]["lastDecision"]["reason"] == "QueueAboveTarget"
+        assert obj["status"]["queueDepth"] == 12
+        Backlog.value = 0
+        wait_for(lambda: replicas(kubectl, namespace, "orders") == 1, timeout=60, interval=1,
+                 what="back to minReplicas")
+    finally:
+        target.unlink()
+        server.shutdown()
+
+
+def test_wake_raises_a_service_at_zero_within_a_second(operator, kubectl, namespace):
+    apply(kubectl, namespace, service("sleepy", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1))
+    wait_for(lambda: replicas(kubectl, namespace, "sleepy") == 0, timeout=60, interval=0.5, what="scaled to zero")
+    request = urllib.request.Request(f"{operator.url}/v1/wake/{namespace}/sleepy", json.dumps({"pending": 3}).encode(),
+                                     {"Content-Type": "application/json"})
+    started = time.monotonic()
+    answer = json.load(urllib.request.urlopen(request, timeout=5))
+    written = wait_for(lambda: replicas(kubectl, namespace, "sleepy") >= 1, timeout=5, interval=0.02,
+                       what="replicas raised")
+    elapsed = time.monotonic() - started
+    assert written and answer["woken"] and answer["reason"] == "ActivatorWake"
+    assert elapsed < 1.0, f"wake took {elapsed:.2f} s"
+    wait_condition(kubectl, namespace, "sleepy", "Ready", "True", "ModelReady", timeout=30)
