@@ -81,7 +81,8 @@ def test_prometheus_outage_holds_replicas_then_scaling_resumes(dev_cluster, oper
         # Long past the 4 s idle period: an outage is not an idle service.
         time.sleep(10)
         assert replicas(kubectl, namespace, "steady") == 1
-        assert ("Warning", "MetricsUnavailable") in [(t, r) for t, r, _ in events(kubectl, namespace, "steady")]
+        wait_for(lambda: ("Warning", "MetricsUnavailable") in
+                 [(t, r) for t, r, _ in events(kubectl, namespace, "steady")], timeout=10, what="the Warning event")
     finally:
         cluster.start_component("prometheus")
     wait_condition(kubectl, namespace, "steady", "ScalingActive", "True", timeout=30)

@@ -64,7 +64,8 @@ def test_example_runs_on_its_pool_and_becomes_ready(operator, kubectl, namespace
         node = json.loads(kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
         assert node["metadata"]["labels"]["tidal.dev/pool"] == pool
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == gpus
-    assert ("Normal", "ModelReady") in [(t, r) for t, r, _ in events(kubectl, namespace, name)]
+    wait_for(lambda: ("Normal", "ModelReady") in [(t, r) for t, r, _ in events(kubectl, namespace, name)],
+             timeout=10, what="a ModelReady event")
     printed = kubectl("get", "tis", name, "-n", namespace).stdout
     assert "ModelReady" in printed and example["spec"]["engine"]["type"] in printed
 
@@ -111,7 +112,8 @@ def test_nothing_changes_means_nothing_is_written(operator, kubectl, namespace):
     apply_example(kubectl, namespace, "triton-a100.yaml",
                   [("s3-credentials", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])])
     wait_condition(kubectl, namespace, "resnet", "Ready", "True")
-    time.sleep(2)
+    wait_condition(kubectl, namespace, "resnet", "ScalingActive", "True")  # the autoscaler has seen it too
+    time.sleep(3)
     before = {k: get(kubectl, namespace, k, "resnet")["metadata"]["resourceVersion"]
               for k in ("tis", "deployment", "service")}
     time.sleep(11)  # two resyncs of every service
@@ -158,7 +160,9 @@ def test_problems_only_the_operator_sees_become_a_false_condition_and_an_event(
     message = condition(obj, "Valid")["message"]
     assert all(w in message for w in words), message
     assert condition(obj, "Ready")["status"] == "False"
-    assert ("Warning", reason) in [(t, r) for t, r, _ in events(kubectl, namespace, "bad")]
+    # the Event follows the status write
+    wait_for(lambda: ("Warning", reason) in [(t, r) for t, r, _ in events(kubectl, namespace, "bad")],
+             timeout=10, what=f"a Warning {reason} event")
     assert kubectl("get", "deployment", "bad", "-n", namespace, check=False).returncode != 0
     # the other service in the namespace is unaffected
     wait_condition(kubectl, namespace, "good", "Ready", "True")
