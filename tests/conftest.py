@@ -92,7 +92,7 @@ def operator(dev_cluster, kubectl, tmp_path_factory):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(dev_cluster.kubeconfig),
                              "--resync-seconds", "5", "--prometheus-url", dev_cluster.prometheus_url,
-                             "--autoscale-interval", "1", "--http-port", str(port), "--http-host", "127.0.0.1"],
+                             "--autoscale-interval", "1", "--metrics-grace", "8", "--http-port", str(port), "--http-host", "127.0.0.1"],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not http_ok(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:

@@ -102,6 +102,7 @@ def _run_operator(args: argparse.Namespace) -> int:
     handlers.CONFIG.prometheus_url = args.prometheus_url
     handlers.CONFIG.service_label = args.service_label
     handlers.CONFIG.autoscale_interval_s = args.autoscale_interval
+    handlers.CONFIG.metrics_grace_s = args.metrics_grace
     handlers.CONFIG.http_port = args.http_port
     handlers.CONFIG.http_host = args.http_host
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--service-label", default="tidal_dev_inferenceservice",
                      help="label carrying the InferenceService name on scraped series")
     run.add_argument("--autoscale-interval", type=float, default=2.0, help="seconds between autoscaling ticks")
+    run.add_argument("--metrics-grace", type=float, default=30.0,
+                     help="seconds a service's series may be missing (new pods not scraped yet) before "
+                          "ScalingActive turns False; replicas are held meanwhile")
     run.add_argument("--http-port", type=int, help="serve /healthz, /metrics and the activator's /v1/wake here")
     run.add_argument("--http-host", default="0.0.0.0")
     run.add_argument("--health-port", type=int, help="kopf's own liveness endpoint on this port")

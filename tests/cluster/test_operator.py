@@ -118,7 +118,8 @@ def test_nothing_changes_means_nothing_is_written(operator, kubectl, namespace):
               for k in ("tis", "deployment", "service")}
     time.sleep(11)  # two resyncs of every service
     after = {k: get(kubectl, namespace, k, "resnet")["metadata"]["resourceVersion"] for k in before}
-    assert after == before
+    assert after == before, (json.dumps(get(kubectl, namespace, "tis", "resnet")["status"], indent=1),
+                             events(kubectl, namespace, "resnet"))
 
 
 def test_invalid_objects_are_rejected_at_apply_with_the_field_named(operator, kubectl, namespace):

@@ -26,9 +26,7 @@ from .store import Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
 MAX_CONCURRENCY_FLAG = "--max-num-seqs"
-# New replicas are not scraped yet: a service's series may be missing for a scrape interval or two.
-# Replicas are held from the first tick without data, but the condition and Event wait this long.
-MISSING_GRACE_TICKS = 3
+
 VLLM_DEFAULT_MAX_SEQS = 256
 
 
@@ -60,13 +58,17 @@ class Autoscaler:
     clock: callable = time.time
     states: dict[Key, ScalerState] = field(default_factory=dict)
     _specs: dict[Key, tuple[int, InferenceServiceSpec | None]] = field(default_factory=dict)
-    _missing: dict[Key, int] = field(default_factory=dict)  # consecutive ticks without this service's data
+    # New replicas are not discovered and scraped at once (a discovery refresh plus a scrape interval:
+    # 30 s or more with common settings). Replicas are held from the first tick without data; the
+    # condition and its Event wait this long, so a routine start-up does not read as an outage.
+    metrics_grace_s: float = 30.0
+    _missing_since: dict[Key, float] = field(default_factory=dict)
     last_tick_s: float = 0.0
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
         self._specs.pop(key, None)
-        self._missing.pop(key, None)
+        self._missing_since.pop(key, None)
         metrics.forget(*key)
 
     def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
@@ -175,8 +177,12 @@ class Autoscaler:
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
                      decision.message)
         generation = body["metadata"].get("generation", 0)
-        missing = self._missing[key] = self._missing.get(key, 0) + 1 if obs.waiting is None else 0
-        report = not (0 < missing < MISSING_GRACE_TICKS and prometheus_ok)
+        if obs.waiting is None:
+            since = self._missing_since.setdefault(key, now)
+        else:
+            since = self._missing_since.pop(key, None)
+        # Prometheus itself failing is reported at once; one service's missing series after a grace.
+        report = obs.waiting is not None or not prometheus_ok or now - since >= self.metrics_grace_s
         before, after = await update_status(
             self.kube, self.store, body,
             lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report))

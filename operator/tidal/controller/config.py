@@ -17,5 +17,6 @@ class OperatorConfig:
     # tidal.dev/inferenceservice after Prometheus's usual labelmap relabelling.
     service_label: str = "tidal_dev_inferenceservice"
     autoscale_interval_s: float = 2.0
+    metrics_grace_s: float = 30.0
     http_host: str = "0.0.0.0"
     http_port: int | None = None

@@ -41,7 +41,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     memo.autoscaler = None
     if CONFIG.prometheus_url:
         memo.autoscaler = Autoscaler(kube, Prometheus(CONFIG.prometheus_url, CONFIG.service_label), memo.store,
-                                     CONFIG.autoscale_interval_s)
+                                     CONFIG.autoscale_interval_s, metrics_grace_s=CONFIG.metrics_grace_s)
         memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
     if CONFIG.http_port:
         runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)

@@ -29,6 +29,7 @@ from .store import ServiceStore, update_status
 log = logging.getLogger("tidal.reconcile")
 # Not-ready reasons that are normal progress, announced as Normal events rather than Warnings.
 PROGRESS_REASONS = {"Creating", "ModelLoading"}
+ENGINE_FAILURE_THRESHOLD = 3
 
 
 def utcnow() -> str:
@@ -59,9 +60,11 @@ class Reconciler:
 
     def __post_init__(self):
         self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._engine_failures: dict[tuple[str, str], int] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
+        self._engine_failures.pop((namespace, name), None)
 
     async def reconcile(self, body: dict) -> None:
         """Bring the children and the status in line with `body`."""
@@ -82,6 +85,11 @@ class Reconciler:
             deployment = await self._apply(body, spec, deployment)
         pods = await self.kube.list_pods(ns, f"{SERVICE_LABEL}={name}") if deployment else []
         ready, why = await self._engine_check(spec, deployment, pods)
+        # Like a probe's failureThreshold: one slow answer on a busy node is not an outage.
+        failures = self._engine_failures[(ns, name)] = (self._engine_failures.get((ns, name), 0) + 1
+                                                         if ready is False else 0)
+        if ready is False and failures < ENGINE_FAILURE_THRESHOLD:
+            ready = None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None)
         now = utcnow()
