@@ -180,3 +180,24 @@ def test_restart_safe_no_scale_down_on_a_fresh_memory(scenario):
 def test_deterministic(scenario):
     obs, state, policy, now = scenario
     assert decide(obs, state, policy, now) == decide(obs, replace(state), policy, now)
+
+
+def test_last_active_time_is_persisted_on_going_idle_and_sparsely_while_busy():
+    from tidal.planning.scaling_status import from_iso, plan_scaling_status
+
+    def status_after(active, stored, now):
+        d = decide(Observation(current=1, ready=1, waiting=0, running=0), ScalerState(last_active=active), POLICY, now)
+        current = {"lastActiveTime": stored} if stored else {}
+        return from_iso(plan_scaling_status(current, d, 1, 0, 1, now, idle_seconds=120).get("lastActiveTime"))
+
+    def busy_status(stored, now):
+        d = decide(Observation(current=1, ready=1, waiting=0, running=5), ScalerState(), POLICY, now)
+        current = {"lastActiveTime": stored} if stored else {}
+        return from_iso(plan_scaling_status(current, d, 1, 0, 1, now, idle_seconds=120).get("lastActiveTime"))
+
+    t0 = 1_800_000_000.0
+    from tidal.planning.scaling_status import to_iso
+    assert busy_status(None, t0) == t0  # first activity is recorded
+    assert busy_status(to_iso(t0), t0 + 30) == t0  # busy: not rewritten every tick...
+    assert busy_status(to_iso(t0), t0 + 60) == t0 + 60  # ...but every idle/2 = 60 s
+    assert status_after(t0 + 40, to_iso(t0), t0 + 42) == t0 + 40  # gone idle: the exact moment is kept

@@ -185,7 +185,8 @@ class Autoscaler:
         report = obs.waiting is not None or not prometheus_ok or now - since >= self.metrics_grace_s
         before, after = await update_status(
             self.kube, self.store, body,
-            lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report))
+            lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report,
+                                            spec.scaling.idleSecondsBeforeZero))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
         if new and (not old or old["status"] != new["status"]):
