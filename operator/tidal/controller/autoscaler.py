@@ -189,7 +189,8 @@ class Autoscaler:
                                             spec.scaling.idleSecondsBeforeZero))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
-        if new and (not old or old["status"] != new["status"]):
+        # Events on flips, and on a first False; "metrics available" at start-up is not news.
+        if new and ((old and old["status"] != new["status"]) or (not old and new["status"] == "False")):
             await self.kube.event(body, "Normal" if new["status"] == "True" else "Warning", new["reason"],
                                   new["message"])
         return decision
