@@ -35,7 +35,9 @@ crds:
 
 # Run the operator against the local cluster (make cluster first).
 run:
-	$(PYTHON) -m tidal.cli run --kubeconfig $(STATE_DIR)/kubeconfig
+	$(PYTHON) -m tidal.cli run --kubeconfig $(STATE_DIR)/kubeconfig \
+	  --prometheus-url $$($(PYTHON) -c "import json; print(json.load(open('$(STATE_DIR)/state.json'))['prometheus_url'])") \
+	  --http-port 8080
 
 # The whole suite: unit tests, then tests on a throw-away local cluster of their own.
 test:

@@ -36,7 +36,8 @@ def up(state_dir: Path) -> int:
     pid_file = state_dir / "operator.pid"
     if not (pid_file.exists() and pid_alive(int(pid_file.read_text()))):
         log = open(state_dir / "logs" / "operator.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(info.kubeconfig)],
+        proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(info.kubeconfig),
+                                 "--prometheus-url", info.prometheus_url],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         pid_file.write_text(str(proc.pid))
         print(f"--- operator started (pid {proc.pid}, log {state_dir / 'logs' / 'operator.log'})")
