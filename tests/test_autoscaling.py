@@ -16,9 +16,10 @@ POLICY = Policy(min_replicas=0, max_replicas=10, target_queue=4, max_concurrency
 
 
 # ---- the limits, one by one ----------------------------------------------------------------------
-def test_recommend_from_queue_and_from_running():
-    assert recommend(10, 0, 4, 48) == 3
-    assert recommend(0, 100, 4, 48) == 3
+def test_recommend_full_batches_plus_the_target_queue():
+    assert recommend(20, 40, 4, 48) == 2  # 60 in the system, 52 per replica
+    assert recommend(0, 100, 4, 48) == 2  # busy replicas are kept even with nothing waiting
+    assert recommend(10, 0, 4, 0) == 3  # queue-only signals (Triton, custom PromQL): ceil(10 / 4)
     assert recommend(0, 0, 4, 48) == 0
 
 
@@ -59,7 +60,7 @@ def run(observations, policy=POLICY, state=None, start=0.0, step=2.0):
 
 
 def test_burst_scales_up_at_once_and_idle_returns_to_zero_after_the_idle_period():
-    burst = [(1, 40, 48)] * 3
+    burst = [(1, 400, 48)] * 3  # 448 in the system wants 9 replicas; one step may only reach 5
     quiet = [(None, 0, 0)] * 100  # 200 s of nothing
     decisions = run(burst + quiet)
     assert decisions[0].replicas == 5 and decisions[0].reason == "QueueAboveTarget"

@@ -116,6 +116,41 @@ def _run_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaling_default(field: str):
+    from .api.v1alpha1 import Scaling
+    return Scaling.model_fields[field].default
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import time
+
+    from .autoscaling import Policy
+    from .simulate.engine import SimConfig
+    from .simulate.report import POLICIES, physical_limit, run_all, write
+    from .simulate.trace import load_trace
+    from .simserver.latency import LatencyModel
+
+    started = time.monotonic()
+    try:
+        requests = load_trace(Path(args.trace))
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read the trace: {err}", file=sys.stderr)
+        return 2
+    names = list(POLICIES) if args.policy == "all" else [args.policy]
+    latency = LatencyModel(max_concurrency=args.max_concurrency)
+    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
+                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
+                     scale_down_window_s=args.scale_down_window)
+    results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
+    paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace)
+    print()
+    print(paths["markdown"].read_text())
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("action", choices=["up", "down"])
     demo.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
     demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(a.action, a.state_dir))
+
+    sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
+    sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "
+                                                   "(timestamp, input_tokens, output_tokens)")
+    sim.add_argument("--policy", default="all", choices=["tidal", "keda-hpa", "knative-kpa", "all"])
+    sim.add_argument("--out", default="out/simulation", help="directory for simulation.json/.md/.png")
+    sim.add_argument("--cold-start", type=float, default=60.0, help="seconds from launch to ready (median)")
+    sim.add_argument("--cold-start-sigma", type=float, default=0.0, help="lognormal spread of the cold start")
+    sim.add_argument("--slo", type=float, default=5.0, help="queue-wait SLO in seconds")
+    sim.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus scrape interval, seconds")
+    sim.add_argument("--max-concurrency", type=int, default=48, help="requests one replica runs at once")
+    sim.add_argument("--min-replicas", type=int, default=0)
+    sim.add_argument("--max-replicas", type=int, default=8)
+    sim.add_argument("--target-queue", type=float, default=_scaling_default("targetQueueDepth"),
+                     help="waiting requests per replica (Tidal, HPA); default: the API's")
+    sim.add_argument("--idle-seconds", type=float, default=_scaling_default("idleSecondsBeforeZero"),
+                     help="Tidal's idle period before zero; default: the API's")
+    sim.add_argument("--scale-down-window", type=float, default=_scaling_default("scaleDownStabilizationSeconds"),
+                     help="Tidal's scale-down window; default: the API's")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=_simulate)
 
     run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
     run.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG / ~/.kube/config")

@@ -164,9 +164,12 @@ class Scaling(_Model):
     targetQueueDepth: float = Field(4, gt=0, le=10000,
                                     description="Requests waiting per replica that the autoscaler aims "
                                                 "for; more means fewer GPUs and longer waits.")
-    idleSecondsBeforeZero: int = Field(120, ge=0, le=86400,
+    idleSecondsBeforeZero: int = Field(300, ge=0, le=86400,
                                        description="Scale to zero only after this many seconds with no "
-                                                   "request waiting or running.")
+                                                   "request waiting or running. Zero pays off only for gaps "
+                                                   "longer than this plus a cold start (the wake-up costs a "
+                                                   "cold start of GPU time and of waiting), so keep it several "
+                                                   "times the model's cold start.")
     scaleDownStabilizationSeconds: int = Field(60, ge=0, le=3600,
                                                description="Scale down only to the highest replica count "
                                                            "wanted over this window.")

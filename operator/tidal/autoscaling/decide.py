@@ -74,6 +74,12 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return Decision(replicas, reason, message, final_state, recommended)
 
     if recommended > obs.current:
+        if obs.ready == 0 and obs.current > 0:
+            # A backlog held while nothing serves yet says nothing about serving capacity: the replicas
+            # already starting will drain it (one 48-slot replica clears 600 short requests in seconds),
+            # and any replica added now would be ready no sooner than them.
+            return result(obs.current, "WaitingForFirstReplica",
+                          f"{load}; {obs.current} replica(s) starting; deciding on throughput once one serves")
         if within_tolerance(obs.current, recommended, policy.tolerance):
             return result(obs.current, "WithinTolerance", f"{load}; {recommended} wanted is within tolerance")
         wanted = stabilise_up(recommended, history, now, policy.scale_up_window_s, obs.current)

@@ -11,12 +11,14 @@ from collections.abc import Iterable
 
 
 def recommend(waiting: float, running: float, target_queue: float, max_concurrency: float) -> int:
-    """Replicas the load asks for: enough that each holds at most `target_queue` waiting requests,
-    and never fewer than the running requests need. 10 waiting at target 4 -> 3; 100 running at
-    48 per replica -> 3."""
-    by_queue = math.ceil(waiting / target_queue) if waiting > 0 else 0
-    by_running = math.ceil(running / max_concurrency) if running > 0 else 0
-    return max(by_queue, by_running)
+    """Replicas for the work in the system: each runs its full batch (`max_concurrency` requests, the
+    engine's --max-num-seqs) and holds at most `target_queue` waiting. 40 running + 20 waiting at 48 per
+    batch and 4 waiting -> ceil(60 / 52) = 2. A burst shorter than one batch per replica drains in about
+    one request's service time (seconds), long before a new replica could load its model, so it does
+    not buy one. For engines without an in-flight gauge (Triton) or a custom query, max_concurrency is 0
+    and this is ceil(queue / target): 10 waiting at target 4 -> 3."""
+    demand = waiting + running
+    return math.ceil(demand / (max_concurrency + target_queue)) if demand > 0 else 0
 
 
 def within_tolerance(current: int, recommended: int, tolerance: float) -> bool:

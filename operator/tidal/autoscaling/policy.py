@@ -11,8 +11,8 @@ class Policy:
     max_replicas: int = 4
     # Requests waiting per replica that we aim for (the scale-up signal).
     target_queue: float = 4.0
-    # Requests one replica runs at once (vLLM --max-num-seqs). Keeps busy replicas during scale-down:
-    # 100 running on replicas that each run 48 need 3 of them even when nothing waits.
+    # Requests one replica runs at once and reports as running (vLLM --max-num-seqs, default 256);
+    # 0 for signals that count only the queue (Triton's pending count, a custom query).
     max_concurrency: float = 256.0
     idle_seconds: float = 120.0
     scale_down_window_s: float = 60.0

@@ -32,8 +32,9 @@ VLLM_DEFAULT_MAX_SEQS = 256
 
 def policy_of(spec: InferenceServiceSpec) -> Policy:
     s = spec.scaling
-    concurrency = VLLM_DEFAULT_MAX_SEQS
-    for i, arg in enumerate(spec.engine.args):  # the engine's own batch limit, if the user set it
+    counts_running = engine(spec.engine.type).inflight_metric is not None and not s.query
+    concurrency = VLLM_DEFAULT_MAX_SEQS if counts_running else 0
+    for i, arg in enumerate(spec.engine.args if counts_running else ()):  # the engine's batch limit, if set
         if arg.startswith(MAX_CONCURRENCY_FLAG + "="):
             concurrency = int(arg.split("=", 1)[1]) if arg.split("=", 1)[1].isdigit() else concurrency
         elif arg == MAX_CONCURRENCY_FLAG and i + 1 < len(spec.engine.args) and spec.engine.args[i + 1].isdigit():

@@ -1,0 +1,145 @@
+"""The discrete-event loop: arrivals, completions, replicas becoming ready, scrapes, policy ticks."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+
+from ..simserver.latency import LatencyModel
+from .policies import SimPolicy, View
+from .service import Service
+from .trace import Request
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    latency: LatencyModel = field(default_factory=LatencyModel)
+    cold_start_s: float = 60.0
+    cold_start_sigma: float = 0.0
+    seed: int = 0
+    scrape_interval_s: float = 15.0  # Prometheus's scrape interval: the age of what metric-driven policies see
+    slo_wait_s: float = 5.0
+    hold_timeout_s: float = 600.0  # a request held longer at zero gets a 503: lost
+    initial_replicas: int = 0
+    sample_s: float = 5.0
+
+
+@dataclass
+class Result:
+    policy: str
+    requests: int
+    gpu_hours: float
+    cold_starts: int
+    slo_misses: int
+    lost: int
+    wait_p50: float
+    wait_p99: float
+    ttft_p50: float
+    ttft_p99: float
+    timeline: list[tuple[float, int, int, int]]  # (t, replicas, ready, queued)
+    extra: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "timeline"}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(math.ceil(q * len(values))) - 1)]
+
+
+def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progress=None) -> Result:
+    svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed)
+    events: list = []
+    seq = itertools.count()
+
+    def push(t, kind, payload=None):
+        heapq.heappush(events, (t, next(seq), kind, payload))
+
+    for i, request in enumerate(requests):
+        push(request.arrival, "arrival", request)
+    for replica in svc.scale_to(cfg.initial_replicas, 0.0):
+        replica.ready_at = 0.0  # replicas that exist when the trace starts are warm
+    svc.cold_starts = 0
+    end_of_trace = requests[-1].arrival
+    push(0.0, "tick")
+    push(0.0, "scrape")
+    push(0.0, "sample")
+    if policy.observe_s:
+        push(0.0, "observe")
+    scraped = (0.0, 0.0)
+    timeline: list[tuple[float, int, int, int]] = []
+    arrived = 0
+    next_progress = 0.1
+
+    def view(now: float) -> View:
+        ready = svc.ready_count(now)
+        held = svc.waiting() if ready == 0 else 0
+        return View(now, svc.current(), ready, scraped[0], scraped[1],
+                    svc.waiting() + svc.running(), held)
+
+    def act(desired, now):
+        if desired is not None and desired != svc.current():
+            for replica in svc.scale_to(desired, now):
+                push(replica.ready_at, "ready", replica)
+
+    def start(now):
+        for done_at, replica in svc.dispatch(now):
+            push(done_at, "done", replica)
+
+    now = last_done = 0.0
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        idle = arrived == len(requests) and not svc.queue and svc.running() == 0
+        if idle and kind in ("tick", "scrape", "sample", "observe"):
+            break  # the trace is served; what is left is the policies' own tail, not the trace's cost
+        if kind == "arrival":
+            arrived += 1
+            svc.queue.append((now, payload))
+            if svc.ready_count(now) == 0:
+                act(policy.poke(view(now)), now)
+            start(now)
+            if progress and arrived / len(requests) >= next_progress:
+                progress(arrived / len(requests))
+                next_progress += 0.1
+        elif kind == "done":
+            last_done = now
+            svc.finish(payload, now)
+            start(now)
+        elif kind == "ready":
+            start(now)
+        elif kind == "tick":
+            svc.expire(now, cfg.hold_timeout_s)
+            act(policy.tick(view(now)), now)
+            start(now)
+            push(now + policy.tick_s, "tick")
+        elif kind == "observe":
+            policy.observe(view(now))
+            push(now + policy.observe_s, "observe")
+        elif kind == "scrape":
+            scraped = (float(svc.waiting()), float(svc.running())) if svc.ready_count(now) else (0.0, 0.0)
+            push(now + cfg.scrape_interval_s, "scrape")
+        elif kind == "sample":
+            timeline.append((now, svc.current(), svc.ready_count(now), svc.waiting()))
+            push(now + cfg.sample_s, "sample")
+    end = max(last_done, end_of_trace)  # cost is counted until the trace's last request is served
+    served = [o for o in svc.outcomes if not o.lost]
+    waits = [o.wait for o in served]
+    return Result(
+        policy=policy.name, requests=len(requests), gpu_hours=svc.gpu_seconds(end) / 3600,
+        cold_starts=svc.cold_starts,
+        slo_misses=sum(1 for o in svc.outcomes if o.lost or o.wait > cfg.slo_wait_s),
+        lost=sum(1 for o in svc.outcomes if o.lost) + len(requests) - len(svc.outcomes),
+        wait_p50=_percentile(waits, 0.5), wait_p99=_percentile(waits, 0.99),
+        ttft_p50=_percentile([o.ttft for o in served], 0.5), ttft_p99=_percentile([o.ttft for o in served], 0.99),
+        timeline=timeline, extra=dict(getattr(policy, "reasons", {})))
+
+
+def physical_limit_hours(requests: list[Request], latency: LatencyModel) -> float:
+    """GPU time the trace's work needs with every replica's slots always full: a lower bound on cost."""
+    slot_seconds = sum(latency.service_time(r.input_tokens, r.output_tokens) for r in requests)
+    return slot_seconds / latency.max_concurrency / 3600

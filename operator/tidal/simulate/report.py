@@ -1,0 +1,86 @@
+"""Run several policies over one trace and write what a person compares: JSON, Markdown, PNG."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..autoscaling import Policy
+from .engine import Result, SimConfig, physical_limit_hours, simulate
+from .policies import KedaHpaPolicy, KnativeKpaPolicy, TidalPolicy
+from .trace import Request
+
+POLICIES = ("tidal", "keda-hpa", "knative-kpa")
+
+
+def make_policy(name: str, cfg: SimConfig, scaling: Policy):
+    if name == "tidal":
+        return TidalPolicy(scaling)
+    if name == "keda-hpa":
+        return KedaHpaPolicy(scaling.target_queue, scaling.min_replicas, scaling.max_replicas)
+    if name == "knative-kpa":
+        return KnativeKpaPolicy(cfg.latency.max_concurrency, scaling.min_replicas, scaling.max_replicas)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)} or all")
+
+
+def run_all(requests: list[Request], names: list[str], cfg: SimConfig, scaling: Policy, log=print) -> list[Result]:
+    results = []
+    for name in names:
+        log(f"simulating {name} over {len(requests):,} requests ({requests[-1].arrival:,.0f} s of trace)")
+        result = simulate(requests, make_policy(name, cfg, scaling), cfg,
+                          progress=lambda f: log(f"  {name}: {f:4.0%} of the requests replayed"))
+        results.append(result)
+    return results
+
+
+def markdown(results: list[Result], limit_hours: float, cfg: SimConfig) -> str:
+    lines = [f"| policy | GPU-replica-hours | cold starts | waited > {cfg.slo_wait_s:g} s | lost | queue wait p50 / p99 "
+             "| TTFT p50 / p99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.policy} | {r.gpu_hours:.3f} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
+                     f"{r.wait_p50:.2f} s / {r.wait_p99:.1f} s | {r.ttft_p50:.2f} s / {r.ttft_p99:.1f} s |")
+    lines.append(f"| physical limit (all slots always busy) | {limit_hours:.3f} | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), sharex=True, squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        t = [p[0] / 60 for p in r.timeline]
+        ax.step(t, [p[1] for p in r.timeline], where="post", label="replicas", color="tab:blue")
+        ax.step(t, [p[2] for p in r.timeline], where="post", label="ready", color="tab:green", alpha=0.7)
+        ax.set_ylabel("replicas")
+        ax.set_title(f"{r.policy}: {r.gpu_hours:.2f} GPU-h, {r.cold_starts} cold starts, {r.slo_misses} SLO misses",
+                     fontsize=10, loc="left")
+        queue_ax = ax.twinx()
+        queue_ax.fill_between(t, [p[3] for p in r.timeline], step="post", color="tab:red", alpha=0.25, label="queue")
+        queue_ax.set_ylabel("queued", color="tab:red")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("minutes into the trace")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: list[Result], limit_hours: float, cfg: SimConfig, out: Path, trace: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "simulation.json", "markdown": out / "simulation.md", "png": out / "simulation.png"}
+    paths["json"].write_text(json.dumps({
+        "trace": trace, "config": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+                                   for k, v in cfg.__dict__.items()},
+        "physical_limit_gpu_hours": limit_hours,
+        "results": [r.row() for r in results]}, indent=2, default=str))
+    paths["markdown"].write_text(f"Trace: `{trace}`, cold start {cfg.cold_start_s:g} s, SLO: queue wait "
+                                 f"<= {cfg.slo_wait_s:g} s, Prometheus scrape every {cfg.scrape_interval_s:g} s.\n\n"
+                                 + markdown(results, limit_hours, cfg))
+    plot(results, paths["png"])
+    return paths
+
+
+def physical_limit(requests: list[Request], cfg: SimConfig) -> float:
+    return physical_limit_hours(requests, cfg.latency)

@@ -1,0 +1,121 @@
+"""The simulated InferenceService: a FIFO queue in front of replicas that each run `max_concurrency`
+requests at once, with the engine latency model, cold starts, draining scale-down, and the GPU time
+every replica costs from the moment it is launched until it is gone."""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from dataclasses import dataclass, field
+
+from ..simserver.latency import LatencyModel
+from .trace import Request
+
+
+@dataclass
+class Replica:
+    id: int
+    launched: float
+    ready_at: float
+    inflight: int = 0
+    draining: bool = False
+    removed_at: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return not self.draining and self.ready_at <= now
+
+
+@dataclass
+class Outcome:
+    arrival: float
+    wait: float  # queue wait (held at zero, or waiting for a free slot)
+    ttft: float
+    lost: bool = False
+
+
+@dataclass
+class Service:
+    latency: LatencyModel
+    cold_start_s: float
+    cold_start_sigma: float = 0.0
+    seed: int = 0
+    replicas: list[Replica] = field(default_factory=list)
+    queue: collections.deque = field(default_factory=collections.deque)  # (arrival, Request)
+    outcomes: list[Outcome] = field(default_factory=list)
+    cold_starts: int = 0
+    _ids: int = 0
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    # ---- what a policy sees --------------------------------------------------------------------
+    def current(self) -> int:
+        """Replicas the Deployment asks for: starting and ready, not those draining away."""
+        return sum(1 for r in self.replicas if not r.draining)
+
+    def ready_count(self, now: float) -> int:
+        return sum(1 for r in self.replicas if r.ready(now))
+
+    def running(self) -> int:
+        return sum(r.inflight for r in self.replicas)
+
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    # ---- scaling ---------------------------------------------------------------------------------
+    def cold_start(self) -> float:
+        if self.cold_start_sigma <= 0:
+            return self.cold_start_s
+        # Lognormal around the median cold start: mostly near it, a few much slower.
+        return self.cold_start_s * math.exp(self._rng.gauss(0, self.cold_start_sigma))
+
+    def scale_to(self, desired: int, now: float) -> list[Replica]:
+        """Launch or remove replicas; returns the launched ones (their ready events are scheduled)."""
+        live = [r for r in self.replicas if not r.draining]
+        launched = []
+        for _ in range(desired - len(live)):
+            self._ids += 1
+            replica = Replica(self._ids, now, now + self.cold_start())
+            self.replicas.append(replica)
+            launched.append(replica)
+            self.cold_starts += 1
+        if desired < len(live):
+            # Like a ReplicaSet: not-ready pods go first, then the least busy.
+            victims = sorted(live, key=lambda r: (r.ready(now), r.inflight))[: len(live) - desired]
+            for r in victims:
+                r.draining = True
+                if r.inflight == 0:
+                    r.removed_at = now
+        return launched
+
+    # ---- requests --------------------------------------------------------------------------------
+    def dispatch(self, now: float) -> list[tuple[float, Replica]]:
+        """Start queued requests on free slots (least busy replica first); returns (done_at, replica)."""
+        started = []
+        while self.queue:
+            candidates = [r for r in self.replicas if r.ready(now) and r.inflight < self.latency.max_concurrency]
+            if not candidates:
+                break
+            replica = min(candidates, key=lambda r: r.inflight)
+            arrival, request = self.queue.popleft()
+            replica.inflight += 1
+            wait = now - arrival
+            ttft = wait + self.latency.time_to_first_token(request.input_tokens)
+            self.outcomes.append(Outcome(arrival, wait, ttft))
+            started.append((now + self.latency.service_time(request.input_tokens, request.output_tokens), replica))
+        return started
+
+    def finish(self, replica: Replica, now: float) -> None:
+        replica.inflight -= 1
+        if replica.draining and replica.inflight == 0:
+            replica.removed_at = now
+
+    def expire(self, now: float, timeout: float) -> None:
+        """Requests held longer than `timeout` get an error (the activator's 503): lost."""
+        while self.queue and now - self.queue[0][0] > timeout:
+            arrival, _ = self.queue.popleft()
+            self.outcomes.append(Outcome(arrival, now - arrival, math.inf, lost=True))
+
+    def gpu_seconds(self, end: float) -> float:
+        return sum((r.removed_at if r.removed_at is not None else end) - r.launched for r in self.replicas)

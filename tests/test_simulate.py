@@ -1,0 +1,105 @@
+"""The simulator's mechanics on tiny hand-made traces, and the baselines' documented behaviour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tidal.autoscaling import Policy
+from tidal.simserver.latency import LatencyModel
+from tidal.simulate.engine import SimConfig, physical_limit_hours, simulate
+from tidal.simulate.policies import KedaHpaPolicy, KnativeKpaPolicy, TidalPolicy, View
+from tidal.simulate.trace import Request, load_trace
+
+# 1 s per request, whatever its size: easy arithmetic.
+ONE_SECOND = LatencyModel(prefill_s_per_token=0.0, decode_s_per_token=0.0, overhead_s=1.0, max_concurrency=10)
+
+
+def tidal(**kw):
+    return TidalPolicy(Policy(**{"min_replicas": 0, "max_replicas": 4, "target_queue": 4, "max_concurrency": 10,
+                                 "idle_seconds": 120, "scale_down_window_s": 60, **kw}))
+
+
+def test_one_request_at_zero_waits_exactly_one_cold_start():
+    result = simulate([Request(0.0, 10, 10)], tidal(), SimConfig(latency=ONE_SECOND, cold_start_s=60))
+    assert result.cold_starts == 1 and result.lost == 0
+    assert result.wait_p50 == pytest.approx(60.0)  # the activator woke it at once; the model took 60 s
+    assert result.slo_misses == 1
+    assert result.gpu_hours * 3600 == pytest.approx(61.0)  # launched at 0, served 60-61, trace over
+
+
+def test_a_burst_queues_in_fifo_order_on_a_warm_replica():
+    burst = [Request(0.0, 1, 1) for _ in range(25)]
+    result = simulate(burst, tidal(min_replicas=1, max_replicas=1), SimConfig(latency=ONE_SECOND, initial_replicas=1))
+    # 10 slots: 10 start at once, 10 after 1 s, 5 after 2 s
+    assert result.wait_p50 == pytest.approx(1.0) and result.wait_p99 == pytest.approx(2.0)
+    assert result.cold_starts == 0 and result.slo_misses == 0
+
+
+def test_an_idle_gap_longer_than_the_idle_period_costs_a_second_cold_start():
+    trace = [Request(0.0, 1, 1), Request(400.0, 1, 1)]
+    short_idle = simulate(trace, tidal(idle_seconds=120), SimConfig(latency=ONE_SECOND, cold_start_s=30))
+    long_idle = simulate(trace, tidal(idle_seconds=600), SimConfig(latency=ONE_SECOND, cold_start_s=30))
+    assert short_idle.cold_starts == 2 and long_idle.cold_starts == 1
+    assert short_idle.gpu_hours < long_idle.gpu_hours  # zero between the two requests is cheaper...
+    assert short_idle.slo_misses == 2 and long_idle.slo_misses == 1  # ...and the second request pays for it
+
+
+def test_keda_reaches_zero_only_after_cooldown_plus_hpa_window():
+    keda = KedaHpaPolicy(target=4, min_replicas=0, max_replicas=8)
+    replicas, zero_at = 1, None
+    for t in range(0, 1200, 15):
+        waiting = 40.0 if t < 30 else 0.0  # a burst, then silence
+        desired = keda.tick(View(t, replicas, replicas, waiting, 0.0, waiting, 0.0))
+        replicas = desired if desired is not None else replicas
+        if replicas == 0 and zero_at is None:
+            zero_at = t
+    assert zero_at is not None and zero_at >= 300 + 300  # the HPA holds its burst size 300 s, then cooldown 300 s
+
+
+def test_knative_panics_on_a_2x_burst_and_does_not_scale_down_while_panicking():
+    kpa = KnativeKpaPolicy(container_concurrency=10, min_replicas=0, max_replicas=10)  # target 7 per pod
+    for t in range(60):
+        kpa.observe(View(t, 1, 1, 0, 0, 5.0, 0))
+    assert kpa.tick(View(60, 1, 1, 0, 0, 5.0, 0)) == 1
+    for t in range(60, 66):
+        kpa.observe(View(t, 1, 1, 0, 0, 30.0, 0))  # 30 in flight on one pod: over 2x its target
+    burst = kpa.tick(View(66, 1, 1, 0, 0, 30.0, 0))
+    assert kpa.panic_since == 66 and burst >= 3
+    for t in range(66, 80):
+        kpa.observe(View(t, burst, burst, 0, 0, 0.0, 0))  # the burst is gone...
+    assert kpa.tick(View(80, burst, burst, 0, 0, 0.0, 0)) == burst  # ...but no scale-down while panicking
+
+
+def test_physical_limit_is_the_work_divided_by_the_slots():
+    trace = [Request(float(i), 1, 1) for i in range(36)]
+    assert physical_limit_hours(trace, ONE_SECOND) == pytest.approx(36 / 10 / 3600)
+
+
+def test_jsonl_traces_and_bad_rows(tmp_path):
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"timestamp": 10.5, "input_tokens": 100, "output_tokens": 20}\n'
+                    '{"timestamp": 10.0, "input_tokens": 50, "output_tokens": 5}\n')
+    assert load_trace(good) == [Request(0.0, 50, 5), Request(0.5, 100, 20)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 1, "input_tokens": "many"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: need timestamp, input_tokens, output_tokens"):
+        load_trace(bad)
+
+
+def test_the_command_writes_json_markdown_and_a_plot(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" +
+                     "".join(f"2023-11-16 18:17:{s:02d}.0000000,500,20\n" for s in range(0, 50, 5)))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "tidal.cli", "simulate", "--trace", str(trace), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tidal: 100% of the requests replayed" in proc.stdout  # progress is shown
+    report = json.loads((out / "simulation.json").read_text())
+    assert [r["policy"] for r in report["results"]] == ["tidal", "keda-hpa", "knative-kpa"]
+    assert "| tidal |" in (out / "simulation.md").read_text()
+    assert (out / "simulation.png").read_bytes()[:4] == b"\x89PNG"
