@@ -104,3 +104,37 @@ def operator(dev_cluster, kubectl, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+class ActivatorProcess:
+    def __init__(self, proc, url, metrics_url):
+        self.proc, self.url, self.metrics_url = proc, url, metrics_url
+
+
+def start_activator(dev_cluster, operator, *extra):
+    """`tidal activator` against the test cluster, its metrics registered with Prometheus."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tidal.devcluster.processes import free_port, http_ok
+    port, metrics_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),
+                             "--operator-url", operator.url, "--host", "127.0.0.1", "--port", str(port),
+                             "--metrics-port", str(metrics_port), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not http_ok(f"http://127.0.0.1:{metrics_port}/healthz") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (dev_cluster.state_dir / "targets" / f"activator-{port}.json").write_text(json.dumps(
+        [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"job": "activator"}}]))
+    return ActivatorProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}")
+
+
+@pytest.fixture(scope="session")
+def activator(dev_cluster, operator):
+    act = start_activator(dev_cluster, operator, "--hold-timeout", "60")
+    yield act
+    act.proc.terminate()
+    act.proc.wait(10)

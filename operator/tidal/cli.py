@@ -151,6 +151,38 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activator(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .activator.gateway import Limits
+    from .activator.main import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    static = {}
+    for item in args.static_endpoint or []:
+        try:
+            svc, addr = item.split("=", 1)
+            ns, name = svc.split("/", 1)
+            host, port = addr.rsplit(":", 1)
+            static.setdefault((ns, name), []).append((host, int(port)))
+        except ValueError:
+            print(f"error: --static-endpoint {item!r}: use namespace/name=host:port", file=sys.stderr)
+            return 2
+    limits = Limits(max_pending=args.max_pending, hold_timeout_s=args.hold_timeout)
+    try:
+        import uvloop  # a faster event loop; the gateway's cost per request is mostly the loop's
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
+                          static or None))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Tidal's scale-down window; default: the API's")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_simulate)
+
+    act = sub.add_parser("activator", help="the request gateway: routes to ready replicas, holds requests "
+                                           "for a service at zero and wakes it")
+    act.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG")
+    act.add_argument("--operator-url", help="the operator's HTTP endpoint (tidal run --http-port), for wake-ups")
+    act.add_argument("--host", default="0.0.0.0")
+    act.add_argument("--port", type=int, default=8080)
+    act.add_argument("--metrics-port", type=int, default=9090, help="/metrics and /healthz")
+    act.add_argument("--max-pending", type=int, default=1000, help="requests held per service at zero; then 429")
+    act.add_argument("--hold-timeout", type=float, default=300.0, help="seconds a request is held; then 503")
+    act.add_argument("--static-endpoint", action="append",
+                     help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
+    act.set_defaults(func=_activator)
 
     run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
     run.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG / ~/.kube/config")

@@ -1,0 +1,117 @@
+"""Ready endpoints of every InferenceService, from a watch (never a poll).
+
+The source is the pods of each service (label tidal.dev/inferenceservice): an endpoint is a pod
+that is Ready and not terminating, at its IP and its `http` container port. A pod that starts
+terminating leaves the rotation at the first watch event, before the engine stops taking requests.
+
+EndpointSlices carry the same information in a real cluster; the local GPU cluster gives pods
+loopback IPs, which Kubernetes refuses in EndpointSlices, so the pod watch is what works in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+log = logging.getLogger("tidal.activator.endpoints")
+SERVICE_LABEL = "tidal.dev/inferenceservice"
+
+
+@dataclass(eq=False)  # identity: two pods never are "the same endpoint", whatever their counters say
+class Endpoint:
+    host: str
+    port: int
+    inflight: int = 0
+
+
+@dataclass
+class Endpoints:
+    """Per service: pod uid -> Endpoint, plus an event set whenever a service gains an endpoint."""
+
+    by_service: dict[tuple[str, str], dict[str, Endpoint]] = field(default_factory=dict)
+    _waiters: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def get(self, key: tuple[str, str]) -> list[Endpoint]:
+        return list(self.by_service.get(key, {}).values())
+
+    def changed(self, key: tuple[str, str]) -> asyncio.Event:
+        return self._waiters.setdefault(key, asyncio.Event())
+
+    def update(self, key: tuple[str, str], uid: str, endpoint: Endpoint | None) -> None:
+        current = self.by_service.setdefault(key, {})
+        if endpoint is None:
+            current.pop(uid, None)
+        elif uid not in current or (current[uid].host, current[uid].port) != (endpoint.host, endpoint.port):
+            current[uid] = endpoint
+            event = self._waiters.get(key)
+            if event is not None:
+                event.set()
+                self._waiters.pop(key, None)
+        if not current:
+            self.by_service.pop(key, None)
+
+    def retain(self, uids: set[str]) -> None:
+        for key in list(self.by_service):
+            for uid in [u for u in self.by_service[key] if u not in uids]:
+                self.update(key, uid, None)
+
+
+def pod_endpoint(pod) -> tuple[tuple[str, str], str, Endpoint | None] | None:
+    """(service key, pod uid, endpoint or None) for a pod of an InferenceService."""
+    labels = pod.metadata.labels or {}
+    name = labels.get(SERVICE_LABEL)
+    if not name:
+        return None
+    key = (pod.metadata.namespace, name)
+    ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+    if pod.metadata.deletion_timestamp or not ready or not pod.status.pod_ip:
+        return key, pod.metadata.uid, None
+    port = 8000
+    for p in (pod.spec.containers[0].ports or []):
+        if p.name == "http":
+            port = p.container_port
+    return key, pod.metadata.uid, Endpoint(pod.status.pod_ip, port)
+
+
+def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop) -> None:
+    """Blocking: list, then watch pods with the service label; relist on any error."""
+    from kubernetes import watch
+    from kubernetes.client.rest import ApiException
+
+    def apply(pod):
+        found = pod_endpoint(pod)
+        if found:
+            loop.call_soon_threadsafe(endpoints.update, *found)
+
+    while True:
+        try:
+            listing = core.list_pod_for_all_namespaces(label_selector=SERVICE_LABEL)
+            uids = {p.metadata.uid for p in listing.items}
+            loop.call_soon_threadsafe(endpoints.retain, uids)
+            for pod in listing.items:
+                apply(pod)
+            endpoints.ready.set()
+            rv = listing.metadata.resource_version
+            while True:
+                for event in watch.Watch().stream(core.list_pod_for_all_namespaces, label_selector=SERVICE_LABEL,
+                                                  resource_version=rv, timeout_seconds=300):
+                    if event["type"] == "ERROR":
+                        raise ApiException(status=event["raw_object"].get("code", 500))
+                    pod = event["object"]
+                    rv = pod.metadata.resource_version
+                    if event["type"] == "DELETED":
+                        found = pod_endpoint(pod)
+                        if found:
+                            loop.call_soon_threadsafe(endpoints.update, found[0], found[1], None)
+                    else:
+                        apply(pod)
+        except ApiException as err:
+            if err.status == 410:
+                continue
+            log.warning("pod watch failed (%s); relisting in 1 s", err.status)
+        except Exception as err:  # the apiserver restarting, a dropped connection
+            log.warning("pod watch interrupted (%s); relisting in 1 s", err)
+        threading.Event().wait(1)

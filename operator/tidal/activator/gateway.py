@@ -1,0 +1,198 @@
+"""The activator's HTTP gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from .endpoints import Endpoint, Endpoints
+from .routing import route
+
+log = logging.getLogger("tidal.activator")
+# Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
+HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+       "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+@dataclass
+class Limits:
+    max_pending: int = 1000  # requests held per service while it has no ready replica
+    hold_timeout_s: float = 300.0  # then 503 with Retry-After
+    max_body_bytes: int = 16 * 2**20
+    upstream_attempts: int = 3  # a connection refused by a replica that just went away is tried elsewhere
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        labels = ["namespace", "tidal_dev_inferenceservice"]
+        self.pending = Gauge("tidal_activator_pending_requests", "Requests held while the service has no ready "
+                             "replica.", labels, registry=self.registry)
+        self.inflight = Gauge("tidal_activator_inflight_requests", "Requests being proxied.", labels,
+                              registry=self.registry)
+        self.responses = Counter("tidal_activator_responses", "Responses by status class.",
+                                 labels + ["code"], registry=self.registry)
+
+
+def _error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": {"type": reason, "message": message, "code": status}}, status=status,
+                             headers=headers)
+
+
+class Gateway:
+    def __init__(self, endpoints: Endpoints, operator_url: str | None, limits: Limits = Limits(),
+                 own: tuple[str, str] | None = None):
+        self.own = own
+        self.endpoints = endpoints
+        self.operator_url = operator_url.rstrip("/") if operator_url else None
+        self.limits = limits
+        self.metrics = Metrics()
+        self._pending: dict[tuple[str, str], int] = {}
+        self._waking: set[tuple[str, str]] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self, app: web.Application) -> None:
+        # No total timeout: a long generation may stream for minutes. Connecting must be quick.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+
+    async def stop(self, app: web.Application) -> None:
+        if self._http:
+            await self._http.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_body_bytes)
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.stop)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        async def metrics(request):
+            return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
+
+        async def healthz(request):
+            ok = self.endpoints.ready.is_set()
+            return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        return app
+
+    # ---- one request -----------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        target = route(request.path, request.headers.get("Host"), self.own)
+        if target is None:
+            return _error(404, "UnknownService", "name the InferenceService: /<namespace>/<name>/<path> or "
+                                                 "Host: <name>.<namespace>")
+        namespace, name, path = target
+        key = (namespace, name)
+        body = await request.read()
+        response = await self._serve(request, key, path, body)
+        self.metrics.responses.labels(namespace, name, f"{response.status // 100}xx").inc()
+        return response
+
+    async def _serve(self, request, key, path, body) -> web.StreamResponse:
+        tried: set[int] = set()
+        for _ in range(self.limits.upstream_attempts):
+            endpoint = await self._endpoint(key, tried)
+            if isinstance(endpoint, web.Response):
+                return endpoint
+            tried.add(id(endpoint))
+            result = await self._proxy(request, key, endpoint, path, body)
+            if result is not None:
+                return result
+        return _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
+                                                   f"{self.limits.upstream_attempts} attempts", retry_after=1)
+
+    async def _endpoint(self, key, tried: set[int]) -> Endpoint | web.Response:
+        """The least busy ready endpoint, holding the request while the service has none."""
+        deadline = time.monotonic() + self.limits.hold_timeout_s
+        held = False
+        try:
+            while True:
+                candidates = [e for e in self.endpoints.get(key) if id(e) not in tried] or self.endpoints.get(key)
+                if candidates:
+                    return min(candidates, key=lambda e: e.inflight)
+                if not held:
+                    if self._pending.get(key, 0) >= self.limits.max_pending:
+                        return _error(429, "TooManyPending", f"{key[0]}/{key[1]} is waking up and already holds "
+                                                             f"{self.limits.max_pending} requests", retry_after=5)
+                    held = True
+                    self._pending[key] = self._pending.get(key, 0) + 1
+                    self.metrics.pending.labels(*key).set(self._pending[key])
+                    self._wake(key)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return _error(503, "ServiceWaking", f"{key[0]}/{key[1]} has no ready replica after "
+                                                        f"{self.limits.hold_timeout_s:g} s; its model may still be "
+                                                        "loading", retry_after=10)
+                try:
+                    await asyncio.wait_for(self.endpoints.changed(key).wait(), min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    self._wake(key)  # keep the operator informed while we hold requests
+        finally:
+            if held:
+                self._pending[key] -= 1
+                self.metrics.pending.labels(*key).set(self._pending[key])
+                if not self._pending[key]:
+                    del self._pending[key]
+
+    def _wake(self, key) -> None:
+        if self.operator_url and key not in self._waking:
+            self._waking.add(key)
+            asyncio.get_running_loop().create_task(self._call_wake(key))
+
+    async def _call_wake(self, key) -> None:
+        try:
+            url = f"{self.operator_url}/v1/wake/{key[0]}/{key[1]}"
+            async with self._http.post(url, json={"pending": self._pending.get(key, 1)},
+                                       timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
+        finally:
+            self._waking.discard(key)
+
+    async def _proxy(self, request, key, endpoint: Endpoint, path, body) -> web.StreamResponse | None:
+        """Forward to one endpoint; None when it refused before taking the request (try another)."""
+        url = f"http://{endpoint.host}:{endpoint.port}{path}"
+        if request.query_string:
+            url += "?" + request.query_string
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        endpoint.inflight += 1
+        inflight = self.metrics.inflight.labels(*key)
+        inflight.inc()
+        try:
+            try:
+                upstream = await self._http.request(request.method, url, data=body, headers=headers)
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as err:
+                log.info("%s/%s: %s refused (%s); trying another replica", *key, url, type(err).__name__)
+                return None
+            async with upstream:
+                if upstream.status == 503:
+                    current = self.endpoints.get(key)
+                    if endpoint not in current or len(current) > 1:
+                        return None  # a replica shutting down refused it unprocessed: another one takes it
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP}
+                if upstream.content_length is not None and upstream.content_length <= 1 << 20:
+                    # A small complete answer: one read, one write (most non-streamed completions).
+                    return web.Response(status=upstream.status, body=await upstream.read(), headers=out_headers)
+                response = web.StreamResponse(status=upstream.status, headers=out_headers)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():  # server-sent events pass through as they come
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        finally:
+            endpoint.inflight -= 1
+            inflight.dec()

@@ -1,0 +1,40 @@
+"""`tidal activator`: run the gateway against a kubeconfig (or in-cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from aiohttp import web
+
+from .endpoints import Endpoint, Endpoints, watch_pods
+from .gateway import Gateway, Limits
+
+
+async def serve(kubeconfig: str | None, operator_url: str | None, host: str, port: int, metrics_port: int | None,
+                limits: Limits, static: dict[tuple[str, str], list[tuple[str, int]]] | None = None) -> None:
+    endpoints = Endpoints()
+    if static:  # fixed upstreams, no cluster: for benchmarks and trying a client
+        for key, addrs in static.items():
+            for i, (h, p) in enumerate(addrs):
+                endpoints.update(key, f"static-{i}", Endpoint(h, p))
+        endpoints.ready.set()
+    else:
+        from kubernetes import client
+
+        from ..clients.kube import load_api_client
+        core = client.CoreV1Api(load_api_client(kubeconfig))
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=watch_pods, args=(core, endpoints, loop), daemon=True, name="pod-watch").start()
+    gateway = Gateway(endpoints, operator_url, limits)
+    runners = []
+    for app, p in ((gateway.app(), port), (gateway.metrics_app(), metrics_port)):
+        if p is None:
+            continue
+        runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=30)
+        await runner.setup()
+        await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
+        runners.append(runner)
+    print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else ""),
+          flush=True)
+    await asyncio.Event().wait()
