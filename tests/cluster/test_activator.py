@@ -149,3 +149,32 @@ def test_overload_gets_only_429_or_503_with_a_body_and_memory_stays_bounded(dev_
     finally:
         small.proc.terminate()
         small.proc.wait(10)
+
+
+def test_in_flight_streams_finish_when_their_replica_is_removed(operator, activator, kubectl, namespace):
+    apply(kubectl, namespace, service("talk", minReplicas=2, maxReplicas=2))
+    wait_for(lambda: get(kubectl, namespace, "deployment", "talk")["status"].get("readyReplicas") == 2,
+             timeout=60, what="2 ready replicas")
+    url = f"{activator.url}/{namespace}/talk/v1/completions"
+
+    async def streams():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async def one(i):
+                events = []
+                async with http.post(url, json={"prompt": f"s{i}", "max_tokens": 600, "stream": True}) as r:
+                    async for line in r.content:
+                        if line.startswith(b"data: "):
+                            events.append(line[6:].strip())
+                return r.status, events
+
+            async def scale_down_soon():
+                await asyncio.sleep(1.0)  # every stream is mid-generation (each takes ~4 s)
+                await asyncio.to_thread(apply, kubectl, namespace, service("talk", minReplicas=1, maxReplicas=1))
+            results = await asyncio.gather(*(one(i) for i in range(6)), scale_down_soon())
+            return results[:-1]
+    results = asyncio.run(streams())
+    assert replicas(kubectl, namespace, "talk") == 1
+    for status, events in results:
+        assert status == 200 and events[-1] == b"[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+        assert text.count("tok") == 600  # nothing was cut off

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .endpoints import Endpoint, Endpoints
 from .routing import route
+from .upstream import Refused, UpstreamPool
 
 log = logging.getLogger("tidal.activator")
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
@@ -59,14 +60,14 @@ class Gateway:
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, app: web.Application) -> None:
-        # No total timeout: a long generation may stream for minutes. Connecting must be quick.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+        self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
+        # Upstream replicas: keep-alive connections, no total timeout (a generation may stream for minutes).
+        self._upstream = UpstreamPool()
 
     async def stop(self, app: web.Application) -> None:
         if self._http:
             await self._http.close()
+        await self._upstream.close()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
@@ -165,34 +166,45 @@ class Gateway:
 
     async def _proxy(self, request, key, endpoint: Endpoint, path, body) -> web.StreamResponse | None:
         """Forward to one endpoint; None when it refused before taking the request (try another)."""
-        url = f"http://{endpoint.host}:{endpoint.port}{path}"
-        if request.query_string:
-            url += "?" + request.query_string
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        target = path + ("?" + request.query_string if request.query_string else "")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
         endpoint.inflight += 1
         inflight = self.metrics.inflight.labels(*key)
         inflight.inc()
+        upstream = None
         try:
             try:
-                upstream = await self._http.request(request.method, url, data=body, headers=headers)
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as err:
-                log.info("%s/%s: %s refused (%s); trying another replica", *key, url, type(err).__name__)
+                upstream = await self._upstream.request(endpoint.host, endpoint.port, request.method, target,
+                                                        headers, body)
+            except Refused as err:
+                log.info("%s/%s: %s", key[0], key[1], err)
                 return None
-            async with upstream:
-                if upstream.status == 503:
-                    current = self.endpoints.get(key)
-                    if endpoint not in current or len(current) > 1:
-                        return None  # a replica shutting down refused it unprocessed: another one takes it
-                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP}
-                if upstream.content_length is not None and upstream.content_length <= 1 << 20:
-                    # A small complete answer: one read, one write (most non-streamed completions).
-                    return web.Response(status=upstream.status, body=await upstream.read(), headers=out_headers)
-                response = web.StreamResponse(status=upstream.status, headers=out_headers)
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():  # server-sent events pass through as they come
-                    await response.write(chunk)
-                await response.write_eof()
+            if upstream.status == 503:
+                current = self.endpoints.get(key)
+                if endpoint not in current or len(current) > 1:
+                    upstream.close()
+                    return None  # a replica shutting down refused it unprocessed: another one takes it
+            out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
+            if upstream.content_length is not None and upstream.content_length <= 1 << 20:
+                # A small complete answer: one read, one write (most non-streamed completions).
+                response = web.Response(status=upstream.status, body=await upstream.read())
+                for k, v in out_headers:
+                    response.headers.add(k, v)
                 return response
+            response = web.StreamResponse(status=upstream.status)
+            for k, v in out_headers:
+                response.headers.add(k, v)
+            await response.prepare(request)
+            async for chunk in upstream.iter_chunks():  # server-sent events pass through as they come
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        except (ConnectionError, asyncio.IncompleteReadError) as err:
+            if upstream is not None:
+                upstream.close()
+            log.warning("%s/%s: upstream %s:%s failed mid-response: %s", key[0], key[1], endpoint.host,
+                        endpoint.port, err)
+            return _error(502, "UpstreamFailed", f"the replica of {key[0]}/{key[1]} failed while answering")
         finally:
             endpoint.inflight -= 1
             inflight.dec()

@@ -27,7 +27,8 @@ def _create(fn, body) -> None:
 
 # What the cluster's own helpers may do, by user name (their client certificates carry it).
 INFRA_PERMISSIONS = {
-    SIM_RUNTIME_USER: [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # patch: the drain finalizer on the pods it serves
+    SIM_RUNTIME_USER: [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
                        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
 }
 

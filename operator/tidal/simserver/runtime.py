@@ -23,6 +23,10 @@ from .triton import TritonServer
 from .vllm import VllmServer
 
 log = logging.getLogger("tidal.sim-runtime")
+# While a simulated engine serves, its pod carries this finalizer: deleting the pod then waits, as a
+# kubelet waits for a container that finishes its in-flight requests after SIGTERM (bounded by the
+# grace period). KWOK removes a pod only once it has no finalizers.
+DRAIN_FINALIZER = "sim.tidal.dev/drain"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
@@ -68,6 +72,7 @@ class SimulatedRuntime:
         self.drain_timeout = drain_timeout
         self._node_products: dict[str, str | None] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.grace: dict[str, tuple[str, str, int]] = {}  # pod uid -> (namespace, name, grace seconds)
         self.ready = threading.Event()
 
     # ---- watch (in a thread: the kubernetes client is blocking) --------------------------------
@@ -128,8 +133,13 @@ class SimulatedRuntime:
             if kind == "DELETED":
                 await self._stop(key)
                 self._locks.pop(key, None)
+                self.grace.pop(key, None)
             elif pod.metadata.deletion_timestamp:
-                await self._drain(key)
+                if key in self.pods:
+                    await self._drain(key)
+                elif DRAIN_FINALIZER in (pod.metadata.finalizers or []):
+                    # Served by an earlier run of this runtime: nothing left to drain here.
+                    await asyncio.to_thread(self._finalizer, pod.metadata.namespace, pod.metadata.name, False)
             elif pod.status.pod_ip and pod.status.phase in ("Pending", "Running") and key not in self.pods:
                 # Listening from the moment the pod has an IP, so that when KWOK marks it Ready the
                 # engine answers; nothing routes to it before it is Ready.
@@ -158,6 +168,9 @@ class SimulatedRuntime:
                     return
                 await asyncio.sleep(0.2)
         self.pods[pod.metadata.uid] = RunningPod(pod.metadata.uid, pod.status.pod_ip, spec, server, runners)
+        self.grace[pod.metadata.uid] = (pod.metadata.namespace, pod.metadata.name,
+                                        pod.spec.termination_grace_period_seconds or 30)
+        await asyncio.to_thread(self._finalizer, pod.metadata.namespace, pod.metadata.name, add=True)
         log.info("serving %s %s for pod %s/%s on %s:%s", spec.engine, ",".join(spec.models),
                  pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip, spec.port)
 
@@ -165,7 +178,30 @@ class SimulatedRuntime:
         running = self.pods.get(key)
         if running and not running.draining:
             running.draining = True
-            asyncio.create_task(running.server.engine.scheduler.drain(self.drain_timeout))
+            asyncio.create_task(self._drain_then_release(key, running))
+
+    async def _drain_then_release(self, key: str, running: RunningPod) -> None:
+        namespace, name, grace = self.grace.get(key, (None, None, 30))
+        await running.server.engine.scheduler.drain(min(self.drain_timeout, grace))
+        if namespace:
+            await asyncio.to_thread(self._finalizer, namespace, name, add=False)
+
+    def _finalizer(self, namespace: str, name: str, add: bool) -> None:
+        from kubernetes.client.rest import ApiException
+        try:
+            pod = self.core.read_namespaced_pod(name, namespace)
+            finalizers = list(pod.metadata.finalizers or [])
+            if add == (DRAIN_FINALIZER in finalizers):
+                return
+            finalizers = finalizers + [DRAIN_FINALIZER] if add else [f for f in finalizers if f != DRAIN_FINALIZER]
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {
+                "finalizers": finalizers, "resourceVersion": pod.metadata.resource_version}})
+        except ApiException as err:
+            if err.status == 409:  # changed under us: try again with the fresh object
+                self._finalizer(namespace, name, add)
+            elif err.status != 404:
+                log.warning("pod %s/%s: cannot %s the drain finalizer: %s", namespace, name,
+                            "add" if add else "remove", err.reason)
 
     async def _stop(self, key: str) -> None:
         running = self.pods.pop(key, None)
