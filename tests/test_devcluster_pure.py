@@ -23,6 +23,15 @@ def test_default_description_has_two_gpu_pools_and_a_cpu_pool():
     assert len(set(cidrs)) == len(nodes) and all(c.startswith("127.") for c in cidrs)
 
 
+def test_two_clusters_get_different_pod_addresses():
+    from tidal.devcluster.nodes import cluster_octet
+    desc = load_description()
+    a, b = cluster_octet("/work/a/.tidal"), cluster_octet("/tmp/pytest-of-root/cluster0")
+    assert a != b and 16 <= a < 255
+    assert {n["spec"]["podCIDR"] for n in node_manifests(desc, a)}.isdisjoint(
+        n["spec"]["podCIDR"] for n in node_manifests(desc, b))
+
+
 def test_a_gpu_pool_without_a_product_is_refused(tmp_path):
     f = tmp_path / "pools.yaml"
     f.write_text("pools: [{name: x, nodes: 1, gpusPerNode: 8, cpu: '8', memory: 1Gi}]\n")

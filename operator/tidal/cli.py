@@ -197,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the local cluster, the operator and an example model (make demo)")
     demo.add_argument("action", choices=["up", "down"])
     demo.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
-    demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(a.action, a.state_dir))
+    demo.add_argument("--short", action="store_true", help="a one-minute slice of the trace (for tests)")
+    demo.add_argument("--down-at-end", action="store_true", help="stop everything when the demo ends")
+    demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(
+        a.action, a.state_dir, a.short, a.down_at_end))
 
     sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
     sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "

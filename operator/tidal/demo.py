@@ -1,24 +1,47 @@
-"""`make demo`: the local GPU cluster, the operator, and a model served from an example.
+"""`make demo`: watch Tidal scale a model 0 -> N -> 0 on the local GPU cluster.
 
-This first version shows the operator side: a vLLM InferenceService applied with kubectl lands
-on the H100 pool, becomes Ready, and answers a completion. (Scaling 0 -> N -> 0 under a replayed
-trace comes with the autoscaler and the activator.)
+It starts (or reuses) the local cluster with a 20 s simulated model load, the operator and the
+activator, applies examples/demo-scale-to-zero.yaml (minReplicas 0), waits until the service idles to
+zero, replays a time-compressed slice of the real Azure trace through the activator, and waits until
+it is back at zero — with a live view of replicas, queue, requests and the autoscaler's last decision.
+At the end: a summary table, a PNG plot, and where to look next. Ctrl-C stops the load and summarises.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .devcluster.cluster import REPO_ROOT, DevCluster
-from .devcluster.processes import pid_alive, stop_pid
+from .devcluster.processes import free_port, http_ok, pid_alive, stop_pid
+from .simulate.trace import load_trace
 
-EXAMPLE = REPO_ROOT / "examples" / "vllm-llama-h100.yaml"
+EXAMPLE = REPO_ROOT / "examples" / "demo-scale-to-zero.yaml"
+DEMO_NODES = Path(__file__).parent / "devcluster" / "demo-nodepools.yaml"
+TRACE = REPO_ROOT.parent / "shared" / "traces" / "azure-llm-2023-code.csv"
+NAMESPACE, NAME = "default", "demo"
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    inflight: int = 0
+    latencies: list = field(default_factory=list)  # (finish time, seconds)
+    samples: list = field(default_factory=list)  # (t, desired, ready, queue, inflight)
+    phase: str = "starting"
+    decision: str = ""
+    max_replicas: int = 0
+    went_up_from_zero: bool = False
+    back_to_zero: bool = False
 
 
 def _kubectl(info, *args, input=None, check=True):
@@ -26,57 +49,244 @@ def _kubectl(info, *args, input=None, check=True):
                           capture_output=True, text=True, check=check)
 
 
-def up(state_dir: Path) -> int:
+def _start(state_dir: Path, name: str, argv: list[str], ready_url: str, extra: dict) -> dict:
+    """Start a background process once; a second `make demo` reuses it. Returns its record."""
+    record_file = state_dir / f"{name}.json"
+    if record_file.exists():
+        record = json.loads(record_file.read_text())
+        if pid_alive(record["pid"]):
+            return record
+    log = open(state_dir / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    record = {"pid": proc.pid, **extra}
+    record_file.write_text(json.dumps(record))
+    deadline = time.monotonic() + 30
+    while not http_ok(ready_url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return record
+
+
+def _percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+class Observer(threading.Thread):
+    """Samples the service once a second (Deployment, status) and draws the live view."""
+
+    def __init__(self, info, stats: Stats, started: float):
+        super().__init__(daemon=True)
+        from kubernetes import client
+
+        from .clients.kube import load_api_client
+        api = load_api_client(str(info.kubeconfig))
+        self.apps, self.custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
+        self.stats, self.started, self.stop = stats, started, threading.Event()
+        self.tty = sys.stdout.isatty()
+        self._last_print = 0.0
+
+    def sample(self) -> tuple[int, int, float]:
+        dep = self.apps.read_namespaced_deployment(NAME, NAMESPACE)
+        tis = self.custom.get_namespaced_custom_object("tidal.dev", "v1alpha1", NAMESPACE, "inferenceservices", NAME)
+        status = tis.get("status") or {}
+        desired, ready = dep.spec.replicas or 0, dep.status.ready_replicas or 0
+        last = status.get("lastDecision") or {}
+        if last:
+            self.stats.decision = f"{last.get('previousReplicas')} -> {last.get('replicas')}: {last.get('reason')} " \
+                                  f"({last.get('message', '')[:70]})"
+        return desired, ready, float(status.get("queueDepth") or 0)
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                desired, ready, queue = self.sample()
+                s = self.stats
+                now = time.monotonic() - self.started
+                s.samples.append((now, desired, ready, queue, s.inflight))
+                s.max_replicas = max(s.max_replicas, desired)
+                if s.phase == "replaying" and desired > 0:
+                    s.went_up_from_zero = True
+                self.draw(now, desired, ready, queue)
+            except Exception as err:  # a transient API error must not end the demo
+                print(f"(observer: {err})", flush=True)
+            self.stop.wait(1.0)
+
+    def draw(self, now, desired, ready, queue):
+        s = self.stats
+        recent = [l for t, l in s.latencies if t > time.monotonic() - 30]
+        lines = [
+            f"Tidal demo — {NAMESPACE}/{NAME}   t={now:5.0f}s   phase: {s.phase}",
+            f"  replicas   desired {desired:2d}   ready {ready:2d}   (max so far {s.max_replicas})",
+            f"  queue      {queue:5.0f} waiting (Prometheus)   {s.inflight:4d} in flight at the client",
+            f"  requests   {s.sent:6d} sent   {s.ok:6d} ok   {s.failed:4d} failed",
+            f"  latency    p50 {_percentile(recent, 0.5):6.2f}s   p99 {_percentile(recent, 0.99):6.2f}s (last 30 s)",
+            f"  autoscaler {s.decision or '-'}",
+        ]
+        if self.tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+            sys.stdout.flush()
+        elif now - self._last_print >= 5:
+            self._last_print = now
+            print(" | ".join(l.strip() for l in lines[1:5]), flush=True)
+
+
+async def replay(url: str, requests, speedup: float, stats: Stats, stop: threading.Event) -> None:
+    import aiohttp
     started = time.monotonic()
-    cluster = DevCluster(state_dir)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                     connector=aiohttp.TCPConnector(limit=0)) as http:
+        async def one(r):
+            stats.sent += 1
+            stats.inflight += 1
+            t0 = time.monotonic()
+            try:
+                async with http.post(url, json={"model": "llama-3.1-8b", "prompt": "x" * (4 * r.input_tokens),
+                                                "max_tokens": max(1, r.output_tokens)}) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            stats.inflight -= 1
+            stats.ok += ok
+            stats.failed += not ok
+            stats.latencies.append((time.monotonic(), time.monotonic() - t0))
+
+        tasks = []
+        for r in requests:
+            if stop.is_set():
+                break
+            delay = r.arrival / speedup - (time.monotonic() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(r)))
+        await asyncio.gather(*tasks)
+
+
+def plot(stats: Stats, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = [s[0] for s in stats.samples]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.step(t, [s[1] for s in stats.samples], where="post", label="desired replicas")
+    ax.step(t, [s[2] for s in stats.samples], where="post", label="ready replicas")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("replicas")
+    q = ax.twinx()
+    q.fill_between(t, [s[3] for s in stats.samples], step="post", alpha=0.25, color="tab:red", label="queue")
+    q.plot(t, [s[4] for s in stats.samples], color="tab:purple", alpha=0.6, label="in flight")
+    q.set_ylabel("requests")
+    ax.legend(loc="upper left")
+    q.legend(loc="upper right")
+    ax.set_title("Tidal demo: replicas, queue and requests in flight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _wait_for_zero(stats: Stats, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stats.samples and stats.samples[-1][1] == 0 and stats.samples[-1][2] == 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def up(state_dir: Path, short: bool = False, down_at_end: bool = False) -> int:
+    started_all = time.monotonic()
+    state_dir = Path(state_dir).resolve()
+    cluster = DevCluster(state_dir, DEMO_NODES, scrape_interval="1s")
     info = cluster.up()
-    print("--- installing the InferenceService CRD")
     _kubectl(info, "apply", "-f", str(REPO_ROOT / "crds"))
     _kubectl(info, "wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev")
-    pid_file = state_dir / "operator.pid"
-    if not (pid_file.exists() and pid_alive(int(pid_file.read_text()))):
-        log = open(state_dir / "logs" / "operator.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(info.kubeconfig),
-                                 "--prometheus-url", info.prometheus_url],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        pid_file.write_text(str(proc.pid))
-        print(f"--- operator started (pid {proc.pid}, log {state_dir / 'logs' / 'operator.log'})")
-    _kubectl(info, "create", "secret", "generic", "hf-token", "--from-literal=HF_TOKEN=demo", check=False)
-    print(f"--- kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}")
+    op_port, act_port, act_metrics = free_port(), free_port(), free_port()
+    operator = _start(state_dir, "operator", [
+        "run", "--kubeconfig", str(info.kubeconfig), "--prometheus-url", info.prometheus_url,
+        "--autoscale-interval", "1", "--metrics-grace", "10", "--http-host", "127.0.0.1", "--http-port", str(op_port)],
+        f"http://127.0.0.1:{op_port}/healthz", {"url": f"http://127.0.0.1:{op_port}"})
+    activator = _start(state_dir, "activator", [
+        "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
+        "--port", str(act_port), "--metrics-port", str(act_metrics)],
+        f"http://127.0.0.1:{act_metrics}/healthz",
+        {"url": f"http://127.0.0.1:{act_port}", "metrics": f"127.0.0.1:{act_metrics}"})
+    act_url = activator["url"]
+    (state_dir / "targets" / "activator.json").write_text(json.dumps(
+        [{"targets": [activator["metrics"]], "labels": {"job": "activator"}}]))
+    print(f"operator pid {operator['pid']} ({operator['url']}); activator pid {activator['pid']} ({act_url})",
+          flush=True)
     _kubectl(info, "apply", "-f", str(EXAMPLE))
-    print("--- waiting for Ready (simulated model load)")
-    _kubectl(info, "wait", "tis/llama-8b", "--for=condition=Ready", "--timeout=180s")
-    print(_kubectl(info, "get", "tis,deploy,pods", "-o", "wide").stdout)
-    pods = json.loads(_kubectl(info, "get", "pods", "-l", "tidal.dev/inferenceservice=llama-8b", "-o",
-                               "json").stdout)["items"]
-    ip = pods[0]["status"]["podIP"]
-    body = json.dumps({"model": "llama-3.1-8b", "prompt": "def fib(n):", "max_tokens": 16}).encode()
-    request = urllib.request.Request(f"http://{ip}:8000/v1/completions", body, {"Content-Type": "application/json"})
-    answer = json.load(urllib.request.urlopen(request, timeout=30))
-    print(f"--- POST http://{ip}:8000/v1/completions -> {answer['usage']}")
+    requests = load_trace(TRACE)
+    window, speedup = ((150.0, 210.0), 4.0) if short else ((120.0, 480.0), 4.0)
+    chosen = [r for r in requests if window[0] <= r.arrival < window[1]]
+    first = chosen[0].arrival
+    chosen = [type(r)(r.arrival - first, r.input_tokens, r.output_tokens) for r in chosen]
+    stats = Stats()
+    observer = Observer(info, stats, time.monotonic())
+    observer.start()
+    stop = threading.Event()
+    interrupted = False
+    try:
+        stats.phase = "waiting for the service to idle to zero"
+        if not _wait_for_zero(stats, 240):
+            print("the service did not reach zero replicas in 240 s", flush=True)
+        stats.phase = "replaying"
+        print(f"replaying {len(chosen)} requests of the Azure trace ({window[1] - window[0]:.0f} s at "
+              f"{speedup:g}x speed) through the activator", flush=True)
+        asyncio.run(replay(f"{act_url}/{NAMESPACE}/{NAME}/v1/completions", chosen, speedup, stats, stop))
+        stats.phase = "load over: waiting for scale to zero"
+        stats.back_to_zero = _wait_for_zero(stats, 240)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        stats.phase = "interrupted"
+    finally:
+        observer.stop.set()
+        observer.join(5)
+    out = state_dir / "demo"
+    out.mkdir(exist_ok=True)
+    plot(stats, out / "demo.png")
+    lat = [l for _, l in stats.latencies]
+    summary = {
+        "requests_sent": stats.sent, "served": stats.ok, "failed": stats.failed,
+        "latency_p50_s": round(_percentile(lat, 0.5), 3), "latency_p99_s": round(_percentile(lat, 0.99), 3),
+        "max_replicas": stats.max_replicas, "scaled_up_from_zero": stats.went_up_from_zero,
+        "back_to_zero": stats.back_to_zero, "seconds": round(time.monotonic() - started_all),
+        "interrupted": interrupted,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n| what | value |\n|---|---|")
+    for k, v in summary.items():
+        print(f"| {k} | {v} |")
     print(f"""
-Done in {time.monotonic() - started:.0f} s. Look around:
+Plot: {out / 'demo.png'}   Summary: {out / 'summary.json'}
+Look around:
   export KUBECONFIG={info.kubeconfig}
   export PATH={info.binaries_dir}:$PATH
-  kubectl describe tis llama-8b
-  kubectl explain tis.spec.scaling
+  kubectl get tis demo; kubectl describe tis demo     # the decisions and their reasons are in the Events
   Prometheus: {info.prometheus_url}/graph?g0.expr=vllm:num_requests_waiting
-Stop everything with: make demo-down""")
-    return 0
+  curl {act_url}/{NAMESPACE}/{NAME}/v1/completions -d '{{"prompt": "hi", "max_tokens": 8}}'
+Stop everything: make demo-down""", flush=True)
+    if down_at_end:
+        down(state_dir)
+    return 130 if interrupted else 0
 
 
 def down(state_dir: Path) -> int:
-    pid_file = state_dir / "operator.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        if pid_alive(pid):
-            stop_pid(pid)
-            print(f"  stopped operator (pid {pid})")
-        pid_file.unlink()
+    state_dir = Path(state_dir).resolve()
+    for name in ("activator", "operator"):
+        record_file = state_dir / f"{name}.json"
+        if record_file.exists():
+            pid = json.loads(record_file.read_text())["pid"]
+            if pid_alive(pid):
+                stop_pid(pid)
+                print(f"  stopped {name} (pid {pid})")
+            record_file.unlink()
     DevCluster(state_dir).down()
     return 0
 
 
-def main(action: str, state_dir: str) -> int:
+def main(action: str, state_dir: str, short: bool = False, down_at_end: bool = False) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return up(Path(state_dir)) if action == "up" else down(Path(state_dir))
+    return up(Path(state_dir), short, down_at_end) if action == "up" else down(Path(state_dir))

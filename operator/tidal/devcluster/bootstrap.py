@@ -46,10 +46,11 @@ def create_infra_rbac(kubeconfig: Path) -> None:
             })
 
 
-def create_nodes(kubeconfig: Path, desc: ClusterDescription, log=print, timeout: float = 60) -> None:
+def create_nodes(kubeconfig: Path, desc: ClusterDescription, log=print, timeout: float = 60,
+                 octet: int = 16) -> None:
     api = api_client(kubeconfig)
     core = client.CoreV1Api(api)
-    manifests = node_manifests(desc)
+    manifests = node_manifests(desc, octet)
     for node in manifests:
         _create(core.create_node, node)
     wanted = {n["metadata"]["name"] for n in manifests}

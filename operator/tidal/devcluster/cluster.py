@@ -23,7 +23,7 @@ import yaml
 from . import binaries as bins
 from .bootstrap import SIM_RUNTIME_USER, create_infra_rbac, create_nodes
 from .kubeconfig import write_kubeconfig
-from .nodes import ClusterDescription, load_description, node_manifests
+from .nodes import ClusterDescription, cluster_octet, load_description
 from .pki import CertificateAuthority, service_account_keypair
 from .processes import Component, ComponentError, http_ok, pid_alive, rss_bytes, start, stop_pid
 from .prometheus_config import prometheus_config
@@ -111,7 +111,7 @@ class DevCluster:
                                binaries.directory, {c.name: c.pid for c in launched},
                                {c.name: c.port_numbers for c in launched})
             self.state_file.write_text(json.dumps(info.to_json(), indent=2))
-            create_nodes(info.kubeconfig, self.description, self.log)
+            create_nodes(info.kubeconfig, self.description, self.log, octet=cluster_octet(str(self.state_dir)))
         except BaseException:
             for component in reversed(launched):
                 if component.pid:

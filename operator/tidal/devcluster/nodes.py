@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 KWOK_MANAGED_LABEL = "tidal.dev/simulated-node"
 # Pod IPs come from per-node CIDRs inside 127.0.0.0/8 so that a simulated engine
 # can listen on a pod's IP and every request stays on this machine.
-POD_CIDR_BASE = (127, 16)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,11 @@ def load_description(path: Path | None = None) -> ClusterDescription:
     )
 
 
-def node_manifests(desc: ClusterDescription) -> list[dict]:
+def cluster_octet(state_dir: str) -> int:
+    return 16 + int(hashlib.sha1(state_dir.encode()).hexdigest(), 16) % 239
+
+
+def node_manifests(desc: ClusterDescription, octet: int = 16) -> list[dict]:
     """Node objects for every pool. Status is kept on create, so capacity is set here."""
     manifests = []
     index = 0
@@ -85,14 +89,13 @@ def node_manifests(desc: ClusterDescription) -> list[dict]:
                 labels[GPU_PRODUCT_LABEL] = pool.gpu_product
                 labels["nvidia.com/gpu.count"] = str(pool.gpus_per_node)
                 taints.append(dict(GPU_TAINT))
-            a, b = POD_CIDR_BASE
+            cidr = f"127.{octet}.{index}.0/24"
             manifests.append({
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {"name": f"{pool.name}-{i}", "labels": labels,
                              "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-                "spec": {"taints": taints, "podCIDR": f"{a}.{b + index}.0.0/16",
-                         "podCIDRs": [f"{a}.{b + index}.0.0/16"]},
+                "spec": {"taints": taints, "podCIDR": cidr, "podCIDRs": [cidr]},
                 "status": {"capacity": capacity, "allocatable": dict(capacity)},
             })
     return manifests

@@ -1,0 +1,29 @@
+"""`make demo` as a newcomer runs it, in its short mode: what the user sees at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+
+def test_demo_scales_zero_to_many_to_zero_and_fails_no_request(tmp_path, dev_cluster):
+    # dev_cluster: the binaries are built; the demo brings up its own cluster in its own state directory.
+    state_dir = tmp_path / "demo"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tidal.cli", "demo", "up", "--short", "--state-dir",
+                               str(state_dir)], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = json.loads((state_dir / "demo" / "summary.json").read_text())
+        assert summary["scaled_up_from_zero"] and summary["max_replicas"] > 1 and summary["back_to_zero"], summary
+        assert summary["failed"] == 0 and summary["served"] == summary["requests_sent"] > 0
+        assert (state_dir / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+        assert "| max_replicas |" in proc.stdout and "make demo-down" in proc.stdout
+    finally:
+        down = subprocess.run([sys.executable, "-m", "tidal.cli", "demo", "down", "--state-dir", str(state_dir)],
+                              capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, down.stderr
