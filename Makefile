@@ -4,7 +4,7 @@ STATE_DIR ?= $(CURDIR)/.tidal
 
 .PHONY: demo demo-down install build-cluster cluster cluster-down cluster-status test test-unit test-cluster crds run
 
-# See Tidal run a model on the local GPU cluster (builds the cluster on first use).
+# See Tidal scale a model 0 -> N -> 0 on the local GPU cluster (builds the cluster on first use).
 demo: install
 	$(PYTHON) -m tidal.cli demo up --state-dir $(STATE_DIR)
 
