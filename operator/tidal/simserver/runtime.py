@@ -96,10 +96,12 @@ class SimulatedRuntime:
                         if event["type"] == "ERROR":  # e.g. 410 Gone as a watch event
                             raise ApiException(status=event["raw_object"].get("code", 500),
                                                reason=event["raw_object"].get("reason", "watch error"))
+                        if event["type"] == "BOOKMARK":  # only a newer resourceVersion to resume from
+                            rv = event["raw_object"]["metadata"]["resourceVersion"]
+                            continue
                         obj = event["object"]
                         rv = obj.metadata.resource_version
-                        if event["type"] != "BOOKMARK":
-                            loop.call_soon_threadsafe(queue.put_nowait, (event["type"], obj))
+                        loop.call_soon_threadsafe(queue.put_nowait, (event["type"], obj))
             except ApiException as err:
                 if err.status == 410:  # our resourceVersion is too old: relist at once
                     continue
