@@ -178,3 +178,6 @@ def test_in_flight_streams_finish_when_their_replica_is_removed(operator, activa
         assert status == 200 and events[-1] == b"[DONE]"
         text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
         assert text.count("tok") == 600  # nothing was cut off
+    # and the removed replica is really gone (its drain released the pod), not stuck Terminating
+    wait_for(lambda: len(get(kubectl, namespace, "pods", "-l", "tidal.dev/inferenceservice=talk")["items"]) == 1,
+             timeout=30, what="the drained pod deleted")

@@ -196,8 +196,11 @@ class SimulatedRuntime:
             if add == (DRAIN_FINALIZER in finalizers):
                 return
             finalizers = finalizers + [DRAIN_FINALIZER] if add else [f for f in finalizers if f != DRAIN_FINALIZER]
+            # A JSON merge patch replaces the list (a strategic merge patch would merge it, and removing
+            # our finalizer would silently do nothing); the resourceVersion guards against a lost update.
             self.core.patch_namespaced_pod(name, namespace, {"metadata": {
-                "finalizers": finalizers, "resourceVersion": pod.metadata.resource_version}})
+                "finalizers": finalizers, "resourceVersion": pod.metadata.resource_version}},
+                _content_type="application/merge-patch+json")
         except ApiException as err:
             if err.status == 409:  # changed under us: try again with the fresh object
                 self._finalizer(namespace, name, add)
