@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
     demo.add_argument("--short", action="store_true", help="a one-minute slice of the trace (for tests)")
     demo.add_argument("--down-at-end", action="store_true", help="stop everything when the demo ends")
+    demo.add_argument("--trace", help="request trace to replay (default: ../shared/traces/azure-llm-2023-code.csv)")
     demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(
-        a.action, a.state_dir, a.short, a.down_at_end))
+        a.action, a.state_dir, a.short, a.down_at_end, a.trace))
 
     sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
     sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "

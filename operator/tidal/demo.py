@@ -194,8 +194,12 @@ def _wait_for_zero(stats: Stats, timeout: float) -> bool:
     return False
 
 
-def up(state_dir: Path, short: bool = False, down_at_end: bool = False) -> int:
+def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: Path = TRACE) -> int:
     started_all = time.monotonic()
+    if not Path(trace).is_file():
+        print(f"error: the request trace {trace} is not there; the demo replays it. Pass --trace FILE "
+              "(the Azure LLM CSV format, or JSONL with timestamp, input_tokens, output_tokens).", file=sys.stderr)
+        return 2
     state_dir = Path(state_dir).resolve()
     cluster = DevCluster(state_dir, DEMO_NODES, scrape_interval="1s")
     info = cluster.up()
@@ -217,7 +221,7 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False) -> int:
     print(f"operator pid {operator['pid']} ({operator['url']}); activator pid {activator['pid']} ({act_url})",
           flush=True)
     _kubectl(info, "apply", "-f", str(EXAMPLE))
-    requests = load_trace(TRACE)
+    requests = load_trace(Path(trace))
     window, speedup = ((150.0, 210.0), 4.0) if short else ((120.0, 480.0), 4.0)
     chosen = [r for r in requests if window[0] <= r.arrival < window[1]]
     first = chosen[0].arrival
@@ -287,6 +291,8 @@ def down(state_dir: Path) -> int:
     return 0
 
 
-def main(action: str, state_dir: str, short: bool = False, down_at_end: bool = False) -> int:
+def main(action: str, state_dir: str, short: bool = False, down_at_end: bool = False, trace: str | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return up(Path(state_dir), short, down_at_end) if action == "up" else down(Path(state_dir))
+    if action == "up":
+        return up(Path(state_dir), short, down_at_end, Path(trace) if trace else TRACE)
+    return down(Path(state_dir))
