@@ -181,3 +181,20 @@ def test_in_flight_streams_finish_when_their_replica_is_removed(operator, activa
     # and the removed replica is really gone (its drain released the pod), not stuck Terminating
     wait_for(lambda: len(get(kubectl, namespace, "pods", "-l", "tidal.dev/inferenceservice=talk")["items"]) == 1,
              timeout=30, what="the drained pod deleted")
+
+
+def test_tritonclient_through_the_activator(operator, activator, kubectl, namespace):
+    import numpy as np
+    import tritonclient.http as triton
+    kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
+            "--from-literal=AWS_ACCESS_KEY_ID=x", "--from-literal=AWS_SECRET_ACCESS_KEY=y")
+    kubectl("apply", "-n", namespace, "-f", str(__import__("pathlib").Path(__file__).resolve().parents[2] /
+                                                 "examples" / "triton-a100.yaml"))
+    wait_condition(kubectl, namespace, "resnet", "Ready", "True", "ModelReady")
+    client = triton.InferenceServerClient(activator.url.removeprefix("http://"))
+    host = {"Host": f"resnet.{namespace}"}  # routed by Host: Triton's paths go upstream unchanged
+    assert client.is_server_ready(headers=host) and client.is_model_ready("resnet50", headers=host)
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    inp = triton.InferInput("INPUT0", [2, 4], "FP32")
+    inp.set_data_from_numpy(data)  # the binary tensor extension passes through untouched
+    np.testing.assert_array_equal(client.infer("resnet50", [inp], headers=host).as_numpy("OUTPUT0"), data)
