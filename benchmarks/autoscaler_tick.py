@@ -156,7 +156,7 @@ def main() -> None:
             "batched_vs_per_service_speedup": round(per_service / statistics.median(q), 1),
         }
         print(json.dumps(report, indent=2))
-        print(f"\n| services | tick median | tick p95 | CPU/tick | RSS | K8s reads/writes per idle tick | "
+        print("\n| services | tick median | tick p95 | CPU/tick | RSS | K8s reads/writes per idle tick | "
               f"Prometheus queries/tick | one query per service | ratio |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print(f"| {args.services} | {report['tick_median_s'] * 1000:.0f} ms | {report['tick_p95_s'] * 1000:.0f} ms | "

@@ -44,8 +44,6 @@ def _sim_server(args: argparse.Namespace) -> int:
     import asyncio
     import dataclasses
 
-    from aiohttp import web
-
     from .simserver.latency import LatencyModel
     from .simserver.runtime import serve_engine
     from .simserver.podspec import EngineSpec

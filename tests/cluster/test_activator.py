@@ -174,9 +174,9 @@ def test_in_flight_streams_finish_when_their_replica_is_removed(operator, activa
             return results[:-1]
     results = asyncio.run(streams())
     assert replicas(kubectl, namespace, "talk") == 1
-    for status, events in results:
-        assert status == 200 and events[-1] == b"[DONE]"
-        text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+    for status, chunks in results:
+        assert status == 200 and chunks[-1] == b"[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in chunks[:-1])
         assert text.count("tok") == 600  # nothing was cut off
     # and the removed replica is really gone (its drain released the pod), not stuck Terminating
     wait_for(lambda: len(get(kubectl, namespace, "pods", "-l", "tidal.dev/inferenceservice=talk")["items"]) == 1,

@@ -10,7 +10,6 @@ import random
 from dataclasses import dataclass, field
 
 from ..simserver.latency import LatencyModel
-from .trace import Request
 
 
 @dataclass
