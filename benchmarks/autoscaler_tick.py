@@ -157,7 +157,7 @@ def main() -> None:
         }
         print(json.dumps(report, indent=2))
         print("\n| services | tick median | tick p95 | CPU/tick | RSS | K8s reads/writes per idle tick | "
-              f"Prometheus queries/tick | one query per service | ratio |")
+              "Prometheus queries/tick | one query per service | ratio |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print(f"| {args.services} | {report['tick_median_s'] * 1000:.0f} ms | {report['tick_p95_s'] * 1000:.0f} ms | "
               f"{report['cpu_s_per_tick'] * 1000:.0f} ms | {rss:.0f} MiB | {steady['reads']:g} / {steady['writes']:g} | "
