@@ -24,6 +24,9 @@ class Endpoint:
     host: str
     port: int
     inflight: int = 0
+    # Set when the replica refused a request because it is shutting down: the pod watch will remove
+    # it in a moment; until then no request is sent there.
+    unavailable_until: float = 0.0
 
 
 @dataclass

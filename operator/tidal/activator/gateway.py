@@ -17,6 +17,7 @@ from .upstream import Refused, UpstreamPool
 
 log = logging.getLogger("tidal.activator")
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
+UNAVAILABLE_S = 5.0
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
        "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -26,7 +27,7 @@ class Limits:
     max_pending: int = 1000  # requests held per service while it has no ready replica
     hold_timeout_s: float = 300.0  # then 503 with Retry-After
     max_body_bytes: int = 16 * 2**20
-    upstream_attempts: int = 3  # a connection refused by a replica that just went away is tried elsewhere
+    upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
 
 
 class Metrics:
@@ -121,7 +122,9 @@ class Gateway:
         held = False
         try:
             while True:
-                candidates = [e for e in self.endpoints.get(key) if id(e) not in tried] or self.endpoints.get(key)
+                now = time.monotonic()
+                usable = [e for e in self.endpoints.get(key) if e.unavailable_until <= now]
+                candidates = [e for e in usable if id(e) not in tried] or usable
                 if candidates:
                     return min(candidates, key=lambda e: e.inflight)
                 if not held:
@@ -180,10 +183,11 @@ class Gateway:
                 log.info("%s/%s: %s", key[0], key[1], err)
                 return None
             if upstream.status == 503:
-                current = self.endpoints.get(key)
-                if endpoint not in current or len(current) > 1:
-                    upstream.close()
-                    return None  # a replica shutting down refused it unprocessed: another one takes it
+                # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
+                # moment, and the request goes to another replica, or is held and wakes the service.
+                endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
+                upstream.close()
+                return None
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
             if upstream.content_length is not None and upstream.content_length <= 1 << 20:
                 # A small complete answer: one read, one write (most non-streamed completions).
