@@ -102,7 +102,7 @@ def steady_stream(url, seconds, rate, stop=None):
 
 def test_scale_down_and_rollout_under_a_steady_stream_fail_nothing(operator, activator, kubectl, namespace):
     apply(kubectl, namespace, service("busy", minReplicas=3, maxReplicas=3))
-    wait_for(lambda: get(kubectl, namespace, "deployment", "busy")["status"].get("readyReplicas") == 3,
+    wait_for(lambda: ready_replicas(kubectl, namespace, "busy") == 3,
              timeout=60, what="3 ready replicas")
     url = f"{activator.url}/{namespace}/busy/v1/completions"
     results = {}
@@ -157,7 +157,7 @@ def test_overload_gets_only_429_or_503_with_a_body_and_memory_stays_bounded(dev_
 
 def test_in_flight_streams_finish_when_their_replica_is_removed(operator, activator, kubectl, namespace):
     apply(kubectl, namespace, service("talk", minReplicas=2, maxReplicas=2))
-    wait_for(lambda: get(kubectl, namespace, "deployment", "talk")["status"].get("readyReplicas") == 2,
+    wait_for(lambda: ready_replicas(kubectl, namespace, "talk") == 2,
              timeout=60, what="2 ready replicas")
     url = f"{activator.url}/{namespace}/talk/v1/completions"
 

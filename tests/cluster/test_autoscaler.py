@@ -30,8 +30,22 @@ def apply(kubectl, namespace, obj):
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
+def deployment(kubectl, namespace, name):
+    """The service's Deployment, or {} while the operator has not created it yet."""
+    found = kubectl("get", "deployment", name, "-n", namespace, "-o", "json", check=False)
+    if found.returncode != 0:
+        assert "NotFound" in found.stderr, found.stderr
+        return {}
+    return json.loads(found.stdout)
+
+
 def replicas(kubectl, namespace, name):
-    return get(kubectl, namespace, "deployment", name)["spec"]["replicas"]
+    """The Deployment's spec.replicas, or None while it does not exist yet."""
+    return deployment(kubectl, namespace, name).get("spec", {}).get("replicas")
+
+
+def ready_replicas(kubectl, namespace, name):
+    return deployment(kubectl, namespace, name).get("status", {}).get("readyReplicas")
 
 
 def test_load_raises_replicas_to_max_and_idle_returns_them_to_zero(operator, kubectl, namespace):
@@ -135,7 +149,7 @@ def test_wake_raises_a_service_at_zero_within_a_second(operator, kubectl, namesp
                                      {"Content-Type": "application/json"})
     started = time.monotonic()
     answer = json.load(urllib.request.urlopen(request, timeout=5))
-    written = wait_for(lambda: replicas(kubectl, namespace, "sleepy") >= 1, timeout=5, interval=0.02,
+    written = wait_for(lambda: (replicas(kubectl, namespace, "sleepy") or 0) >= 1, timeout=5, interval=0.02,
                        what="replicas raised")
     elapsed = time.monotonic() - started
     assert written and answer["woken"] and answer["reason"] == "ActivatorWake"
