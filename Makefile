@@ -33,6 +33,8 @@ cluster-status:
 # Regenerate the CRD from the pydantic model (a test fails when the committed one is stale).
 crds:
 	$(PYTHON) -m tidal.api.crd > crds/tidal.dev_inferenceservices.yaml
+	$(PYTHON) -m tidal.api.crd --helm > charts/tidal/templates/crd.yaml
+	$(PYTHON) -m tidal.api.chart_values > charts/tidal/values.schema.json
 	$(PYTHON) -m tidal.api.reference > docs/crd-reference.md
 
 # Run the operator against the local cluster (make cluster first).

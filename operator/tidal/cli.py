@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def _sim_runtime(args: argparse.Namespace) -> int:
 
 def _run_operator(args: argparse.Namespace) -> int:
     import dataclasses
+    import functools
     import logging
     import os
 
@@ -103,15 +105,35 @@ def _run_operator(args: argparse.Namespace) -> int:
     handlers.CONFIG.metrics_grace_s = args.metrics_grace
     handlers.CONFIG.http_port = args.http_port
     handlers.CONFIG.http_host = args.http_host
+    if args.scaling_defaults:
+        handlers.CONFIG.scaling_defaults = _scaling_defaults(args.scaling_defaults)
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
                                                  startup_budget_seconds=args.startup_budget_seconds)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=True,
-             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None)
-    return 0
+    run = functools.partial(kopf.run, clusterwide=not args.namespace, namespaces=args.namespace or (),
+                            standalone=True,
+                            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None)
+    if not args.leader_elect:
+        run()
+        return 0
+    from .controller.leadership import run_as_leader
+    return run_as_leader(run, args)
+
+
+def _scaling_defaults(text: str) -> dict:
+    """--scaling-defaults '{"idleSecondsBeforeZero": 600}': checked at start-up, not at first use."""
+    from pydantic import ValidationError
+
+    from .api.v1alpha1 import Scaling
+    try:
+        defaults = json.loads(text)
+        Scaling.model_validate(defaults)
+    except (ValueError, ValidationError) as err:
+        raise SystemExit(f"error: --scaling-defaults {text!r} is not a valid spec.scaling object: {err}")
+    return defaults
 
 
 def _scaling_default(field: str):
@@ -175,7 +197,7 @@ def _activator(args: argparse.Namespace) -> int:
         pass
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
-                          static or None))
+                          static or None, args.namespace))
     except KeyboardInterrupt:
         pass
     return 0
@@ -231,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--metrics-port", type=int, default=9090, help="/metrics and /healthz")
     act.add_argument("--max-pending", type=int, default=1000, help="requests held per service at zero; then 429")
     act.add_argument("--hold-timeout", type=float, default=300.0, help="seconds a request is held; then 503")
+    act.add_argument("--namespace", action="append",
+                     help="route only to services in these namespaces (repeat); default: all namespaces")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)
@@ -253,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="serve /healthz, /metrics and the activator's /v1/wake here")
     run.add_argument("--http-host", default="0.0.0.0")
     run.add_argument("--health-port", type=int, help="kopf's own liveness endpoint on this port")
+    run.add_argument("--scaling-defaults", help="JSON object of spec.scaling fields used where an "
+                                                "InferenceService leaves them out, e.g. '{\"idleSecondsBeforeZero\": 600}'")
+    run.add_argument("--leader-elect", action="store_true",
+                     help="run several replicas: only the holder of a Lease acts, the others stand by")
+    run.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                     help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
+    run.add_argument("--leader-election-id", default="tidal-operator", help="name of the Lease")
+    run.add_argument("--lease-duration", type=float, default=15.0,
+                     help="seconds a standby waits on an unrenewed Lease before taking over")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.cluster.test_autoscaler import apply, replicas, service
+from tests.cluster.test_autoscaler import apply, ready_replicas, replicas, service
 from tests.cluster.test_operator import events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import start_activator

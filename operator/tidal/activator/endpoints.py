@@ -56,8 +56,9 @@ class Endpoints:
         if not current:
             self.by_service.pop(key, None)
 
-    def retain(self, uids: set[str]) -> None:
-        for key in list(self.by_service):
+    def retain(self, uids: set[str], namespace: str | None = None) -> None:
+        """Drop endpoints whose pods a fresh listing (of one namespace, or all) no longer has."""
+        for key in [k for k in self.by_service if namespace is None or k[0] == namespace]:
             for uid in [u for u in self.by_service[key] if u not in uids]:
                 self.update(key, uid, None)
 
@@ -79,8 +80,10 @@ def pod_endpoint(pod) -> tuple[tuple[str, str], str, Endpoint | None] | None:
     return key, pod.metadata.uid, Endpoint(pod.status.pod_ip, port)
 
 
-def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop) -> None:
-    """Blocking: list, then watch pods with the service label; relist on any error."""
+def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop, namespace: str | None = None,
+               on_listed=None) -> None:
+    """Blocking: list, then watch pods with the service label (in one namespace, or all of them, as the
+    RBAC the chart grants allows); relist on any error. on_listed() after the first full listing."""
     from kubernetes import watch
     from kubernetes.client.rest import ApiException
 
@@ -89,17 +92,22 @@ def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop) -> N
         if found:
             loop.call_soon_threadsafe(endpoints.update, *found)
 
+    if namespace:
+        lister, scope = core.list_namespaced_pod, {"namespace": namespace}
+    else:
+        lister, scope = core.list_pod_for_all_namespaces, {}
+    on_listed = on_listed or endpoints.ready.set
     while True:
         try:
-            listing = core.list_pod_for_all_namespaces(label_selector=SERVICE_LABEL)
+            listing = lister(label_selector=SERVICE_LABEL, **scope)
             uids = {p.metadata.uid for p in listing.items}
-            loop.call_soon_threadsafe(endpoints.retain, uids)
+            loop.call_soon_threadsafe(endpoints.retain, uids, namespace)
             for pod in listing.items:
                 apply(pod)
-            endpoints.ready.set()
+            on_listed()
             rv = listing.metadata.resource_version
             while True:
-                for event in watch.Watch().stream(core.list_pod_for_all_namespaces, label_selector=SERVICE_LABEL,
+                for event in watch.Watch().stream(lister, label_selector=SERVICE_LABEL, **scope,
                                                   resource_version=rv, timeout_seconds=300):
                     if event["type"] == "ERROR":
                         raise ApiException(status=event["raw_object"].get("code", 500))

@@ -12,7 +12,8 @@ from .gateway import Gateway, Limits
 
 
 async def serve(kubeconfig: str | None, operator_url: str | None, host: str, port: int, metrics_port: int | None,
-                limits: Limits, static: dict[tuple[str, str], list[tuple[str, int]]] | None = None) -> None:
+                limits: Limits, static: dict[tuple[str, str], list[tuple[str, int]]] | None = None,
+                namespaces: list[str] | None = None) -> None:
     endpoints = Endpoints()
     if static:  # fixed upstreams, no cluster: for benchmarks and trying a client
         for key, addrs in static.items():
@@ -25,7 +26,18 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         from ..clients.kube import load_api_client
         core = client.CoreV1Api(load_api_client(kubeconfig))
         loop = asyncio.get_running_loop()
-        threading.Thread(target=watch_pods, args=(core, endpoints, loop), daemon=True, name="pod-watch").start()
+        scopes = namespaces or [None]
+        unlisted = set(scopes)
+        lock = threading.Lock()
+
+        def listed(scope):
+            with lock:
+                unlisted.discard(scope)
+                if not unlisted:
+                    endpoints.ready.set()
+        for scope in scopes:
+            threading.Thread(target=watch_pods, args=(core, endpoints, loop, scope, lambda s=scope: listed(s)),
+                             daemon=True, name=f"pod-watch-{scope or 'all'}").start()
     gateway = Gateway(endpoints, operator_url, limits)
     runners = []
     for app, p in ((gateway.app(), port), (gateway.metrics_app(), metrics_port)):

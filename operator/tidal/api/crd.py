@@ -131,5 +131,21 @@ def render() -> str:
     return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
 
 
+def render_helm_template() -> str:
+    """The same CRD as a Helm chart template: behind crds.enabled, optionally kept on uninstall
+    (deleting a CRD deletes every InferenceService with it)."""
+    obj = crd()
+    head = (
+        "{{- if .Values.crds.enabled }}\n"
+        "# Generated from operator/tidal/api by `make crds`. Do not edit.\n"
+        f"apiVersion: {obj['apiVersion']}\nkind: {obj['kind']}\nmetadata:\n  name: {obj['metadata']['name']}\n"
+        "  labels:\n    {{- include \"tidal.labels\" . | nindent 4 }}\n"
+        "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n")
+    body = yaml.safe_dump({"spec": obj["spec"]}, sort_keys=False, width=120)
+    if "{{" in body:
+        raise ValueError("the CRD text contains '{{', which Helm would read as a template action")
+    return head + body + "{{- end }}\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(render_helm_template() if "--helm" in sys.argv else render())

@@ -222,7 +222,11 @@ CEL_RULES = {
 }
 
 
-def parse_spec(spec: dict) -> InferenceServiceSpec:
+def parse_spec(spec: dict, scaling_defaults: dict | None = None) -> InferenceServiceSpec:
+    """Validate a spec. `scaling_defaults` (the Helm chart's defaultScaling) fills scaling fields the
+    object leaves out, before the API's own defaults do."""
+    if scaling_defaults:
+        spec = {**spec, "scaling": {**scaling_defaults, **(spec.get("scaling") or {})}}
     return InferenceServiceSpec.model_validate(spec)
 
 

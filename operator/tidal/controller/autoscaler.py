@@ -65,6 +65,7 @@ class Autoscaler:
     metrics_grace_s: float = 30.0
     _missing_since: dict[Key, float] = field(default_factory=dict)
     last_tick_s: float = 0.0
+    scaling_defaults: dict | None = None  # the chart's defaultScaling, under each object's own fields
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -79,7 +80,7 @@ class Autoscaler:
         if cached and cached[0] == generation:
             return cached[1]
         try:
-            spec = parse_spec(body.get("spec") or {})
+            spec = parse_spec(body.get("spec") or {}, self.scaling_defaults)
         except ValidationError:
             spec = None  # the reconciler reports it; nothing to scale
         self._specs[key] = (generation, spec)

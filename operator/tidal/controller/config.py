@@ -20,3 +20,4 @@ class OperatorConfig:
     metrics_grace_s: float = 30.0
     http_host: str = "0.0.0.0"
     http_port: int | None = None
+    scaling_defaults: dict | None = None  # fills scaling fields an InferenceService leaves out

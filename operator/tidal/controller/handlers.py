@@ -36,12 +36,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     memo.store = ServiceStore()
     kube = Kube(load_api_client(CONFIG.kubeconfig))
     memo.kube = kube
-    memo.reconciler = Reconciler(kube, CONFIG.render, memo.store)
+    memo.reconciler = Reconciler(kube, CONFIG.render, memo.store, scaling_defaults=CONFIG.scaling_defaults)
     memo.tasks = [asyncio.create_task(_resync(memo))]
     memo.autoscaler = None
     if CONFIG.prometheus_url:
         memo.autoscaler = Autoscaler(kube, Prometheus(CONFIG.prometheus_url, CONFIG.service_label), memo.store,
-                                     CONFIG.autoscale_interval_s, metrics_grace_s=CONFIG.metrics_grace_s)
+                                     CONFIG.autoscale_interval_s, metrics_grace_s=CONFIG.metrics_grace_s,
+                                     scaling_defaults=CONFIG.scaling_defaults)
         memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
     if CONFIG.http_port:
         runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)

@@ -35,6 +35,7 @@ def build_app(autoscaler: Autoscaler) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)  # a standby answers 503 here (leadership.py); the leader 200
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/wake/{namespace}/{name}", wake)
     return app

@@ -57,6 +57,7 @@ class Reconciler:
     kube: Kube
     settings: RenderSettings
     store: ServiceStore
+    scaling_defaults: dict | None = None
 
     def __post_init__(self):
         self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -76,7 +77,7 @@ class Reconciler:
         meta = body["metadata"]
         ns, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
         try:
-            spec = parse_spec(body.get("spec") or {})
+            spec = parse_spec(body.get("spec") or {}, self.scaling_defaults)
             problems = find_problems(spec, await self._facts(ns, spec), self.settings.pool_label)
         except ValidationError as err:
             spec, problems = None, spec_problems(err)

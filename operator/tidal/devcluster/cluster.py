@@ -61,15 +61,40 @@ class ClusterInfo:
         return str(self.binaries_dir / "kubectl")
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
+
 class DevCluster:
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, nodes_file: Path | None = None,
-                 scrape_interval: str = "2s", log=print):
+                 scrape_interval: str = "2s", log=print, audit: bool = False):
         self.state_dir = Path(state_dir).resolve()
         self.description: ClusterDescription = load_description(nodes_file)
         self.scrape_interval = scrape_interval
+        # With audit on, the apiserver logs every request made by a service account (who, verb,
+        # resource, response code) to logs/audit.log: how the tests check the chart's RBAC.
+        self.audit = audit
         self.log = log
         self.state_file = self.state_dir / "state.json"
         self.kubeconfig_path = self.state_dir / "kubeconfig"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.state_dir / "logs" / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log_path),
+                "--audit-log-format", "json", "--audit-log-mode", "blocking"]
 
     # ---- state -------------------------------------------------------------------------------
     def info(self) -> ClusterInfo | None:
@@ -199,7 +224,8 @@ class DevCluster:
                            "--service-account-signing-key-file", str(sa_key),
                            "--service-account-issuer", "https://kubernetes.default.svc",
                            "--service-cluster-ip-range", SERVICE_CIDR,
-                           "--allow-privileged=true", "--profiling=false", "--v", "1"],
+                           "--allow-privileged=true", "--profiling=false", "--v", "1",
+                           *self._audit_flags()],
                 ["secure"],
                 lambda p: http_ok(f"https://127.0.0.1:{p['secure']}/readyz", verified),
                 startup_timeout=90),

@@ -1,0 +1,281 @@
+"""The Helm chart as users install it: lint, render, install, every example's lifecycle under the
+chart's ServiceAccounts, leader handover, RBAC audit, upgrade and uninstall.
+
+One cluster of its own (with the apiserver's audit log on), because the chart installs the CRD and
+the RBAC and the uninstall test removes them; the session cluster keeps serving the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.chart_helpers import (CHART, ChartProcess, audit_events, deployment_args, granted, helm,
+                                         permission, sa_kubeconfig, template)
+from tests.cluster.test_operator import EXAMPLES, condition
+from tests.cluster.test_smoke import wait_for
+from tests.conftest import TEST_NODES, Kubectl
+from tidal.devcluster.cluster import DevCluster
+from tidal.devcluster.processes import free_port
+
+pytestmark = pytest.mark.cluster
+RELEASE, NS, MODELS = "tidal", "tidal-system", "models"
+OPERATOR_SA, ACTIVATOR_SA = "tidal-operator", "tidal-activator"
+
+# Everything the operator calls, and why. The chart must grant exactly this, and the audit log of the
+# lifecycle below must show each one used (and nothing refused).
+OPERATOR_PERMISSIONS = {
+    ("tidal.dev", "inferenceservices", "list"): "kopf lists, then watches, every InferenceService",
+    ("tidal.dev", "inferenceservices", "watch"): "",
+    ("tidal.dev", "inferenceservices/status", "patch"): "conditions, replicas, the last scaling decision",
+    ("apps", "deployments", "get"): "the reconciler compares the live Deployment with the plan",
+    ("apps", "deployments", "list"): "the watch that tells when replicas become ready",
+    ("apps", "deployments", "watch"): "",
+    ("apps", "deployments", "patch"): "server-side apply of the Deployment, and of spec.replicas by the autoscaler",
+    ("", "services", "get"): "compared with the plan before applying",
+    ("", "services", "patch"): "server-side apply of the Service",
+    ("", "pods", "list"): "the pods of a service, for readiness and scheduling problems",
+    ("", "pods", "watch"): "",
+    ("", "nodes", "list"): "placement checks: node pools and their GPUs",
+    ("", "nodes", "watch"): "",
+    ("", "secrets", "get"): "that a referenced credentials Secret exists (its data is not used)",
+    ("", "persistentvolumeclaims", "get"): "that a pvc:// model's claim exists",
+    ("", "events", "create"): "Events on InferenceServices",
+    ("coordination.k8s.io", "leases", "get"): "leader election",
+    ("coordination.k8s.io", "leases", "create"): "",
+    ("coordination.k8s.io", "leases", "update"): "",
+    ("coordination.k8s.io", "leases", "delete"): "a leader that stops cleanly hands over at once",
+}
+ACTIVATOR_PERMISSIONS = {
+    ("", "pods", "list"): "ready replicas of every service, from a pod watch",
+    ("", "pods", "watch"): "",
+}
+
+
+def test_chart_lints_and_renders_least_privilege():
+    lint = helm(None, "lint", "--strict", str(CHART), "--kube-version", "1.36.3")
+    assert "0 chart(s) failed" in lint.stdout
+    docs = template()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("Deployment") == 2 and "CustomResourceDefinition" in kinds
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tidal-operator")
+    assert operator["spec"]["replicas"] == 2 and "--leader-elect" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    for doc in docs:  # no wildcard anywhere, in any role
+        for rule in doc.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], doc["metadata"]["name"]
+    assert granted(docs, OPERATOR_SA) == set(OPERATOR_PERMISSIONS)
+    assert granted(docs, ACTIVATOR_SA) == set(ACTIVATOR_PERMISSIONS)
+    # The chart's CRD is the generated one, behind crds.enabled and kept on uninstall by default.
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crd["spec"] == yaml.safe_load((CHART.parents[1] / "crds" / "tidal.dev_inferenceservices.yaml").read_text())["spec"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not [d for d in template("--set", "crds.enabled=false") if d["kind"] == "CustomResourceDefinition"]
+    # Limited to namespaces: Roles there, and only nodes (cluster-scoped) through a ClusterRole.
+    scoped = template("--set", "watchNamespaces={team-a,team-b}")
+    roles = [(d["kind"], d["metadata"].get("namespace")) for d in scoped if d["kind"] in ("Role", "ClusterRole")]
+    assert ("Role", "team-a") in roles and ("Role", "team-b") in roles
+    assert [d["metadata"]["name"] for d in scoped if d["kind"] == "ClusterRole"] == ["tidal-operator-nodes"]
+    monitors = template("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.serviceMonitor.enabled=true")
+    assert {"PodMonitor", "ServiceMonitor"} <= {d["kind"] for d in monitors}
+
+
+def test_values_schema_names_the_wrong_value():
+    bad = helm(None, "template", "t", str(CHART), "--kube-version", "1.36.3", "--set", "defaultScaling.idleSecondz=5",
+               check=False)
+    assert bad.returncode != 0 and "idleSecondz" in bad.stderr
+    bad = helm(None, "template", "t", str(CHART), "--kube-version", "1.36.3", "--set", "image.pullPolicy=Sometimes",
+               check=False)
+    assert bad.returncode != 0 and "/image/pullPolicy" in bad.stderr and "IfNotPresent" in bad.stderr
+
+
+# ---- on a cluster of its own ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chart_cluster(tmp_path_factory):
+    cluster = DevCluster(tmp_path_factory.mktemp("chart-cluster"), TEST_NODES, scrape_interval="1s", audit=True)
+    info = cluster.up()
+    yield cluster, info
+    cluster.down()
+
+
+class Installed:
+    def __init__(self, info, kubectl, workdir: Path):
+        self.info, self.kubectl, self.workdir = info, kubectl, workdir
+        self.operators: list[ChartProcess] = []
+        self.activator: ChartProcess | None = None
+
+    def start_operator(self, replica: str) -> ChartProcess:
+        kubeconfig = sa_kubeconfig(self.info, self.kubectl, NS, OPERATOR_SA, self.workdir / f"{replica}.kubeconfig")
+        proc = ChartProcess(replica, deployment_args(self.kubectl, NS, "tidal-operator"), kubeconfig, self.workdir,
+                            "--http-port", {"POD_NAME": replica, "POD_NAMESPACE": NS},
+                            extra={"--http-host": "127.0.0.1"})
+        self.operators.append(proc)
+        return proc
+
+    def leader(self) -> ChartProcess | None:
+        return next((p for p in self.operators if p.proc.poll() is None and p.ready()), None)
+
+
+@pytest.fixture(scope="module")
+def installed(chart_cluster, tmp_path_factory):
+    cluster, info = chart_cluster
+    kubectl = Kubectl(info)
+    workdir = tmp_path_factory.mktemp("chart")
+    values = workdir / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "prometheus": {"url": info.prometheus_url},
+        "operator": {"leaderElection": {"leaseDurationSeconds": 6}, "autoscaleIntervalSeconds": 1,
+                     "metricsGraceSeconds": 8, "resyncSeconds": 5}}))
+    helm(info, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), "--wait",
+         "--timeout", "2m")
+    state = Installed(info, kubectl, workdir)
+    first = state.start_operator("operator-a")
+    first.wait_healthy()
+    wait_for(first.ready, timeout=20, what="the first operator to lead")
+    state.start_operator("operator-b").wait_healthy()  # a standby: alive, not ready
+    act_kubeconfig = sa_kubeconfig(info, kubectl, NS, ACTIVATOR_SA, workdir / "activator.kubeconfig")
+    state.activator = ChartProcess("activator", deployment_args(kubectl, NS, "tidal-activator"), act_kubeconfig,
+                                   workdir, "--metrics-port", {}, extra={"--host": "127.0.0.1", "--port": str(free_port()),
+                                                                         "--operator-url": first.url})
+    state.activator.wait_healthy()
+    yield state
+    for proc in [*state.operators, state.activator]:
+        proc.stop()
+
+
+def _setup_example_prerequisites(kubectl):
+    kubectl("create", "namespace", MODELS)
+    for secret, keys in (("hf-token", ["HF_TOKEN"]), ("s3-credentials", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])):
+        kubectl("create", "secret", "generic", secret, "-n", MODELS, *[f"--from-literal={k}=not-real" for k in keys])
+    # The cluster has no storage provisioner: a pre-made volume the example's claim binds to.
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "model-store"},
+        "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "hostPath": {"path": "/models"}}}))
+
+
+def _tis(kubectl, name):
+    return json.loads(kubectl("get", "tis", name, "-n", MODELS, "-o", "json").stdout)
+
+
+def _ready(kubectl, name, reason="ModelReady"):
+    def check():
+        obj = _tis(kubectl, name)
+        c = condition(obj, "Ready")
+        return obj if c and c["status"] == "True" and c["reason"] == reason and \
+            obj["status"].get("observedGeneration") == obj["metadata"]["generation"] else None
+    return check
+
+
+EXAMPLE_FILES = ["vllm-llama-h100.yaml", "triton-a100.yaml", "vllm-custom-promql.yaml", "vllm-model-from-pvc.yaml"]
+
+
+def test_every_example_runs_its_lifecycle_under_the_charts_service_account(installed):
+    kubectl = installed.kubectl
+    _setup_example_prerequisites(kubectl)
+    names = {}
+    for filename in EXAMPLE_FILES:
+        kubectl("apply", "-n", MODELS, "-f", str(EXAMPLES / filename))
+        names[filename] = next(d for d in yaml.safe_load_all((EXAMPLES / filename).read_text())
+                               if d["kind"] == "InferenceService")["metadata"]["name"]
+    for filename, name in names.items():
+        obj = wait_for(_ready(kubectl, name), timeout=90, interval=0.5, what=f"{filename} Ready")
+        assert condition(obj, "Valid")["status"] == "True"
+    # The custom PromQL service is scaled from its own query: the autoscaler has its metric.
+    wait_for(lambda: (condition(_tis(kubectl, "qwen-7b"), "ScalingActive") or {}).get("status") == "True",
+             timeout=60, interval=0.5, what="qwen-7b ScalingActive from its custom query")
+    # Edit: every example rolls out the change; delete: its children go.
+    for name in names.values():
+        kubectl("patch", "tis", name, "-n", MODELS, "--type=merge", "-p",
+                json.dumps({"spec": {"engine": {"env": [{"name": "EDITED", "value": "yes"}]}}}))
+    for name in names.values():
+        wait_for(_ready(kubectl, name), timeout=90, interval=0.5, what=f"{name} Ready after the edit")
+        dep = json.loads(kubectl("get", "deployment", name, "-n", MODELS, "-o", "json").stdout)
+        env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "EDITED", "value": "yes"} in env
+    for filename in EXAMPLE_FILES[:2]:
+        kubectl("delete", "-n", MODELS, "-f", str(EXAMPLES / filename), "--wait=true")
+    for name in list(names.values())[:2]:
+        wait_for(lambda: kubectl("get", "deployment,service", name, "-n", MODELS, "--ignore-not-found", "-o", "name")
+                 .stdout.strip() == "", timeout=60, what=f"{name}'s children deleted")
+    for proc in installed.operators:
+        assert "Forbidden" not in proc.log() and "403" not in proc.log(), proc.log()
+
+
+def test_the_standby_takes_over_when_the_leader_is_killed(installed):
+    kubectl = installed.kubectl
+    leader = installed.leader()
+    standby = next(p for p in installed.operators if p is not leader)
+    assert not standby.ready()
+    leader.stop("kill")  # no chance to release the Lease: the standby must wait it out (6 s here)
+    killed = time.monotonic()
+    wait_for(standby.ready, timeout=30, interval=0.2, what="the standby to take the Lease")
+    handover = time.monotonic() - killed
+    print(f"handover after SIGKILL: {handover:.1f} s (lease duration 6 s)")
+    assert handover < 6 + 10
+    # The new leader serves: a fresh service becomes Ready, an edited one rolls out.
+    kubectl("apply", "-n", MODELS, "-f", "-", input=json.dumps({
+        "apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "after-handover"},
+        "spec": {"engine": {"type": "vllm"}, "model": {"uri": "hf://org/after"}, "placement": {"nodePool": "h100"},
+                 "scaling": {"minReplicas": 1}}}))
+    wait_for(_ready(kubectl, "after-handover"), timeout=60, interval=0.5, what="a service created after handover")
+    # The killed replica comes back (its Deployment would restart it) and stands by.
+    installed.start_operator("operator-c").wait_healthy()
+    time.sleep(3)
+    assert sum(p.ready() for p in installed.operators if p.proc.poll() is None) == 1
+
+
+def test_rbac_grants_exactly_what_the_operator_and_activator_use(chart_cluster, installed):
+    cluster, _ = chart_cluster
+    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS), (ACTIVATOR_SA, ACTIVATOR_PERMISSIONS)):
+        events = audit_events(cluster.audit_log_path, f"system:serviceaccount:{NS}:{account}")
+        assert events, f"no audited requests from {account}"
+        refused = sorted({(permission(e), e["requestURI"]) for e in events
+                          if e.get("responseStatus", {}).get("code") == 403}, key=str)
+        assert not refused, f"{account} was refused: {refused}"
+        used = {p for p in map(permission, events) if p}
+        assert used <= set(expected), f"{account} used what the test does not list: {used - set(expected)}"
+        assert set(expected) <= used, f"{account} is granted what it never used: {set(expected) - used}"
+
+
+def test_helm_upgrade_changes_values_and_keeps_services(installed):
+    info, kubectl = installed.info, installed.kubectl
+    before = _tis(kubectl, "qwen-7b")["metadata"]["uid"]
+    helm(info, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values", "--set", "activator.replicas=1",
+         "--set", "operator.autoscaleIntervalSeconds=3", "--set", "defaultScaling.maxReplicas=2", "--wait")
+    args = deployment_args(kubectl, NS, "tidal-operator")
+    assert "--autoscale-interval=3" in args and '--scaling-defaults={"maxReplicas":2}' in args
+    act = json.loads(kubectl("get", "deployment", "tidal-activator", "-n", NS, "-o", "json").stdout)
+    assert act["spec"]["replicas"] == 1
+    assert _tis(kubectl, "qwen-7b")["metadata"]["uid"] == before
+    assert wait_for(_ready(kubectl, "qwen-7b"), timeout=30, what="qwen-7b still Ready")
+
+
+def _release_objects(kubectl) -> list[str]:
+    kinds = "deployments,services,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,leases"
+    found = kubectl("get", kinds, "-A", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
+    return found
+
+
+def test_helm_uninstall_leaves_nothing_behind(installed):
+    info, kubectl = installed.info, installed.kubectl
+    for proc in [*installed.operators, installed.activator]:
+        proc.stop()
+    helm(info, "uninstall", RELEASE, "-n", NS, "--wait")
+    assert _release_objects(kubectl) == []
+    assert kubectl("get", "lease", "tidal-operator", "-n", NS, check=False).returncode != 0  # released, deleted
+    # The CRD is kept by default, and with it every InferenceService.
+    assert _tis(kubectl, "qwen-7b")["metadata"]["name"] == "qwen-7b"
+    # Reinstalled with crds.keep=false, an uninstall removes the CRD too.
+    helm(info, "install", RELEASE, str(CHART), "-n", NS, "--set", "crds.keep=false", "--set", "prometheus.url=",
+         "--wait")
+    helm(info, "uninstall", RELEASE, "-n", NS, "--wait")
+    assert _release_objects(kubectl) == []
+    wait_for(lambda: kubectl("get", "crd", "inferenceservices.tidal.dev", check=False).returncode != 0,
+             timeout=60, what="the CRD deleted")
+    leftover = kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
+    assert "tidal" not in leftover
