@@ -85,7 +85,6 @@ def _sim_runtime(args: argparse.Namespace) -> int:
 
 def _run_operator(args: argparse.Namespace) -> int:
     import dataclasses
-    import functools
     import logging
     import os
 
@@ -113,9 +112,10 @@ def _run_operator(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    run = functools.partial(kopf.run, clusterwide=not args.namespace, namespaces=args.namespace or (),
-                            standalone=True,
-                            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None)
+    def run(stop_flag=None):
+        handlers.CONFIG.stop_flag = stop_flag
+        kopf.run(clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=True, stop_flag=stop_flag,
+                 liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None)
     if not args.leader_elect:
         run()
         return 0

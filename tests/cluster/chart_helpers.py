@@ -127,13 +127,19 @@ def audit_events(path: Path, username: str) -> list[dict]:
     return events
 
 
-def permission(event: dict) -> tuple[str, str, str] | None:
-    """(apiGroup, resource[/subresource], verb) of a resource request; None for discovery URLs."""
+def permissions(event: dict) -> list[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) a resource request needed; none for discovery URLs.
+
+    A server-side apply that creates its object is a PATCH answered 201, and the apiserver checks the
+    create verb for it too: without `create`, that PATCH is refused."""
     ref = event.get("objectRef")
     if not ref or not ref.get("resource"):
-        return None
+        return []
     resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-    return ref.get("apiGroup", ""), resource, event["verb"]
+    needed = [(ref.get("apiGroup", ""), resource, event["verb"])]
+    if event["verb"] == "patch" and event.get("responseStatus", {}).get("code") == 201:
+        needed.append((ref.get("apiGroup", ""), resource, "create"))
+    return needed
 
 
 def granted(docs: list[dict], account: str) -> set[tuple[str, str, str]]:

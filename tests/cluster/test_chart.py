@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.chart_helpers import (CHART, ChartProcess, audit_events, deployment_args, granted, helm,
-                                         permission, sa_kubeconfig, template)
+                                         permissions, sa_kubeconfig, template)
 from tests.cluster.test_operator import EXAMPLES, condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import TEST_NODES, Kubectl
@@ -29,19 +29,24 @@ OPERATOR_SA, ACTIVATOR_SA = "tidal-operator", "tidal-activator"
 # Everything the operator calls, and why. The chart must grant exactly this, and the audit log of the
 # lifecycle below must show each one used (and nothing refused).
 OPERATOR_PERMISSIONS = {
+    ("tidal.dev", "inferenceservices", "get"): "a fresh copy after a status write conflicted",
     ("tidal.dev", "inferenceservices", "list"): "kopf lists, then watches, every InferenceService",
     ("tidal.dev", "inferenceservices", "watch"): "",
     ("tidal.dev", "inferenceservices/status", "patch"): "conditions, replicas, the last scaling decision",
     ("apps", "deployments", "get"): "the reconciler compares the live Deployment with the plan",
     ("apps", "deployments", "list"): "the watch that tells when replicas become ready",
     ("apps", "deployments", "watch"): "",
+    ("apps", "deployments", "create"): "a server-side apply that creates the Deployment needs it",
     ("apps", "deployments", "patch"): "server-side apply of the Deployment, and of spec.replicas by the autoscaler",
     ("", "services", "get"): "compared with the plan before applying",
+    ("", "services", "create"): "a server-side apply that creates the Service needs it",
     ("", "services", "patch"): "server-side apply of the Service",
     ("", "pods", "list"): "the pods of a service, for readiness and scheduling problems",
     ("", "pods", "watch"): "",
     ("", "nodes", "list"): "placement checks: node pools and their GPUs",
     ("", "nodes", "watch"): "",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf learns which resources exist",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "",
     ("", "secrets", "get"): "that a referenced credentials Secret exists (its data is not used)",
     ("", "persistentvolumeclaims", "get"): "that a pvc:// model's claim exists",
     ("", "events", "create"): "Events on InferenceServices",
@@ -78,7 +83,7 @@ def test_chart_lints_and_renders_least_privilege():
     scoped = template("--set", "watchNamespaces={team-a,team-b}")
     roles = [(d["kind"], d["metadata"].get("namespace")) for d in scoped if d["kind"] in ("Role", "ClusterRole")]
     assert ("Role", "team-a") in roles and ("Role", "team-b") in roles
-    assert [d["metadata"]["name"] for d in scoped if d["kind"] == "ClusterRole"] == ["tidal-operator-nodes"]
+    assert [d["metadata"]["name"] for d in scoped if d["kind"] == "ClusterRole"] == ["tidal-operator-cluster-reads"]
     monitors = template("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.serviceMonitor.enabled=true")
     assert {"PodMonitor", "ServiceMonitor"} <= {d["kind"] for d in monitors}
 
@@ -229,19 +234,6 @@ def test_the_standby_takes_over_when_the_leader_is_killed(installed):
     assert sum(p.ready() for p in installed.operators if p.proc.poll() is None) == 1
 
 
-def test_rbac_grants_exactly_what_the_operator_and_activator_use(chart_cluster, installed):
-    cluster, _ = chart_cluster
-    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS), (ACTIVATOR_SA, ACTIVATOR_PERMISSIONS)):
-        events = audit_events(cluster.audit_log_path, f"system:serviceaccount:{NS}:{account}")
-        assert events, f"no audited requests from {account}"
-        refused = sorted({(permission(e), e["requestURI"]) for e in events
-                          if e.get("responseStatus", {}).get("code") == 403}, key=str)
-        assert not refused, f"{account} was refused: {refused}"
-        used = {p for p in map(permission, events) if p}
-        assert used <= set(expected), f"{account} used what the test does not list: {used - set(expected)}"
-        assert set(expected) <= used, f"{account} is granted what it never used: {set(expected) - used}"
-
-
 def test_helm_upgrade_changes_values_and_keeps_services(installed):
     info, kubectl = installed.info, installed.kubectl
     before = _tis(kubectl, "qwen-7b")["metadata"]["uid"]
@@ -263,7 +255,11 @@ def _release_objects(kubectl) -> list[str]:
 
 def test_helm_uninstall_leaves_nothing_behind(installed):
     info, kubectl = installed.info, installed.kubectl
-    for proc in [*installed.operators, installed.activator]:
+    # As `helm uninstall` does to the pods: every replica is told to stop; the leader hands the Lease
+    # back (deletes it) and a standby that was about to take over does not.
+    for proc in [installed.activator, *installed.operators]:
+        proc.proc.terminate()
+    for proc in [installed.activator, *installed.operators]:
         proc.stop()
     helm(info, "uninstall", RELEASE, "-n", NS, "--wait")
     assert _release_objects(kubectl) == []
@@ -277,5 +273,18 @@ def test_helm_uninstall_leaves_nothing_behind(installed):
     assert _release_objects(kubectl) == []
     wait_for(lambda: kubectl("get", "crd", "inferenceservices.tidal.dev", check=False).returncode != 0,
              timeout=60, what="the CRD deleted")
-    leftover = kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
-    assert "tidal" not in leftover
+    leftover = kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout.split()
+    assert not [n for n in leftover if n.split("/")[1].startswith(("tidal-operator", "tidal-activator"))]
+
+
+def test_rbac_grants_exactly_what_the_operator_and_activator_use(chart_cluster, installed):
+    cluster, _ = chart_cluster
+    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS), (ACTIVATOR_SA, ACTIVATOR_PERMISSIONS)):
+        events = audit_events(cluster.audit_log_path, f"system:serviceaccount:{NS}:{account}")
+        assert events, f"no audited requests from {account}"
+        refused = sorted({(e["verb"], e["requestURI"]) for e in events
+                          if e.get("responseStatus", {}).get("code") == 403}, key=str)
+        assert not refused, f"{account} was refused: {refused}"
+        used = {p for e in events for p in permissions(e)}
+        assert used <= set(expected), f"{account} used what the test does not list: {used - set(expected)}"
+        assert set(expected) <= used, f"{account} is granted what it never used: {set(expected) - used}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..render.settings import RenderSettings
 
@@ -20,4 +21,5 @@ class OperatorConfig:
     metrics_grace_s: float = 30.0
     http_host: str = "0.0.0.0"
     http_port: int | None = None
-    scaling_defaults: dict | None = None  # fills scaling fields an InferenceService leaves out
+    scaling_defaults: dict | None = None
+    stop_flag: Any = None  # a threading.Event that stops kopf (set on lost leadership)  # fills scaling fields an InferenceService leaves out

@@ -55,6 +55,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
 async def cleanup(memo: kopf.Memo, **_):
     for task in memo.tasks:
         task.cancel()
+    if CONFIG.stop_flag is not None:
+        # kopf waits for a threading.Event stop flag in an executor thread; stopping on a signal
+        # leaves that thread waiting and the process would never exit. Setting it lets it finish.
+        CONFIG.stop_flag.set()
 
 
 async def _reconcile(memo: kopf.Memo, body: dict) -> None:

@@ -11,9 +11,11 @@ from . import metrics
 from .autoscaler import Autoscaler
 
 
-def build_app(autoscaler: Autoscaler) -> web.Application:
+def build_app(autoscaler: Autoscaler | None) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "services": len(autoscaler.store.services),
+        if autoscaler is None:  # no Prometheus URL: the operator runs, nothing is autoscaled
+            return web.json_response({"ok": True, "autoscaling": False})
+        return web.json_response({"ok": True, "autoscaling": True, "services": len(autoscaler.store.services),
                                   "lastTickSeconds": round(autoscaler.last_tick_s, 4)})
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -22,6 +24,9 @@ def build_app(autoscaler: Autoscaler) -> web.Application:
     async def wake(request: web.Request) -> web.Response:
         """POST /v1/wake/{namespace}/{name} {"pending": N}: the activator holds N requests for a service."""
         started = time.monotonic()
+        if autoscaler is None:
+            return web.json_response({"woken": False, "reason": "AutoscalingOff: the operator has no --prometheus-url"},
+                                     status=503)
         try:
             pending = float((await request.json()).get("pending", 1))
         except (ValueError, AttributeError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import signal
 import socket
 import threading
 
@@ -51,14 +52,24 @@ def run_as_leader(run, args) -> int:
                             args.leader_election_id, identity, lease_duration_s=args.lease_duration,
                             renew_deadline_s=args.lease_duration * 2 / 3, retry_period_s=max(0.5, args.lease_duration / 7.5))
     standby = _standby_server(args.http_host, args.http_port)
+    stopping = threading.Event()
+
+    def stop_standing_by(signum, frame):  # SIGTERM while standing by: stop, and never take the Lease
+        stopping.set()
+        elector.stop()
+    previous = signal.signal(signal.SIGTERM, stop_standing_by)
     try:
         elector.acquire()
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if standby:
             standby.shutdown()
             standby.server_close()
+    if stopping.is_set():
+        elector.release()  # in case the Lease was taken just before the signal
+        return 0
     stop_flag, lost = threading.Event(), threading.Event()
 
     def on_lost():
