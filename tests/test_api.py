@@ -20,6 +20,31 @@ def test_committed_crd_is_the_generated_one():
     assert CRD_FILE.read_text() == render(), "crds/ is stale: run `make crds`"
 
 
+def test_the_chart_carries_the_generated_crd_and_values_schema():
+    from tidal.api.chart_values import generate
+    from tidal.api.crd import render_helm_template
+    chart = ROOT / "charts" / "tidal"
+    assert (chart / "templates" / "crd.yaml").read_text() == render_helm_template(), "run `make crds`"
+    assert (chart / "values.schema.json").read_text() == generate(), "values.schema.json is stale: run `make crds`"
+
+
+def test_every_chart_value_is_documented():
+    from tidal.api.chart_values import descriptions
+    text = (ROOT / "charts" / "tidal" / "values.yaml").read_text()
+    docs = descriptions(text)
+
+    def leaves(node, path=""):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else key
+            if isinstance(value, dict) and value and sub != "defaultScaling" and key not in (
+                    "resources", "podSecurityContext", "securityContext"):
+                yield from leaves(value, sub)
+            else:
+                yield sub
+    missing = [p for p in leaves(yaml.safe_load(text)) if p not in docs]
+    assert not missing, f"values.yaml values without a '# --' comment: {missing}"
+
+
 def _walk(schema, path="spec"):
     yield path, schema
     for name, sub in (schema.get("properties") or {}).items():
