@@ -77,33 +77,45 @@ class OperatorProcess:
         self.proc, self.log_path, self.url = proc, log_path, url
 
 
-@pytest.fixture(scope="session")
-def operator(dev_cluster, kubectl, tmp_path_factory):
-    """`tidal run` against the test cluster, with the CRD installed, for the whole session."""
+def start_operator(info: ClusterInfo, log_path: Path, *extra, port: int | None = None) -> OperatorProcess:
+    """`tidal run` against a test cluster, as the tests configure it: fast ticks, short grace."""
     import subprocess
     import sys
     import time
 
-    kubectl("apply", "-f", str(TESTS_DIR.parent / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    log = open(log_path, "w")
     from tidal.devcluster.processes import free_port, http_ok
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(dev_cluster.kubeconfig),
-                             "--resync-seconds", "5", "--prometheus-url", dev_cluster.prometheus_url,
-                             "--autoscale-interval", "1", "--metrics-grace", "8", "--http-port", str(port), "--http-host", "127.0.0.1"],
+    log = open(log_path, "a")
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(info.kubeconfig),
+                             "--resync-seconds", "5", "--prometheus-url", info.prometheus_url,
+                             "--autoscale-interval", "1", "--metrics-grace", "8", "--http-port", str(port),
+                             "--http-host", "127.0.0.1", *extra],
                             stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     deadline = time.monotonic() + 30
     while not http_ok(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:
         time.sleep(0.2)
-    yield OperatorProcess(proc, log_path, f"http://127.0.0.1:{port}")
-    proc.terminate()
+    return OperatorProcess(proc, log_path, f"http://127.0.0.1:{port}")
+
+
+def install_crd(kubectl) -> None:
+    kubectl("apply", "-f", str(TESTS_DIR.parent / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")
+
+
+@pytest.fixture(scope="session")
+def operator(dev_cluster, kubectl, tmp_path_factory):
+    """`tidal run` against the test cluster, with the CRD installed, for the whole session."""
+    import subprocess
+
+    install_crd(kubectl)
+    op = start_operator(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield op
+    op.proc.terminate()
     try:
-        proc.wait(10)
+        op.proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        op.proc.kill()
 
 
 class ActivatorProcess:

@@ -83,6 +83,31 @@ def test_activator_wakes_a_service_at_zero_even_without_metrics():
     assert (d.replicas, d.reason) == (1, "ActivatorWake") and d.state.last_active == 5
 
 
+def test_a_full_pool_stops_the_scale_up_but_not_the_service():
+    # 4 replicas asked for, 3 placed and serving, 1 Pending: a queue of 500 asks for 10, gets none more.
+    busy = Observation(current=4, ready=3, waiting=500, running=144, unschedulable=1)
+    d = decide(busy, ScalerState(observing_since=0.0), POLICY, now=500)
+    assert (d.replicas, d.reason) == (4, "Unschedulable") and "cannot be scheduled" in d.message
+    # Nothing placed at all, no metrics from anywhere: still no scale to zero because of it.
+    stuck = Observation(current=2, ready=0, waiting=0, running=0, unschedulable=2)
+    d = decide(stuck, ScalerState(observing_since=0.0, last_active=0.0), POLICY, now=10_000)
+    assert d.replicas == 2
+    # Once they schedule, scaling up resumes.
+    d = decide(replace(busy, unschedulable=0, ready=4), ScalerState(observing_since=0.0), POLICY, now=500)
+    assert d.replicas > 4 and d.reason == "QueueAboveTarget"
+
+
+def test_never_more_replicas_than_the_pool_could_hold():
+    # Four 8-GPU nodes hold four 8-GPU replicas: a queue asking for 10 gets 4, and a service already at 4
+    # gets no more.
+    d = decide(Observation(current=1, ready=1, waiting=500, running=48, pool_capacity=4),
+               ScalerState(observing_since=0.0), POLICY, now=500)
+    assert d.replicas == 4 and "holds at most 4" in d.message
+    d = decide(Observation(current=4, ready=4, waiting=500, running=192, pool_capacity=4),
+               ScalerState(observing_since=0.0), POLICY, now=500)
+    assert (d.replicas, d.reason) == (4, "Unschedulable")
+
+
 def test_starting_replicas_are_not_removed_as_idle_capacity():
     state = ScalerState(observing_since=0.0, last_active=0.0)
     d = decide(Observation(current=4, ready=1, waiting=0, running=0), state, POLICY, now=500)
@@ -99,7 +124,8 @@ def test_a_restarted_operator_waits_for_its_window_before_scaling_down():
 
 # ---- properties ----------------------------------------------------------------------------------
 @st.composite
-def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans()):
+def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans(), unschedulable=st.sampled_from([0, 0, 0, 1, 3]),
+              capacity=st.sampled_from([None, None, 1, 4, 8])):
     """A policy, an observation (current inside [min, max] when `in_bounds`), a state and a time."""
     lo = draw(st.integers(0, 3))
     policy = Policy(min_replicas=lo, max_replicas=max(1, lo + draw(st.integers(0, 20))),
@@ -112,7 +138,8 @@ def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans()):
     obs = Observation(current=current, ready=draw(st.integers(0, current)),
                       waiting=draw(st.floats(0, 2000)) if has_metrics else None,
                       running=draw(st.floats(0, 2000)) if has_metrics else None,
-                      pending=draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 50.0])))
+                      pending=draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 50.0])),
+                      unschedulable=draw(unschedulable), pool_capacity=draw(capacity))
     now = draw(st.floats(1000, 2000))
     history = tuple(draw(st.lists(st.tuples(st.floats(now - 400, now), st.integers(0, 40)), max_size=20)))
     state = ScalerState(last_active=draw(st.one_of(st.none(), st.floats(0, now))),
@@ -202,3 +229,18 @@ def test_last_active_time_is_persisted_on_going_idle_and_sparsely_while_busy():
     assert busy_status(to_iso(t0), t0 + 30) == t0  # busy: not rewritten every tick...
     assert busy_status(to_iso(t0), t0 + 60) == t0 + 60  # ...but every idle/2 = 60 s
     assert status_after(t0 + 40, to_iso(t0), t0 + 42) == t0 + 40  # gone idle: the exact moment is kept
+
+
+@given(scenarios(in_bounds=st.just(True), unschedulable=st.integers(1, 3)))
+def test_never_adds_replicas_while_some_cannot_be_scheduled(scenario):
+    obs, state, policy, now = scenario
+    assume(obs.current > 0)
+    assert decide(obs, state, policy, now).replicas <= obs.current
+
+
+
+@given(scenarios(in_bounds=st.just(True), capacity=st.integers(1, 8)))
+def test_never_scales_up_beyond_what_the_pool_could_hold(scenario):
+    obs, state, policy, now = scenario
+    d = decide(obs, state, policy, now)
+    assert d.replicas <= max(obs.current, obs.pool_capacity, policy.min_replicas)

@@ -138,6 +138,7 @@ def installed(chart_cluster, tmp_path_factory):
     helm(info, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), "--wait",
          "--timeout", "2m")
     state = Installed(info, kubectl, workdir)
+    state.chart_cluster = cluster
     first = state.start_operator("operator-a")
     first.wait_healthy()
     wait_for(first.ready, timeout=20, what="the first operator to lead")
@@ -228,6 +229,14 @@ def test_the_standby_takes_over_when_the_leader_is_killed(installed):
         "spec": {"engine": {"type": "vllm"}, "model": {"uri": "hf://org/after"}, "placement": {"nodePool": "h100"},
                  "scaling": {"minReplicas": 1}}}))
     wait_for(_ready(kubectl, "after-handover"), timeout=60, interval=0.5, what="a service created after handover")
+    # The two never both wrote: in the audit log, the old leader's last write comes before the new one's first.
+    writes: dict[str, list[str]] = {}
+    for event in audit_events(installed.chart_cluster.audit_log_path, f"system:serviceaccount:{NS}:{OPERATOR_SA}"):
+        if event["verb"] in ("create", "update", "patch", "delete") and event["userAgent"].startswith("tidal/"):
+            writes.setdefault(event["userAgent"], []).append(event["requestReceivedTimestamp"])
+    old_writes, new_writes = writes.get(f"tidal/{leader.name}", []), writes.get(f"tidal/{standby.name}", [])
+    assert old_writes and new_writes and max(old_writes) < min(new_writes), (
+        f"{leader.name} wrote until {max(old_writes or ['-'])}, {standby.name} from {min(new_writes or ['-'])}")
     # The killed replica comes back (its Deployment would restart it) and stands by.
     installed.start_operator("operator-c").wait_healthy()
     time.sleep(3)

@@ -43,6 +43,9 @@ class Endpoints:
     def changed(self, key: tuple[str, str]) -> asyncio.Event:
         return self._waiters.setdefault(key, asyncio.Event())
 
+    def forget_waiter(self, key: tuple[str, str]) -> None:
+        self._waiters.pop(key, None)
+
     def update(self, key: tuple[str, str], uid: str, endpoint: Endpoint | None) -> None:
         current = self.by_service.setdefault(key, {})
         if endpoint is None:

@@ -16,6 +16,7 @@ from .routing import route
 from .upstream import Refused, UpstreamPool
 
 log = logging.getLogger("tidal.activator")
+UNKNOWN_FOR_S = 2.0  # short: a service created a moment ago may not be known to the operator yet
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
 UNAVAILABLE_S = 5.0
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -58,6 +59,9 @@ class Gateway:
         self.metrics = Metrics()
         self._pending: dict[tuple[str, str], int] = {}
         self._waking: set[tuple[str, str]] = set()
+        # Services the operator says do not exist, and when it said so: their requests get a 404 at
+        # once instead of being held for the whole hold timeout. Forgotten after UNKNOWN_FOR_S.
+        self._unknown: dict[tuple[str, str], float] = {}
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, app: web.Application) -> None:
@@ -127,6 +131,9 @@ class Gateway:
                 candidates = [e for e in usable if id(e) not in tried] or usable
                 if candidates:
                     return min(candidates, key=lambda e: e.inflight)
+                if now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
+                    return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
+                                                         f"{key[0]}")
                 if not held:
                     if self._pending.get(key, 0) >= self.limits.max_pending:
                         return _error(429, "TooManyPending", f"{key[0]}/{key[1]} is waking up and already holds "
@@ -162,6 +169,10 @@ class Gateway:
             async with self._http.post(url, json={"pending": self._pending.get(key, 1)},
                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
+                if resp.status == 404:
+                    self._unknown[key] = time.monotonic()
+                    self.endpoints.changed(key).set()  # wake the held requests: they get the 404 now
+                    self.endpoints.forget_waiter(key)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
         finally:

@@ -196,6 +196,10 @@ class InferenceServiceSpec(_Model):
                              f"scaling.maxReplicas ({self.scaling.maxReplicas})")
         if self.model.revision and self.model.scheme != "hf":
             raise ValueError("model.revision is only meaningful for hf:// models")
+        names = [e.name for e in self.engine.env]
+        if len(names) != len(set(names)):
+            raise ValueError(f"engine.env: each name may appear only once; repeated: "
+                             f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}")
         return self
 
 
@@ -214,6 +218,10 @@ CEL_RULES = {
          "model.uri must start with hf://, s3://, gs:// or pvc://", ".uri"),
         ("!self.uri.startsWith('pvc://') || self.uri.size() > 6",
          "model.uri pvc:// needs a claim name: pvc://claim/path", ".uri"),
+    ),
+    "spec.engine": rules(
+        ("!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+         "engine.env: each name may appear only once", ".env"),
     ),
     "spec.engine.env[]": rules(
         ("!(has(self.value) && self.value != '' && has(self.valueFromSecret))",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .limits import (clamp, idle_long_enough, limit_scale_down, limit_scale_up, recommend, stabilise_down,
+from .limits import (cap_at_pool_capacity, capacity_exhausted, clamp, idle_long_enough, limit_scale_down, limit_scale_up, recommend, stabilise_down,
                      stabilise_up, within_tolerance)
 from .policy import Policy
 
@@ -16,6 +16,8 @@ class Observation:
     waiting: float | None  # requests queued in the engines; None when the metrics are unavailable
     running: float | None  # requests being generated; None when unavailable
     pending: float = 0.0  # requests the activator holds for this service (it is at zero or waking)
+    unschedulable: int = 0  # replicas the scheduler cannot place: their node pool is full
+    pool_capacity: int | None = None  # the most replicas the node pool could hold; None: unknown
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         wanted = clamp(max(1, recommend(obs.pending, 0, policy.target_queue, policy.max_concurrency)),
                        max(1, policy.min_replicas), policy.max_replicas)
         wanted = limit_scale_up(0, wanted, policy.scale_up_rate, policy.scale_up_step)
+        wanted = max(1, cap_at_pool_capacity(wanted, 0, obs.pool_capacity))
         state = replace(state, last_active=now, last_scale=now)
         return Decision(wanted, "ActivatorWake", f"{obs.pending:g} request(s) held by the activator", state, wanted)
     if obs.waiting is None or obs.running is None:
@@ -74,6 +77,11 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return Decision(replicas, reason, message, final_state, recommended)
 
     if recommended > obs.current:
+        if capacity_exhausted(obs.unschedulable):
+            # Another replica would only join the ones already Pending; ask again when they schedule.
+            return result(obs.current, "Unschedulable",
+                          f"{load}; {obs.unschedulable} replica(s) cannot be scheduled (the node pool is full), "
+                          f"so no more are added")
         if obs.ready == 0 and obs.current > 0:
             # A backlog held while nothing serves yet says nothing about serving capacity: the replicas
             # already starting will drain it (one 48-slot replica clears 600 short requests in seconds),
@@ -85,6 +93,10 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         wanted = stabilise_up(recommended, history, now, policy.scale_up_window_s, obs.current)
         wanted = limit_scale_up(obs.current, wanted, policy.scale_up_rate, policy.scale_up_step)
         reason = "ScaleFromZero" if obs.current == 0 else "QueueAboveTarget"
+        fits = cap_at_pool_capacity(wanted, obs.current, obs.pool_capacity)
+        if fits < wanted:
+            return result(fits, "Unschedulable" if fits == obs.current else reason,
+                          f"{load}; {wanted} wanted but the node pool holds at most {obs.pool_capacity} replica(s)")
         return result(wanted, reason, f"{load}; target {policy.target_queue:g} waiting per replica")
     if recommended == obs.current or within_tolerance(obs.current, recommended, policy.tolerance):
         return result(obs.current, "Steady", load)

@@ -63,3 +63,17 @@ def idle_long_enough(last_active: float | None, now: float, idle_s: float) -> bo
 
 def clamp(desired: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, desired))
+
+
+def capacity_exhausted(unschedulable: int) -> bool:
+    """No scale-up while a replica already waits for a node: with a full pool, each added replica would
+    also wait (a 4-node x 8-GPU pool holds four 8-GPU replicas; asking for 8 leaves 4 Pending forever)."""
+    return unschedulable > 0
+
+
+def cap_at_pool_capacity(wanted: int, current: int, capacity: int | None) -> int:
+    """Never ask for more replicas than the pool could hold even if empty (4 nodes x 8 GPUs hold four
+    8-GPU replicas: asking for 6 leaves 2 Pending); never removes replicas that already exist."""
+    if capacity is None or wanted <= capacity:
+        return wanted
+    return max(capacity, min(current, wanted))

@@ -8,6 +8,7 @@ that one service at once, without waiting for a scrape or the next tick.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
 from ..clients.kube import Kube
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
+from ..planning.checks import pool_capacity
 from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
@@ -66,11 +68,15 @@ class Autoscaler:
     _missing_since: dict[Key, float] = field(default_factory=dict)
     last_tick_s: float = 0.0
     scaling_defaults: dict | None = None  # the chart's defaultScaling, under each object's own fields
+    pool_label: str = "tidal.dev/pool"
+    _capacity: dict = field(default_factory=dict)
+    _query_errors: dict[Key, str] = field(default_factory=dict)  # custom queries Prometheus refused
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
         self._specs.pop(key, None)
         self._missing_since.pop(key, None)
+        self._query_errors.pop(key, None)
         metrics.forget(*key)
 
     def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
@@ -97,7 +103,15 @@ class Autoscaler:
             self.last_tick_s = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.interval_s - self.last_tick_s))
 
+    def _pool_capacity(self, spec: InferenceServiceSpec) -> int | None:
+        """Once per tick per (pool, product, GPUs per replica): 2,000 services share a handful of pools."""
+        key = (spec.placement.nodePool, spec.resources.gpuProduct, spec.resources.gpus)
+        if key not in self._capacity:
+            self._capacity[key] = pool_capacity(spec, list(self.store.nodes.values()), self.pool_label)
+        return self._capacity[key]
+
     async def tick(self) -> None:
+        self._capacity = {}
         with metrics.TICK_SECONDS.time():
             try:
                 loads: dict[Key, ServiceLoad] | None = await self.prometheus.service_loads()
@@ -128,9 +142,12 @@ class Autoscaler:
             try:
                 value = await self.prometheus.scalar(query)
                 out[key] = None if value is None else ServiceLoad(waiting=value, seen={"custom"})
+                self._query_errors.pop(key, None)
             except PrometheusError as err:
                 metrics.ERRORS.labels("custom_query").inc()
-                log.warning("%s/%s: custom query failed: %s", *key, err)
+                if key not in self._query_errors:
+                    log.warning("%s/%s: custom query failed: %s", *key, err)
+                self._query_errors[key] = str(err)
                 out[key] = None
         return out
 
@@ -150,7 +167,9 @@ class Autoscaler:
         running = load.running if adapter.inflight_metric else 0.0
         return Observation(current=deployment.replicas, ready=min(deployment.ready, deployment.replicas),
                            waiting=load.waiting if known else None, running=running if known else None,
-                           pending=load.pending + extra_pending)
+                           pending=load.pending + extra_pending,
+                           unschedulable=len(self.store.unschedulable.get(key, ())),
+                           pool_capacity=self._pool_capacity(spec))
 
     async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool,
                      extra_pending: float = 0.0) -> Decision | None:
@@ -165,6 +184,10 @@ class Autoscaler:
         now = self.clock()
         state = self.states.get(key) or restored_state(body.get("status") or {})
         decision = decide(obs, state, policy_of(spec), now)
+        query_error = self._query_errors.get(key)
+        if query_error and decision.reason == "MetricsUnavailable":  # the user's query, not an outage
+            decision = dataclasses.replace(decision, reason="QueryFailed", message=(
+                f"spec.scaling.query failed: {query_error[:400]}; keeping the current replicas"))
         self.states[key] = decision.state
         metrics.DECISIONS.labels(decision.reason).inc()
         metrics.DESIRED.labels(*key).set(decision.replicas)
@@ -184,13 +207,16 @@ class Autoscaler:
         else:
             since = self._missing_since.pop(key, None)
         # Prometheus itself failing is reported at once; one service's missing series after a grace.
-        report = obs.waiting is not None or not prometheus_ok or now - since >= self.metrics_grace_s
+        report = (obs.waiting is not None or not prometheus_ok or query_error is not None
+                  or now - since >= self.metrics_grace_s)
         before, after = await update_status(
             self.kube, self.store, body,
             lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report,
                                             spec.scaling.idleSecondsBeforeZero))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
+        if _flipped(before, after, "ScalingLimited", to="True"):
+            await self.kube.event(body, "Warning", "Unschedulable", decision.message)
         # Events on flips, and on a first False; "metrics available" at start-up is not news.
         if new and ((old and old["status"] != new["status"]) or (not old and new["status"] == "False")):
             await self.kube.event(body, "Normal" if new["status"] == "True" else "Warning", new["reason"],
@@ -205,3 +231,8 @@ class Autoscaler:
         if body is None or deployment is None or deployment.replicas > 0:
             return None  # already awake (or not created yet): the regular tick handles it
         return await self._scale(key, body, None, prometheus_ok=False, extra_pending=pending)
+
+
+def _flipped(before: dict, after: dict, type_: str, to: str) -> bool:
+    old, new = get_condition(before.get("conditions"), type_), get_condition(after.get("conditions"), type_)
+    return bool(new) and new["status"] == to and (old is None or old["status"] != to)

@@ -42,7 +42,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     if CONFIG.prometheus_url:
         memo.autoscaler = Autoscaler(kube, Prometheus(CONFIG.prometheus_url, CONFIG.service_label), memo.store,
                                      CONFIG.autoscale_interval_s, metrics_grace_s=CONFIG.metrics_grace_s,
-                                     scaling_defaults=CONFIG.scaling_defaults)
+                                     scaling_defaults=CONFIG.scaling_defaults, pool_label=CONFIG.render.pool_label)
         memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
     if CONFIG.http_port:
         runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)
@@ -98,8 +98,17 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
     await _owner_changed(namespace, labels, memo)
 
 
+def _unschedulable(body) -> bool:
+    return any(c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+               for c in (body.get("status") or {}).get("conditions") or [])
+
+
 @kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
-async def pod_event(namespace: str, labels, memo: kopf.Memo, **_):
+async def pod_event(type: str, body: kopf.Body, namespace: str, labels, memo: kopf.Memo, **_):
+    key = (namespace, (labels or {}).get(SERVICE_LABEL))
+    memo.store.set_pod_schedulable(key, body.metadata.uid,
+                                   type == "DELETED" or bool(body.metadata.get("deletionTimestamp"))
+                                   or not _unschedulable(body))
     await _owner_changed(namespace, labels, memo)
 
 

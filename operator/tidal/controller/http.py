@@ -31,7 +31,10 @@ def build_app(autoscaler: Autoscaler | None) -> web.Application:
             pending = float((await request.json()).get("pending", 1))
         except (ValueError, AttributeError):
             pending = 1.0
-        decision = await autoscaler.wake(request.match_info["namespace"], request.match_info["name"], max(1.0, pending))
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if (namespace, name) not in autoscaler.store.services:
+            return web.json_response({"woken": False, "reason": "UnknownService"}, status=404)
+        decision = await autoscaler.wake(namespace, name, max(1.0, pending))
         return web.json_response({
             "woken": decision is not None and decision.replicas > 0,
             "replicas": decision.replicas if decision else None,

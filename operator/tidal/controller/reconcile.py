@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..clients.engine_health import model_ready
-from ..clients.kube import OPERATOR_MANAGER, Kube, manages
+from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
 from ..planning.checks import ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets
 from ..planning.conditions import get_condition
@@ -83,7 +83,11 @@ class Reconciler:
             spec, problems = None, spec_problems(err)
         deployment = await self.kube.get_deployment(ns, name)
         if spec is not None and not problems:
-            deployment = await self._apply(body, spec, deployment)
+            try:
+                deployment = await self._apply(body, spec, deployment)
+            except Rejected as err:  # a spec problem the schema missed: no retry can fix it
+                problems = [Problem("RenderRejected", f"the apiserver refused the {err.kind} made from this spec: "
+                                                      f"{err.message}")]
         pods = await self.kube.list_pods(ns, f"{SERVICE_LABEL}={name}") if deployment else []
         ready, why = await self._engine_check(spec, deployment, pods)
         # Like a probe's failureThreshold: one slow answer on a busy node is not an outage.
@@ -162,3 +166,4 @@ class Reconciler:
 
 def _hash(obj: dict) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+

@@ -28,12 +28,24 @@ class ServiceStore:
     services: dict[Key, dict] = field(default_factory=dict)  # InferenceService bodies
     deployments: dict[Key, DeploymentState] = field(default_factory=dict)
     nodes: dict[str, dict] = field(default_factory=dict)  # slim nodes: labels and allocatable
+    # Per service, the uids of its pods the scheduler reported Unschedulable (kept from the pod watch).
+    unschedulable: dict[Key, set[str]] = field(default_factory=dict)
+
+    def set_pod_schedulable(self, key: Key, uid: str, schedulable: bool) -> None:
+        pods = self.unschedulable.setdefault(key, set())
+        if schedulable:
+            pods.discard(uid)
+            if not pods:
+                self.unschedulable.pop(key, None)
+        else:
+            pods.add(uid)
 
     def put_service(self, body: dict) -> None:
         meta = body["metadata"]
         self.services[(meta["namespace"], meta["name"])] = body
 
     def drop_service(self, key: Key) -> None:
+        self.unschedulable.pop(key, None)
         self.services.pop(key, None)
         self.deployments.pop(key, None)
 

@@ -75,3 +75,18 @@ def referenced_secrets(spec: InferenceServiceSpec) -> set[str]:
 
 def referenced_claim(spec: InferenceServiceSpec) -> str | None:
     return spec.model.path.split("/", 1)[0] if spec.model.scheme == "pvc" else None
+
+
+def pool_capacity(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) -> int | None:
+    """The most replicas the chosen pool could ever hold, were it empty: per node, whole replicas of
+    `gpus` GPUs (an 8-GPU node holds two 4-GPU replicas, not 2.5). None when it cannot be told (no
+    pool or product named, or replicas without GPUs)."""
+    gpus = spec.resources.gpus
+    pool, product = spec.placement.nodePool, spec.resources.gpuProduct
+    if not gpus or not (pool or product):
+        return None
+
+    def matches(node: dict) -> bool:
+        labels = node["metadata"].get("labels") or {}
+        return (not pool or labels.get(pool_label) == pool) and (not product or labels.get(GPU_PRODUCT_LABEL) == product)
+    return sum(_gpus(n) // gpus for n in nodes if matches(n))

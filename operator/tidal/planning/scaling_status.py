@@ -60,11 +60,18 @@ def plan_scaling_status(current: dict, decision: Decision, previous_replicas: in
     iso_now = to_iso(now)
     if not report_condition:
         return out
-    if decision.reason == "MetricsUnavailable":
-        conditions = set_condition(current.get("conditions") or [], "ScalingActive", "False", "MetricsUnavailable",
+    if decision.reason in ("MetricsUnavailable", "QueryFailed"):
+        conditions = set_condition(current.get("conditions") or [], "ScalingActive", "False", decision.reason,
                                    decision.message, generation, iso_now)
     else:
         conditions = set_condition(current.get("conditions") or [], "ScalingActive", "True", "MetricsAvailable",
                                    "scaling on the observed queue", generation, iso_now)
+    # As the HPA's condition of that name: the autoscaler wants more than it can have.
+    if decision.reason == "Unschedulable":
+        conditions = set_condition(conditions, "ScalingLimited", "True", "Unschedulable", decision.message,
+                                   generation, iso_now)
+    elif any(c.get("type") == "ScalingLimited" for c in conditions):
+        conditions = set_condition(conditions, "ScalingLimited", "False", "Schedulable",
+                                   "every replica the autoscaler asks for can be scheduled", generation, iso_now)
     out["conditions"] = conditions
     return out

@@ -28,8 +28,10 @@ def _security(settings: RenderSettings) -> tuple[dict, dict]:
 
 
 def _env(spec: InferenceServiceSpec, adapter) -> list[dict]:
-    env = [{"name": k, "value": v} for k, v in adapter.extra_env]
-    env += [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"}]
+    # The user's variables win over the defaults below (a Deployment may not name one twice).
+    own = {var.name for var in spec.engine.env}
+    defaults = [*adapter.extra_env, ("HOME", "/tmp"), ("XDG_CACHE_HOME", "/tmp/.cache")]
+    env = [{"name": k, "value": v} for k, v in defaults if k not in own]
     for var in spec.engine.env:
         if var.valueFromSecret:
             env.append({"name": var.name, "valueFrom": {"secretKeyRef": {
