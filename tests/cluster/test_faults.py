@@ -1,0 +1,243 @@
+"""Faults under steady load, on a cluster of their own (its control plane is restarted here):
+operator killed mid scale-up, kube-apiserver and etcd restarted, Prometheus down for minutes.
+
+Load goes through the activator, as users' traffic does, and every response is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import aiohttp
+import pytest
+
+from tests.cluster.test_autoscaler import apply, ready_replicas, replicas, service
+from tests.cluster.test_operator import condition, events, get, wait_condition
+from tests.cluster.test_smoke import wait_for
+from tests.conftest import TEST_NODES, Kubectl, install_crd, start_activator, start_operator
+from tidal.devcluster.cluster import DevCluster
+
+pytestmark = pytest.mark.cluster
+
+
+class Load:
+    """`concurrency` clients, each sending its next request when the last one is answered, until stopped.
+    Counts every outcome; a failure records when it happened."""
+
+    def __init__(self, url: str, concurrency: int, max_tokens: int):
+        self.url, self.concurrency, self.max_tokens = url, concurrency, max_tokens
+        self.ok, self.failures = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+            async def client():
+                while not self._stop.is_set():
+                    try:
+                        async with http.post(self.url, json={"prompt": "x", "max_tokens": self.max_tokens}) as r:
+                            await r.read()
+                            if r.status == 200:
+                                self.ok += 1
+                            else:
+                                self.failures.append((time.monotonic(), r.status))
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                        self.failures.append((time.monotonic(), type(err).__name__))
+                        await asyncio.sleep(0.1)
+            await asyncio.gather(*(client() for _ in range(self.concurrency)))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(120)
+
+
+class Sampler:
+    """Reads a value every `interval` seconds in the background: a history to assert on."""
+
+    def __init__(self, read, interval: float = 0.5):
+        self.read, self.interval, self.values = read, interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.values.append((time.monotonic(), self.read()))
+            except AssertionError:  # kubectl failing while the apiserver restarts
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """A cluster with its own operator and activator, free to be broken."""
+    state = tmp_path_factory.mktemp("fault-cluster")
+    cluster = DevCluster(state, TEST_NODES, scrape_interval="1s")
+    info = cluster.up()
+    kubectl = Kubectl(info)
+    install_crd(kubectl)
+    logs = tmp_path_factory.mktemp("fault-logs")
+    operator = start_operator(info, logs / "operator.log")
+    activator = start_activator(info, operator, "--hold-timeout", "120")
+    kubectl("create", "namespace", "faults")
+    env = {"cluster": cluster, "info": info, "kubectl": kubectl, "operator": operator, "activator": activator,
+           "logs": logs}
+    yield env
+    for proc in (env["activator"].proc, env["operator"].proc):
+        proc.terminate()
+        proc.wait(20)
+    cluster.down()
+
+
+def test_operator_killed_mid_scale_up_converges_without_a_scale_down_or_a_failed_request(faulty):
+    kubectl, ns = faulty["kubectl"], "faults"
+    apply(kubectl, ns, service("surge", minReplicas=1, maxReplicas=8, scaleDownStabilizationSeconds=30))
+    wait_condition(kubectl, ns, "surge", "Ready", "True", "ModelReady")
+    url = f"{faulty['activator'].url}/{ns}/surge/v1/completions"
+    # 48 clients, 2.8 s per request, 4 at a time per replica: 8 replicas wanted, reached in two steps
+    # (at most +4 per decision), so the kill lands between them.
+    with Load(url, concurrency=48, max_tokens=400) as load, \
+            Sampler(lambda: replicas(kubectl, ns, "surge")) as history:
+        wait_for(lambda: (replicas(kubectl, ns, "surge") or 0) >= 2, timeout=30, interval=0.1, what="a scale-up")
+        faulty["operator"].proc.kill()  # SIGKILL: no cleanup, no goodbye
+        killed_at, at_kill = time.monotonic(), replicas(kubectl, ns, "surge")
+        ready_at_kill = ready_replicas(kubectl, ns, "surge")
+        faulty["operator"].proc.wait(10)
+        faulty["operator"] = start_operator(faulty["info"], faulty["logs"] / "operator.log",  # same address,
+                                            port=int(faulty["operator"].url.rsplit(":", 1)[1]))  # as a Service
+        wait_for(lambda: replicas(kubectl, ns, "surge") == 8, timeout=60, interval=0.5,
+                 what="replicas converged to 8 after the restart")
+        time.sleep(10)  # and they stay there while the load lasts
+    after_kill = [n for t, n in history.values if t >= killed_at and n is not None]
+    print(f"replicas at the kill: {at_kill} ({ready_at_kill} ready); after: min {min(after_kill)}, max {max(after_kill)}; "
+          f"requests ok {load.ok}, failed {len(load.failures)}")
+    assert min(after_kill) >= at_kill, "a restarted operator scaled down on lost memory"
+    assert at_kill < 8 and max(after_kill) == 8 and after_kill[-1] == 8
+    assert load.failures == [] and load.ok > 50
+
+
+def _new_service_serves(faulty, name):
+    """The operator reconciles a service created now, and the activator routes to its new pods."""
+    kubectl = faulty["kubectl"]
+    apply(kubectl, "faults", service(name, minReplicas=1))
+    wait_condition(kubectl, "faults", name, "Ready", "True", "ModelReady", timeout=90)
+    import urllib.request
+    request = urllib.request.Request(f"{faulty['activator'].url}/faults/{name}/v1/completions",
+                                     data=b'{"prompt": "x", "max_tokens": 5}',
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_control_plane_restart_loses_nothing_and_everything_reconnects(faulty, component):
+    kubectl, ns, cluster = faulty["kubectl"], "faults", faulty["cluster"]
+    name = f"steady-{component.split('-')[-1]}"
+    apply(kubectl, ns, service(name, minReplicas=1, maxReplicas=2))
+    wait_condition(kubectl, ns, name, "Ready", "True", "ModelReady")
+    url = f"{faulty['activator'].url}/{ns}/{name}/v1/completions"
+    with Load(url, concurrency=4, max_tokens=20) as load:
+        time.sleep(2)
+        cluster.stop_component(component)
+        down_at = time.monotonic()
+        time.sleep(8)
+        cluster.start_component(component)
+        wait_for(lambda: kubectl("get", "--raw", "/readyz", check=False).returncode == 0, timeout=90,
+                 what=f"the apiserver ready after the {component} restart")
+        back = time.monotonic() - down_at
+        _new_service_serves(faulty, f"after-{component.split('-')[-1]}")
+        recovered = time.monotonic() - down_at
+        time.sleep(2)
+    print(f"{component} down 8 s; API back after {back:.1f} s; a new service served after {recovered:.1f} s; "
+          f"requests ok {load.ok}, failed {len(load.failures)}")
+    assert load.failures == [] and load.ok > 20
+    assert faulty["operator"].proc.poll() is None and faulty["activator"].proc.poll() is None
+    # Scaling resumed: the autoscaler has the new service's metrics and decides for it.
+    wait_condition(kubectl, ns, f"after-{component.split('-')[-1]}", "ScalingActive", "True", timeout=60)
+
+
+def test_prometheus_down_for_three_minutes_holds_replicas_then_scaling_resumes(faulty):
+    kubectl, ns, cluster = faulty["kubectl"], "faults", faulty["cluster"]
+    apply(kubectl, ns, service("held", minReplicas=0, maxReplicas=4, idleSecondsBeforeZero=5,
+                               scaleDownStabilizationSeconds=3))
+    url = f"{faulty['activator'].url}/{ns}/held/v1/completions"
+    # 8 clients, 0.7 s per request, 4 at a time: 2 replicas wanted, steadily.
+    with Load(url, concurrency=8, max_tokens=100) as load:
+        wait_for(lambda: replicas(kubectl, ns, "held") == 2, timeout=60, interval=0.5, what="2 replicas under load")
+        time.sleep(5)
+        before = replicas(kubectl, ns, "held")
+        cluster.stop_component("prometheus")
+        try:
+            with Sampler(lambda: replicas(kubectl, ns, "held"), interval=2) as history:
+                obj = wait_condition(kubectl, ns, "held", "ScalingActive", "False", "MetricsUnavailable", timeout=30)
+                time.sleep(180)
+        finally:
+            cluster.start_component("prometheus")
+    during = [n for _, n in history.values]
+    print(f"Prometheus down 180 s: replicas {before} before, {sorted(set(during))} during; "
+          f"requests ok {load.ok}, failed {len(load.failures)}")
+    assert set(during) == {before}, "replicas changed while the autoscaler was blind"
+    assert "keeping the current replicas" in condition(obj, "ScalingActive")["message"]
+    assert ("Warning", "MetricsUnavailable") in [(t, r) for t, r, _ in events(kubectl, ns, "held")]
+    assert load.failures == []
+    # Back: metrics flow again and the idle service goes to zero, as it should.
+    wait_condition(kubectl, ns, "held", "ScalingActive", "True", timeout=60)
+    wait_for(lambda: replicas(kubectl, ns, "held") == 0, timeout=90, interval=1, what="scaling resumed: to zero")
+
+
+def test_a_full_pool_is_reported_and_never_overfilled_nor_emptied(faulty):
+    kubectl, ns = faulty["kubectl"], "faults"
+    # Another tenant holds one of the four 8-GPU A100 nodes, so only 3 of our 8-GPU replicas can run.
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "other-tenant"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "other-tenant"}},
+                 "template": {"metadata": {"labels": {"app": "other-tenant"}}, "spec": {
+                     "nodeSelector": {"tidal.dev/pool": "a100"},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                     "containers": [{"name": "train", "image": "trainer:1",
+                                     "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}}}))
+    wait_for(lambda: kubectl("get", "pods", "-n", ns, "-l", "app=other-tenant", "-o",
+                             "jsonpath={.items[0].spec.nodeName}").stdout, timeout=30, what="the tenant placed")
+    big = service("big", minReplicas=1, maxReplicas=6, scaleDownStabilizationSeconds=60)
+    big["spec"]["placement"] = {"nodePool": "a100"}
+    big["spec"]["resources"] = {"gpus": 8}
+    apply(kubectl, ns, big)
+    wait_condition(kubectl, ns, "big", "Ready", "True", "ModelReady")
+    url = f"{faulty['activator'].url}/{ns}/big/v1/completions"
+    # 40 clients, 4 at a time per replica: 7 replicas wanted; the pool could hold 4, and has room for 3.
+    with Load(url, concurrency=40, max_tokens=400) as load, \
+            Sampler(lambda: replicas(kubectl, ns, "big")) as history:
+        obj = wait_condition(kubectl, ns, "big", "ScalingLimited", "True", "Unschedulable", timeout=60)
+        time.sleep(15)  # and it stays that way under the same load
+    counts = [n for _, n in history.values if n is not None]
+    pods = get(kubectl, ns, "pods", "-l", "tidal.dev/inferenceservice=big")["items"]
+    pending = [p for p in pods if not p["spec"].get("nodeName")]
+    print(f"pool full: replicas max {max(counts)}, min {min(counts)}; {len(pods)} pods, {len(pending)} Pending; "
+          f"requests ok {load.ok}, failed {len(load.failures)}")
+    assert max(counts) == 4, "more replicas than the pool could ever hold"
+    assert min(counts) >= 1, "scaled towards zero while replicas could not schedule"
+    assert len(pending) == 1
+    assert "cannot be scheduled" in condition(obj, "ScalingLimited")["message"] or \
+        "holds at most" in condition(obj, "ScalingLimited")["message"]
+    assert ("Warning", "Unschedulable") in [(t, r) for t, r, _ in events(kubectl, ns, "big")]
+    assert load.failures == []
+    # The tenant leaves: the Pending replica gets its node.
+    kubectl("delete", "deployment", "other-tenant", "-n", ns)
+    wait_for(lambda: all(p["spec"].get("nodeName") for p in
+                         get(kubectl, ns, "pods", "-l", "tidal.dev/inferenceservice=big")["items"]),
+             timeout=60, what="the Pending replica scheduled once the pool had room")
