@@ -135,7 +135,8 @@ def start_activator(dev_cluster, operator, *extra):
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),
                              "--operator-url", operator.url, "--host", "127.0.0.1", "--port", str(port),
                              "--metrics-port", str(metrics_port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=open(dev_cluster.state_dir / "logs" / f"activator-{port}.log", "w"),
+                            stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while not http_ok(f"http://127.0.0.1:{metrics_port}/healthz") and time.monotonic() < deadline:
         time.sleep(0.1)

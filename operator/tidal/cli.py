@@ -197,7 +197,7 @@ def _activator(args: argparse.Namespace) -> int:
         pass
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
-                          static or None, args.namespace))
+                          static or None, args.namespace, args.drain_seconds))
     except KeyboardInterrupt:
         pass
     return 0
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--metrics-port", type=int, default=9090, help="/metrics and /healthz")
     act.add_argument("--max-pending", type=int, default=1000, help="requests held per service at zero; then 429")
     act.add_argument("--hold-timeout", type=float, default=300.0, help="seconds a request is held; then 503")
+    act.add_argument("--drain-seconds", type=float, default=5.0,
+                     help="on SIGTERM, keep serving (closing connections after each answer) this long before "
+                          "refusing new connections; then wait for requests in flight")
     act.add_argument("--namespace", action="append",
                      help="route only to services in these namespaces (repeat); default: all namespaces")
     act.add_argument("--static-endpoint", action="append",

@@ -17,6 +17,7 @@ import pytest
 from tests.cluster.test_autoscaler import apply, ready_replicas, replicas, service
 from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
+from tests.cluster.service_proxy import ServiceProxy
 from tests.conftest import TEST_NODES, Kubectl, install_crd, start_activator, start_operator
 from tidal.devcluster.cluster import DevCluster
 
@@ -45,7 +46,7 @@ class Load:
                             else:
                                 self.failures.append((time.monotonic(), r.status))
                     except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                        self.failures.append((time.monotonic(), type(err).__name__))
+                        self.failures.append((time.monotonic(), f"{type(err).__name__}: {err}"[:160]))
                         await asyncio.sleep(0.1)
             await asyncio.gather(*(client() for _ in range(self.concurrency)))
 
@@ -241,3 +242,53 @@ def test_a_full_pool_is_reported_and_never_overfilled_nor_emptied(faulty):
     wait_for(lambda: all(p["spec"].get("nodeName") for p in
                          get(kubectl, ns, "pods", "-l", "tidal.dev/inferenceservice=big")["items"]),
              timeout=60, what="the Pending replica scheduled once the pool had room")
+
+
+def _port(process) -> int:
+    return int(process.url.rsplit(":", 1)[1])
+
+
+def test_activator_restarts_lose_nothing_with_two_replicas_and_only_in_flight_requests_with_one(faulty):
+    kubectl, ns, info, operator = faulty["kubectl"], "faults", faulty["info"], faulty["operator"]
+    apply(kubectl, ns, service("gate", minReplicas=2, maxReplicas=2))
+    wait_condition(kubectl, ns, "gate", "Ready", "True", "ModelReady")
+    proxy = ServiceProxy()
+    start = lambda: start_activator(info, operator, "--hold-timeout", "60", "--drain-seconds", "2")  # noqa: E731
+    replicas_now = [start(), start()]
+    proxy.backends = [_port(p) for p in replicas_now]
+    concurrency = 8
+    with Load(f"{proxy.url}/{ns}/gate/v1/completions", concurrency=concurrency, max_tokens=40) as load:
+        time.sleep(3)
+        # A rolling restart of two replicas, as a Deployment does it: the new pod is ready first; the old
+        # one leaves the Service's endpoints and gets SIGTERM at the same moment.
+        for old in list(replicas_now):
+            new = start()
+            proxy.backends.append(_port(new))
+            proxy.backends.remove(_port(old))
+            old.proc.terminate()
+            assert old.proc.wait(30) == 0
+            replicas_now[replicas_now.index(old)] = new
+            time.sleep(2)
+        served_in_rollout, failed_in_rollout = load.ok, list(load.failures)
+        # Down to one replica (scaled in gracefully), which then crashes; its replacement is already up.
+        survivor, leaving = replicas_now
+        proxy.backends.remove(_port(leaving))
+        leaving.proc.terminate()
+        leaving.proc.wait(30)
+        time.sleep(2)
+        replacement = start()
+        proxy.backends.append(_port(replacement))
+        time.sleep(1)
+        proxy.backends.remove(_port(survivor))
+        survivor.proc.kill()
+        survivor.proc.wait(10)
+        time.sleep(3)
+    replacement.proc.terminate()
+    replacement.proc.wait(30)
+    crash_failures = load.failures[len(failed_in_rollout):]
+    print(f"activator rolling restart: {served_in_rollout} ok, {len(failed_in_rollout)} failed; "
+          f"single replica SIGKILLed: {len(crash_failures)} failed of at most {concurrency} in flight; "
+          f"{load.ok} ok in all")
+    assert failed_in_rollout == [], f"a graceful restart of one of two replicas failed requests: {failed_in_rollout}"
+    assert len(crash_failures) <= concurrency, crash_failures
+    assert load.ok > served_in_rollout  # the replacement serves

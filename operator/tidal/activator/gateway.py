@@ -59,6 +59,7 @@ class Gateway:
         self.metrics = Metrics()
         self._pending: dict[tuple[str, str], int] = {}
         self._waking: set[tuple[str, str]] = set()
+        self.draining = False  # set on SIGTERM: not ready, and every response closes its connection
         # Services the operator says do not exist, and when it said so: their requests get a 404 at
         # once instead of being held for the whole hold timeout. Forgotten after UNKNOWN_FOR_S.
         self._unknown: dict[tuple[str, str], float] = {}
@@ -78,6 +79,7 @@ class Gateway:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.stop)
+        app.on_response_prepare.append(self._close_while_draining)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -86,13 +88,22 @@ class Gateway:
             return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
         async def healthz(request):
-            ok = self.endpoints.ready.is_set()
+            ok = self.endpoints.ready.is_set() and not self.draining
             return web.json_response({"ready": ok}, status=200 if ok else 503)
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         return app
+
+    async def _close_while_draining(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Shutting down: answer, then close the connection, so clients reconnect through the Service to
+        another replica instead of reusing a connection this one is about to drop."""
+        if self.draining:
+            response.force_close()
+            # aiohttp (3.14) decides the Connection header before this hook runs: say it ourselves, or
+            # the client would reuse a connection the server is about to close.
+            response.headers["Connection"] = "close"
 
     # ---- one request -----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:

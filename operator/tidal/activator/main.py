@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 
 from aiohttp import web
@@ -13,7 +14,7 @@ from .gateway import Gateway, Limits
 
 async def serve(kubeconfig: str | None, operator_url: str | None, host: str, port: int, metrics_port: int | None,
                 limits: Limits, static: dict[tuple[str, str], list[tuple[str, int]]] | None = None,
-                namespaces: list[str] | None = None) -> None:
+                namespaces: list[str] | None = None, drain_seconds: float = 5.0) -> None:
     endpoints = Endpoints()
     if static:  # fixed upstreams, no cluster: for benchmarks and trying a client
         for key, addrs in static.items():
@@ -43,10 +44,23 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     for app, p in ((gateway.app(), port), (gateway.metrics_app(), metrics_port)):
         if p is None:
             continue
-        runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=30)
+        # Held requests may wait out a whole cold start: shutdown waits for them too.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=limits.hold_timeout_s + 30)
         await runner.setup()
         await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
         runners.append(runner)
     print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else ""),
           flush=True)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Shutting down as a pod does: fail readiness so the Service stops sending new connections, keep
+    # serving for drain_seconds (answers close their connections), then stop listening and let every
+    # request in flight finish before exiting.
+    gateway.draining = True
+    print(f"draining for {drain_seconds:g} s", flush=True)
+    await asyncio.sleep(drain_seconds)
+    for runner in runners:
+        await runner.cleanup()
