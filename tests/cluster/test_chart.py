@@ -72,6 +72,12 @@ def test_chart_lints_and_renders_least_privilege():
     for doc in docs:  # no wildcard anywhere, in any role
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], doc["metadata"]["name"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):  # non-root, read-only, no privileges
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert container["readOnlyRootFilesystem"] is True and container["allowPrivilegeEscalation"] is False
+        assert container["capabilities"]["drop"] == ["ALL"]
     assert granted(docs, OPERATOR_SA) == set(OPERATOR_PERMISSIONS)
     assert granted(docs, ACTIVATOR_SA) == set(ACTIVATOR_PERMISSIONS)
     # The chart's CRD is the generated one, behind crds.enabled and kept on uninstall by default.
