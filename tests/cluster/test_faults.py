@@ -24,17 +24,42 @@ from tidal.devcluster.cluster import DevCluster
 pytestmark = pytest.mark.cluster
 
 
-class Load:
+class Background:
+    """Runs `_run` in a thread while the `with` block lasts; `_stop` tells it to finish."""
+
+    join_timeout = 30.0
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(self.join_timeout)
+
+
+class Load(Background):
     """`concurrency` clients, each sending its next request when the last one is answered, until stopped.
     Counts every outcome; a failure records when it happened."""
 
+    join_timeout = 120.0
+
     def __init__(self, url: str, concurrency: int, max_tokens: int):
+        super().__init__()
         self.url, self.concurrency, self.max_tokens = url, concurrency, max_tokens
         self.ok, self.failures = 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    async def _run(self):
+    def _run(self):
+        asyncio.run(self._clients())
+
+    async def _clients(self):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
             async def client():
                 while not self._stop.is_set():
@@ -50,22 +75,13 @@ class Load:
                         await asyncio.sleep(0.1)
             await asyncio.gather(*(client() for _ in range(self.concurrency)))
 
-    def __enter__(self):
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(120)
-
-
-class Sampler:
+class Sampler(Background):
     """Reads a value every `interval` seconds in the background: a history to assert on."""
 
     def __init__(self, read, interval: float = 0.5):
+        super().__init__()
         self.read, self.interval, self.values = read, interval, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
@@ -74,14 +90,6 @@ class Sampler:
             except AssertionError:  # kubectl failing while the apiserver restarts
                 pass
             self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,10 @@ class Gateway:
                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
                 if resp.status == 404:
-                    self._unknown[key] = time.monotonic()
+                    now = time.monotonic()
+                    # Requests may name any service: forget expired entries so memory stays bounded.
+                    self._unknown = {k: t for k, t in self._unknown.items() if now - t < UNKNOWN_FOR_S}
+                    self._unknown[key] = now
                     self.endpoints.changed(key).set()  # wake the held requests: they get the 404 now
                     self.endpoints.forget_waiter(key)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:

@@ -99,30 +99,24 @@ class Kube:
         return await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
 
     # ---- reads ----------------------------------------------------------------------------------
-    async def get_deployment(self, namespace: str, name: str) -> dict | None:
+    async def _get_or_none(self, fn, *args) -> dict | None:
+        """One object, or None when it does not exist."""
         try:
-            return _json(await self._read(self.apps.read_namespaced_deployment, name, namespace))
+            return _json(await self._read(fn, *args))
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
+
+    async def get_deployment(self, namespace: str, name: str) -> dict | None:
+        return await self._get_or_none(self.apps.read_namespaced_deployment, name, namespace)
 
     async def get_service(self, namespace: str, name: str) -> dict | None:
-        try:
-            return _json(await self._read(self.core.read_namespaced_service, name, namespace))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        return await self._get_or_none(self.core.read_namespaced_service, name, namespace)
 
     async def get_inference_service(self, namespace: str, name: str) -> dict | None:
-        try:
-            return _json(await self._read(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
-                                          PLURAL, name))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        return await self._get_or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
+                                       PLURAL, name)
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict]:
         return _json(await self._read(self.core.list_namespaced_pod, namespace, label_selector=selector))["items"]
@@ -134,13 +128,7 @@ class Kube:
         """Whether a Secret or PersistentVolumeClaim exists (its content is not looked at)."""
         fn = {"Secret": self.core.read_namespaced_secret,
               "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim}[kind]
-        try:
-            await self._read(fn, name, namespace)
-            return True
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
+        return await self._get_or_none(fn, name, namespace) is not None
 
     # ---- writes ---------------------------------------------------------------------------------
     async def apply(self, obj: dict, manager: str = OPERATOR_MANAGER) -> dict:

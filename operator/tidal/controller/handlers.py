@@ -16,6 +16,7 @@ from aiohttp import web
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client
 from ..clients.prometheus import Prometheus
+from ..planning.status import pod_unschedulable
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
 from .autoscaler import Autoscaler
 from .config import OperatorConfig
@@ -98,17 +99,12 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
     await _owner_changed(namespace, labels, memo)
 
 
-def _unschedulable(body) -> bool:
-    return any(c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
-               for c in (body.get("status") or {}).get("conditions") or [])
-
-
 @kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
 async def pod_event(type: str, body: kopf.Body, namespace: str, labels, memo: kopf.Memo, **_):
     key = (namespace, (labels or {}).get(SERVICE_LABEL))
     memo.store.set_pod_schedulable(key, body.metadata.uid,
                                    type == "DELETED" or bool(body.metadata.get("deletionTimestamp"))
-                                   or not _unschedulable(body))
+                                   or not pod_unschedulable(body))
     await _owner_changed(namespace, labels, memo)
 
 

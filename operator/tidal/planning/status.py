@@ -19,12 +19,16 @@ class Observation:
     url: str | None = None
 
 
-def _unschedulable(pods: list[dict]) -> str | None:
-    for pod in pods:
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-                return cond.get("message") or "a replica cannot be scheduled"
+def pod_unschedulable(pod: dict) -> str | None:
+    """The scheduler's message when it could not place this pod, else None."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            return cond.get("message") or "a replica cannot be scheduled"
     return None
+
+
+def _unschedulable(pods: list[dict]) -> str | None:
+    return next((m for m in map(pod_unschedulable, pods) if m), None)
 
 
 def _deployment_failed(deployment: dict) -> str | None:
