@@ -112,6 +112,9 @@ def _run_operator(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        # The Kubernetes client retries each request 3 times, each retry a warning; our own line says
+        # how the request ended.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     def run(stop_flag=None):
         handlers.CONFIG.stop_flag = stop_flag
         kopf.run(clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=True, stop_flag=stop_flag,

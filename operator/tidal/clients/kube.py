@@ -66,6 +66,19 @@ class Rejected(ValueError):
         self.kind, self.message = kind, message
 
 
+def unreachable(err: BaseException) -> str | None:
+    """One line for an error that says the apiserver is away or overloaded (it will pass: retry
+    quietly), or None for an error about the request itself (worth a traceback)."""
+    import urllib3
+
+    if isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+        reason = getattr(err, "reason", None) or err
+        return f"Kubernetes API unreachable: {type(reason).__name__}: {str(reason)[:200]}"
+    if isinstance(err, ApiException) and (err.status in (429,) or (err.status or 0) >= 500):
+        return f"Kubernetes API answered {err.status} {err.reason}"
+    return None
+
+
 class Conflict(RuntimeError):
     """The object changed under us (optimistic concurrency); read it again and retry."""
 

@@ -17,14 +17,14 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
-from ..clients.kube import Kube
+from ..clients.kube import Kube, unreachable
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
 from ..planning.checks import pool_capacity
 from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
-from .store import Key, ServiceStore, update_status
+from .store import DEPARTED_MEMORY_S, Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
 MAX_CONCURRENCY_FLAG = "--max-num-seqs"
@@ -71,12 +71,15 @@ class Autoscaler:
     pool_label: str = "tidal.dev/pool"
     _capacity: dict = field(default_factory=dict)
     _query_errors: dict[Key, str] = field(default_factory=dict)  # custom queries Prometheus refused
+    _prometheus_down_since: float | None = None
+    _failures: dict[Key, str] = field(default_factory=dict)  # last failure logged per service
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
         self._specs.pop(key, None)
         self._missing_since.pop(key, None)
         self._query_errors.pop(key, None)
+        self._failures.pop(key, None)
         metrics.forget(*key)
 
     def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
@@ -114,11 +117,18 @@ class Autoscaler:
         self._capacity = {}
         with metrics.TICK_SECONDS.time():
             try:
-                loads: dict[Key, ServiceLoad] | None = await self.prometheus.service_loads()
+                self.store.forget_departed_before(time.monotonic() - DEPARTED_MEMORY_S)
+                loads: dict[Key, ServiceLoad] | None = await self.prometheus.service_loads(self.store.is_departed)
             except PrometheusError as err:
                 metrics.ERRORS.labels("prometheus").inc()
-                log.warning("%s; holding every service's replicas", err)
+                if self._prometheus_down_since is None:  # once per outage, not once per tick
+                    self._prometheus_down_since = time.monotonic()
+                    log.warning("%s; holding every service's replicas until it answers", err)
                 loads = None
+            if loads is not None and self._prometheus_down_since is not None:
+                log.warning("Prometheus answers again after %.0f s; scaling resumes",
+                            time.monotonic() - self._prometheus_down_since)
+                self._prometheus_down_since = None
             keys = list(self.store.services)
             metrics.SERVICES.set(len(keys))
             custom = await self._custom_loads(keys, loads is not None)
@@ -126,7 +136,25 @@ class Autoscaler:
                 body = self.store.services.get(key)
                 if body is not None:
                     load = custom.get(key, loads.get(key) if loads is not None else None)
-                    await self._scale(key, body, load, prometheus_ok=loads is not None)
+                    await self._scale_or_report(key, body, load, prometheus_ok=loads is not None)
+
+    async def _scale_or_report(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool) -> None:
+        """One service's failure never costs the others their decision; each failure is logged once
+        (an apiserver restart would otherwise print a traceback per service per tick)."""
+        try:
+            await self._scale(key, body, load, prometheus_ok=prometheus_ok)
+        except Exception as err:
+            metrics.ERRORS.labels("scale").inc()
+            brief = unreachable(err)
+            if self._failures.get(key) != (brief or repr(err)):
+                self._failures[key] = brief or repr(err)
+                if brief:
+                    log.warning("%s/%s: %s; will retry every tick", *key, brief)
+                else:
+                    log.exception("%s/%s: scaling failed; will retry every tick", *key)
+        else:
+            if self._failures.pop(key, None) is not None:
+                log.info("%s/%s: scaling works again", *key)
 
     async def _custom_loads(self, keys: list[Key], prometheus_ok: bool) -> dict[Key, ServiceLoad | None]:
         out: dict[Key, ServiceLoad | None] = {}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 
 import kopf
 from aiohttp import web
 
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
-from ..clients.kube import Kube, load_api_client
+from ..clients.kube import Kube, load_api_client, unreachable
 from ..clients.prometheus import Prometheus
 from ..planning.status import pod_unschedulable
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
@@ -65,9 +66,13 @@ async def cleanup(memo: kopf.Memo, **_):
 async def _reconcile(memo: kopf.Memo, body: dict) -> None:
     try:
         await memo.reconciler.reconcile(body)
-    except Exception:  # one object's failure never stops the others; the resync retries it
+    except Exception as err:  # one object's failure never stops the others; the resync retries it
         meta = body.get("metadata", {})
-        log.exception("reconcile of %s/%s failed; will retry", meta.get("namespace"), meta.get("name"))
+        brief = unreachable(err)
+        if brief:  # the apiserver is restarting: a line, not a traceback per object per event
+            log.warning("reconcile of %s/%s failed: %s; will retry", meta.get("namespace"), meta.get("name"), brief)
+        else:
+            log.exception("reconcile of %s/%s failed; will retry", meta.get("namespace"), meta.get("name"))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -105,6 +110,10 @@ async def pod_event(type: str, body: kopf.Body, namespace: str, labels, memo: ko
     memo.store.set_pod_schedulable(key, body.metadata.uid,
                                    type == "DELETED" or bool(body.metadata.get("deletionTimestamp"))
                                    or not pod_unschedulable(body))
+    if type == "DELETED":
+        memo.store.pod_departed(key, body.metadata.name, time.monotonic())
+    else:
+        memo.store.pod_present(key, body.metadata.name)
     await _owner_changed(namespace, labels, memo)
 
 

@@ -15,6 +15,10 @@ from ..clients.kube import Conflict, Kube
 
 Key = tuple[str, str]  # (namespace, name)
 
+# Prometheus' default lookback is 5 minutes: after 10, a deleted pod's samples cannot be returned.
+DEPARTED_MEMORY_S = 600.0
+DEPARTED_PER_SERVICE = 256
+
 
 @dataclass
 class DeploymentState:
@@ -30,6 +34,29 @@ class ServiceStore:
     nodes: dict[str, dict] = field(default_factory=dict)  # slim nodes: labels and allocatable
     # Per service, the uids of its pods the scheduler reported Unschedulable (kept from the pod watch).
     unschedulable: dict[Key, set[str]] = field(default_factory=dict)
+    # Per service, pods deleted lately (name -> when): Prometheus may still show their last samples.
+    departed: dict[Key, dict[str, float]] = field(default_factory=dict)
+
+    def pod_departed(self, key: Key, name: str, now: float) -> None:
+        pods = self.departed.setdefault(key, {})
+        pods[name] = now
+        while len(pods) > DEPARTED_PER_SERVICE:  # a service churning pods fast: forget the oldest
+            del pods[next(iter(pods))]
+
+    def pod_present(self, key: Key, name: str) -> None:
+        pods = self.departed.get(key)
+        if pods and pods.pop(name, None) is not None and not pods:
+            del self.departed[key]
+
+    def is_departed(self, key: Key, name: str) -> bool:
+        return name in self.departed.get(key, ())
+
+    def forget_departed_before(self, cutoff: float) -> None:
+        for key in [k for k, pods in self.departed.items() if max(pods.values()) < cutoff]:
+            del self.departed[key]
+        for pods in self.departed.values():
+            for name in [n for n, at in pods.items() if at < cutoff]:
+                del pods[name]
 
     def set_pod_schedulable(self, key: Key, uid: str, schedulable: bool) -> None:
         pods = self.unschedulable.setdefault(key, set())
@@ -46,6 +73,7 @@ class ServiceStore:
 
     def drop_service(self, key: Key) -> None:
         self.unschedulable.pop(key, None)
+        self.departed.pop(key, None)
         self.services.pop(key, None)
         self.deployments.pop(key, None)
 
