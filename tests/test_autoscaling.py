@@ -78,6 +78,13 @@ def test_missing_metrics_hold_the_replicas():
     assert (d.replicas, d.reason) == (3, "MetricsUnavailable")
 
 
+def test_a_failed_custom_query_holds_the_replicas_and_says_it_is_the_query():
+    d = decide(Observation(current=2, ready=2, waiting=None, running=None, query_error="parse error at char 9"),
+               ScalerState(last_active=0.0), POLICY, now=10_000)
+    assert (d.replicas, d.reason) == (2, "QueryFailed")
+    assert d.message.startswith("spec.scaling.query failed: parse error at char 9")
+
+
 def test_activator_wakes_a_service_at_zero_even_without_metrics():
     d = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=1), ScalerState(), POLICY, 5)
     assert (d.replicas, d.reason) == (1, "ActivatorWake") and d.state.last_active == 5

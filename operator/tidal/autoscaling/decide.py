@@ -18,6 +18,7 @@ class Observation:
     pending: float = 0.0  # requests the activator holds for this service (it is at zero or waking)
     unschedulable: int = 0  # replicas the scheduler cannot place: their node pool is full
     pool_capacity: int | None = None  # the most replicas the node pool could hold; None: unknown
+    query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return Decision(wanted, "ActivatorWake", f"{obs.pending:g} request(s) held by the activator", state, wanted)
     if obs.waiting is None or obs.running is None:
         # Never act on missing data: a metrics outage must not look like an idle service.
+        if obs.query_error:  # the user's query is wrong, not Prometheus away: say which
+            return _hold(obs, policy, state, "QueryFailed",
+                         f"spec.scaling.query failed: {obs.query_error[:400]}; keeping the current replicas")
         return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
 
     waiting = obs.waiting + obs.pending

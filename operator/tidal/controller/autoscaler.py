@@ -8,7 +8,6 @@ that one service at once, without waiting for a scrape or the next tick.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -197,7 +196,7 @@ class Autoscaler:
                            waiting=load.waiting if known else None, running=running if known else None,
                            pending=load.pending + extra_pending,
                            unschedulable=len(self.store.unschedulable.get(key, ())),
-                           pool_capacity=self._pool_capacity(spec))
+                           pool_capacity=self._pool_capacity(spec), query_error=self._query_errors.get(key))
 
     async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool,
                      extra_pending: float = 0.0) -> Decision | None:
@@ -212,10 +211,6 @@ class Autoscaler:
         now = self.clock()
         state = self.states.get(key) or restored_state(body.get("status") or {})
         decision = decide(obs, state, policy_of(spec), now)
-        query_error = self._query_errors.get(key)
-        if query_error and decision.reason == "MetricsUnavailable":  # the user's query, not an outage
-            decision = dataclasses.replace(decision, reason="QueryFailed", message=(
-                f"spec.scaling.query failed: {query_error[:400]}; keeping the current replicas"))
         self.states[key] = decision.state
         metrics.DECISIONS.labels(decision.reason).inc()
         metrics.DESIRED.labels(*key).set(decision.replicas)
@@ -235,7 +230,7 @@ class Autoscaler:
         else:
             since = self._missing_since.pop(key, None)
         # Prometheus itself failing is reported at once; one service's missing series after a grace.
-        report = (obs.waiting is not None or not prometheus_ok or query_error is not None
+        report = (obs.waiting is not None or not prometheus_ok or obs.query_error is not None
                   or now - since >= self.metrics_grace_s)
         before, after = await update_status(
             self.kube, self.store, body,
