@@ -26,20 +26,13 @@ from . import metrics
 from .store import DEPARTED_MEMORY_S, Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
-MAX_CONCURRENCY_FLAG = "--max-num-seqs"
-
-VLLM_DEFAULT_MAX_SEQS = 256
 
 
 def policy_of(spec: InferenceServiceSpec) -> Policy:
     s = spec.scaling
-    counts_running = engine(spec.engine.type).inflight_metric is not None and not s.query
-    concurrency = VLLM_DEFAULT_MAX_SEQS if counts_running else 0
-    for i, arg in enumerate(spec.engine.args if counts_running else ()):  # the engine's batch limit, if set
-        if arg.startswith(MAX_CONCURRENCY_FLAG + "="):
-            concurrency = int(arg.split("=", 1)[1]) if arg.split("=", 1)[1].isdigit() else concurrency
-        elif arg == MAX_CONCURRENCY_FLAG and i + 1 < len(spec.engine.args) and spec.engine.args[i + 1].isdigit():
-            concurrency = int(spec.engine.args[i + 1])
+    adapter = engine(spec.engine.type)
+    # A custom query replaces the engine's signals: then only its value counts, as a queue.
+    concurrency = 0 if s.query or adapter.inflight_metric is None else adapter.batch_size(spec.engine.args)
     return Policy(min_replicas=s.minReplicas, max_replicas=s.maxReplicas, target_queue=s.targetQueueDepth,
                   max_concurrency=concurrency, idle_seconds=s.idleSecondsBeforeZero,
                   scale_down_window_s=s.scaleDownStabilizationSeconds, scale_up_window_s=s.scaleUpStabilizationSeconds)

@@ -44,6 +44,11 @@ class EngineAdapter:
     def command(self, model: ModelLocation) -> list[str]:
         raise NotImplementedError
 
+    def batch_size(self, args: list[str]) -> int:
+        """Requests one replica runs at once (and reports through `inflight_metric`), from the user's
+        engine args; 0 when the engine reports no in-flight count (then only its queue is counted)."""
+        return 0
+
     @property
     def api_port(self) -> int:
         return self.ports[0][1]

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from .base import EngineAdapter, ModelLocation, Probe, register
 
+MAX_NUM_SEQS = "--max-num-seqs"  # vLLM's batch limit: sequences scheduled at once
+MAX_NUM_SEQS_DEFAULT = 256
+
 
 @dataclass(frozen=True)
 class VllmAdapter(EngineAdapter):
@@ -17,6 +20,17 @@ class VllmAdapter(EngineAdapter):
         # On SIGTERM, finish in-flight generations before exiting (the pod's grace period covers it).
         argv += ["--shutdown-timeout", str(model.drain_seconds)]
         return argv
+
+    def batch_size(self, args: list[str]) -> int:
+        """--max-num-seqs, as `--max-num-seqs=48` or `--max-num-seqs 48`; vLLM's default 256 otherwise."""
+        size = MAX_NUM_SEQS_DEFAULT
+        for i, arg in enumerate(args):
+            if arg.startswith(MAX_NUM_SEQS + "=") and arg.split("=", 1)[1].isdigit():
+                size = int(arg.split("=", 1)[1])
+            elif arg == MAX_NUM_SEQS and i + 1 < len(args) and args[i + 1].isdigit():
+                size = int(args[i + 1])
+        return size
+
 
 
 VLLM = register(VllmAdapter(
