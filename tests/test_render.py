@@ -130,6 +130,15 @@ def test_replicas_are_never_rendered_and_rollouts_keep_capacity():
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
 
 
+def test_each_replica_announces_its_capacity_to_the_activator_when_the_engine_says_its_batch():
+    annotations = lambda d: d["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    vllm = render(engine={"type": "vllm", "args": ["--max-num-seqs=48"]}, scaling={"targetQueueDepth": 4})
+    assert annotations(vllm)["tidal.dev/replica-capacity"] == "52"  # 48 in the batch + 4 waiting
+    default_target = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "pvc://c/m"}}).scaling.targetQueueDepth
+    assert annotations(render())["tidal.dev/replica-capacity"] == str(256 + default_target)  # vLLM's default
+    assert "tidal.dev/replica-capacity" not in annotations(render(engine={"type": "triton"}))
+
+
 def test_hash_is_stable_and_follows_the_spec():
     assert render()["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == \
         render()["metadata"]["annotations"][SPEC_HASH_ANNOTATION]

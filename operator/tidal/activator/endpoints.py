@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ..render.labels import CAPACITY_ANNOTATION
 
 log = logging.getLogger("tidal.activator.endpoints")
 SERVICE_LABEL = "tidal.dev/inferenceservice"
@@ -27,24 +30,22 @@ class Endpoint:
     # Set when the replica refused a request because it is shutting down: the pod watch will remove
     # it in a moment; until then no request is sent there.
     unavailable_until: float = 0.0
+    capacity: int | None = None  # requests in flight it should hold at most; None: no limit known
+
+    def has_room(self) -> bool:
+        return self.capacity is None or self.inflight < self.capacity
 
 
 @dataclass
 class Endpoints:
-    """Per service: pod uid -> Endpoint, plus an event set whenever a service gains an endpoint."""
+    """Per service: pod uid -> Endpoint; `on_added(key)` is called whenever a service gains one."""
 
     by_service: dict[tuple[str, str], dict[str, Endpoint]] = field(default_factory=dict)
-    _waiters: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    on_added: Callable[[tuple[str, str]], None] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
     def get(self, key: tuple[str, str]) -> list[Endpoint]:
         return list(self.by_service.get(key, {}).values())
-
-    def changed(self, key: tuple[str, str]) -> asyncio.Event:
-        return self._waiters.setdefault(key, asyncio.Event())
-
-    def forget_waiter(self, key: tuple[str, str]) -> None:
-        self._waiters.pop(key, None)
 
     def update(self, key: tuple[str, str], uid: str, endpoint: Endpoint | None) -> None:
         current = self.by_service.setdefault(key, {})
@@ -52,10 +53,8 @@ class Endpoints:
             current.pop(uid, None)
         elif uid not in current or (current[uid].host, current[uid].port) != (endpoint.host, endpoint.port):
             current[uid] = endpoint
-            event = self._waiters.get(key)
-            if event is not None:
-                event.set()
-                self._waiters.pop(key, None)
+            if self.on_added is not None:
+                self.on_added(key)
         if not current:
             self.by_service.pop(key, None)
 
@@ -80,7 +79,9 @@ def pod_endpoint(pod) -> tuple[tuple[str, str], str, Endpoint | None] | None:
     for p in (pod.spec.containers[0].ports or []):
         if p.name == "http":
             port = p.container_port
-    return key, pod.metadata.uid, Endpoint(pod.status.pod_ip, port)
+    capacity = (pod.metadata.annotations or {}).get(CAPACITY_ANNOTATION, "")
+    return key, pod.metadata.uid, Endpoint(pod.status.pod_ip, port,
+                                           capacity=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None)
 
 
 def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop, namespace: str | None = None,

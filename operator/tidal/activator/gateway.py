@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .endpoints import Endpoint, Endpoints
+from .line import Line
 from .routing import route
 from .upstream import Refused, UpstreamPool
 
@@ -25,7 +26,7 @@ HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", 
 
 @dataclass
 class Limits:
-    max_pending: int = 1000  # requests held per service while it has no ready replica
+    max_pending: int = 1000  # requests held per service (no ready replica, or all of them busy)
     hold_timeout_s: float = 300.0  # then 503 with Retry-After
     max_body_bytes: int = 16 * 2**20
     upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
@@ -35,8 +36,9 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         labels = ["namespace", "tidal_dev_inferenceservice"]
-        self.pending = Gauge("tidal_activator_pending_requests", "Requests held while the service has no ready "
-                             "replica.", labels, registry=self.registry)
+        self.pending = Gauge("tidal_activator_pending_requests", "Requests held: the service has no ready "
+                             "replica, or every ready replica has its capacity in flight.", labels,
+                             registry=self.registry)
         self.inflight = Gauge("tidal_activator_inflight_requests", "Requests being proxied.", labels,
                               registry=self.registry)
         self.responses = Counter("tidal_activator_responses", "Responses by status class.",
@@ -58,6 +60,8 @@ class Gateway:
         self.limits = limits
         self.metrics = Metrics()
         self._pending: dict[tuple[str, str], int] = {}
+        self._lines: dict[tuple[str, str], Line] = {}  # the held requests of each service, oldest first
+        endpoints.on_added = self._endpoint_added
         self._waking: set[tuple[str, str]] = set()
         self.draining = False  # set on SIGTERM: not ready, and every response closes its connection
         # Services the operator says do not exist, and when it said so: their requests get a 404 at
@@ -132,42 +136,68 @@ class Gateway:
                                                    f"{self.limits.upstream_attempts} attempts", retry_after=1)
 
     async def _endpoint(self, key, tried: set[int]) -> Endpoint | web.Response:
-        """The least busy ready endpoint, holding the request while the service has none."""
+        """The least busy ready endpoint with room. The request is held in the service's line while
+        the service has no ready replica (and the service is woken), or while every replica has its
+        capacity in flight or older requests are waiting."""
         deadline = time.monotonic() + self.limits.hold_timeout_s
-        held = False
+        line: Line | None = None
+        turn: asyncio.Future | None = None
         try:
             while True:
                 now = time.monotonic()
                 usable = [e for e in self.endpoints.get(key) if e.unavailable_until <= now]
                 candidates = [e for e in usable if id(e) not in tried] or usable
                 if candidates:
-                    return min(candidates, key=lambda e: e.inflight)
-                if now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
+                    best = min(candidates, key=lambda e: e.inflight)
+                    # A newcomer does not overtake requests already held (held ones are woken in order).
+                    if best.has_room() and (line is not None or not self._pending.get(key)):
+                        return best
+                elif now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
                     return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
                                                          f"{key[0]}")
-                if not held:
+                why = "every ready replica is busy" if candidates else "it is waking up"
+                if line is None:
                     if self._pending.get(key, 0) >= self.limits.max_pending:
-                        return _error(429, "TooManyPending", f"{key[0]}/{key[1]} is waking up and already holds "
-                                                             f"{self.limits.max_pending} requests", retry_after=5)
-                    held = True
+                        return _error(429, "TooManyPending", f"{key[0]}/{key[1]} already holds "
+                                                             f"{self.limits.max_pending} requests: {why}",
+                                      retry_after=5)
+                    line = self._lines.setdefault(key, Line())
                     self._pending[key] = self._pending.get(key, 0) + 1
                     self.metrics.pending.labels(*key).set(self._pending[key])
-                    self._wake(key)
+                    if not candidates:
+                        self._wake(key)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if candidates:
+                        return _error(503, "ServiceBusy", f"every replica of {key[0]}/{key[1]} stayed busy for "
+                                                          f"{self.limits.hold_timeout_s:g} s", retry_after=5)
                     return _error(503, "ServiceWaking", f"{key[0]}/{key[1]} has no ready replica after "
                                                         f"{self.limits.hold_timeout_s:g} s; its model may still be "
                                                         "loading", retry_after=10)
-                try:
-                    await asyncio.wait_for(self.endpoints.changed(key).wait(), min(remaining, 1.0))
-                except asyncio.TimeoutError:
+                if turn is None or turn.done():
+                    turn = line.join()
+                done, _ = await asyncio.wait({turn}, timeout=min(remaining, 1.0))
+                if not done and not candidates:
                     self._wake(key)  # keep the operator informed while we hold requests
         finally:
-            if held:
+            if line is not None:
+                if turn is not None:
+                    line.leave(turn)
                 self._pending[key] -= 1
                 self.metrics.pending.labels(*key).set(self._pending[key])
                 if not self._pending[key]:
                     del self._pending[key]
+                    self._lines.pop(key, None)
+
+    def _endpoint_added(self, key) -> None:
+        line = self._lines.get(key)
+        if line is not None:
+            line.wake_all()
+
+    def _room_freed(self, key) -> None:
+        line = self._lines.get(key)
+        if line is not None:
+            line.wake_next()
 
     def _wake(self, key) -> None:
         if self.operator_url and key not in self._waking:
@@ -185,8 +215,7 @@ class Gateway:
                     # Requests may name any service: forget expired entries so memory stays bounded.
                     self._unknown = {k: t for k, t in self._unknown.items() if now - t < UNKNOWN_FOR_S}
                     self._unknown[key] = now
-                    self.endpoints.changed(key).set()  # wake the held requests: they get the 404 now
-                    self.endpoints.forget_waiter(key)
+                    self._endpoint_added(key)  # wake the held requests: they get the 404 now
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
         finally:
@@ -237,3 +266,4 @@ class Gateway:
         finally:
             endpoint.inflight -= 1
             inflight.dec()
+            self._room_freed(key)

@@ -6,8 +6,8 @@ import math
 
 from ..api.v1alpha1 import InferenceServiceSpec
 from ..engines import engine
-from ..engines.base import ModelLocation, Probe
-from .labels import common_labels, owner_reference, selector_labels, stamp_hash
+from ..engines.base import EngineAdapter, ModelLocation, Probe
+from .labels import CAPACITY_ANNOTATION, common_labels, owner_reference, selector_labels, stamp_hash
 from .model_fetch import model_volume
 from .settings import GPU_PRODUCT_LABEL, GPU_RESOURCE, RenderSettings
 
@@ -126,9 +126,18 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
             "template": {
                 "metadata": {"labels": labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(adapter.metrics_port),
-                    "prometheus.io/path": adapter.metrics_path}},
+                    "prometheus.io/path": adapter.metrics_path, **_capacity(spec, adapter)}},
                 "spec": pod_spec,
             },
         },
     }
     return stamp_hash(deployment)
+
+
+def _capacity(spec: InferenceServiceSpec, adapter: EngineAdapter) -> dict[str, str]:
+    """48 in the batch and 4 waiting as the autoscaler's target: 52. None for an engine that does not
+    say its batch (Triton): the activator then never holds a request for capacity."""
+    batch = adapter.batch_size(spec.engine.args)
+    if batch <= 0:
+        return {}
+    return {CAPACITY_ANNOTATION: str(batch + math.ceil(spec.scaling.targetQueueDepth))}

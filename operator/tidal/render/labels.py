@@ -10,6 +10,10 @@ from ..api.v1alpha1 import GROUP, KIND, VERSION
 SERVICE_LABEL = "tidal.dev/inferenceservice"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tidal"}
 SPEC_HASH_ANNOTATION = "tidal.dev/spec-hash"
+# Requests one replica should hold at once: its batch plus the queue the autoscaler aims for. The
+# activator sends no more than this to a replica and holds the rest (a cold start's backlog then
+# spreads over every replica that comes up, instead of all of it landing on the first one).
+CAPACITY_ANNOTATION = "tidal.dev/replica-capacity"
 
 
 def selector_labels(name: str) -> dict[str, str]:

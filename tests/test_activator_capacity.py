@@ -1,0 +1,120 @@
+"""A cold start's backlog spreads over the replicas that come up: the activator (real gateway, on
+loopback) sends a replica no more than its capacity and holds the rest, in front of real simulated
+engines. The endpoints are set by hand here, as the pod watch sets them (tests/cluster covers that)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import aiohttp
+from aiohttp import web
+
+from tidal.activator.endpoints import Endpoint, Endpoints
+from tidal.activator.gateway import Gateway, Limits
+from tidal.simserver.latency import LatencyModel
+from tidal.simserver.podspec import EngineSpec
+from tidal.simserver.runtime import serve_engine
+
+KEY = ("ns", "chat")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def engine(max_concurrency=4):
+    port = free_port()
+    latency = LatencyModel(prefill_s_per_token=0, decode_s_per_token=0.01, overhead_s=0,
+                           max_concurrency=max_concurrency)
+    _, runners = await serve_engine(EngineSpec("vllm", ("m",), "m", port, None, latency), "127.0.0.1")
+    return port, runners
+
+
+async def engine_load(http, port) -> tuple[float, float]:
+    """(requests in the engine now, requests it has finished), from its /metrics."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+
+    def total(name):
+        return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return (total("vllm:num_requests_running") + total("vllm:num_requests_waiting"),
+            total("vllm:request_success_total"))
+
+
+async def gateway(endpoints: Endpoints, limits=Limits()):
+    gw = Gateway(endpoints, operator_url=None, limits=limits)
+    runner = web.AppRunner(gw.app(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return gw, runner, f"http://127.0.0.1:{port}/ns/chat/v1/completions"
+
+
+def test_a_backlog_held_at_zero_spreads_over_replicas_as_they_come_up_and_none_exceeds_its_capacity():
+    async def scenario():
+        (port_a, runners_a), (port_b, runners_b) = await engine(), await engine()
+        endpoints = Endpoints()
+        gw, runner, url = await gateway(endpoints)
+        peaks = {port_a: 0.0, port_b: 0.0}
+        try:
+            async with aiohttp.ClientSession() as http:
+                # 30 requests of 0.5 s each arrive while the service is at zero: all are held.
+                requests = [asyncio.create_task(http.post(url, json={"prompt": "x", "max_tokens": 50}))
+                            for _ in range(30)]
+                await asyncio.sleep(0.3)
+                assert gw._pending[KEY] == 30
+                # The first replica is ready: it takes its capacity (4 in the batch + 2 waiting), no more.
+                endpoints.update(KEY, "a", Endpoint("127.0.0.1", port_a, capacity=6))
+                await asyncio.sleep(0.2)
+                assert gw._pending[KEY] == 24
+                endpoints.update(KEY, "b", Endpoint("127.0.0.1", port_b, capacity=6))
+                pending = set(requests)
+                while pending:
+                    for port in peaks:
+                        peaks[port] = max(peaks[port], (await engine_load(http, port))[0])
+                    _, pending = await asyncio.wait(pending, timeout=0.05)
+                statuses = [(await r).status for r in requests]
+                served = {port: (await engine_load(http, port))[1] for port in peaks}
+        finally:
+            await runner.cleanup()
+            for r in runners_a + runners_b:
+                await r.cleanup()
+        assert statuses == [200] * 30
+        assert max(peaks.values()) <= 6, peaks
+        # Without the capacity the first replica would have taken all 30 and the second none.
+        assert served[port_a] + served[port_b] == 30 and min(served.values()) >= 10, served
+        assert gw._pending == {} and gw._lines == {}  # nothing left behind
+
+    asyncio.run(scenario())
+
+
+def test_without_a_known_capacity_nothing_is_held_and_a_full_line_answers_429_naming_why():
+    async def scenario():
+        port, runners = await engine()
+        endpoints = Endpoints()
+        endpoints.update(KEY, "a", Endpoint("127.0.0.1", port))  # no capacity annotation (Triton, a static upstream)
+        gw, runner, url = await gateway(endpoints, Limits(max_pending=2, hold_timeout_s=5))
+        try:
+            async with aiohttp.ClientSession() as http:
+                answers = await asyncio.gather(*(http.post(url, json={"prompt": "x", "max_tokens": 5})
+                                                 for _ in range(20)))
+                assert [a.status for a in answers] == [200] * 20 and gw._pending == {}
+                # Now a capacity of 1: one in flight, two held, the rest refused with the reason.
+                endpoints.update(KEY, "a", None)
+                endpoints.update(KEY, "a", Endpoint("127.0.0.1", port, capacity=1))
+                answers = await asyncio.gather(*(http.post(url, json={"prompt": "x", "max_tokens": 50})
+                                                 for _ in range(6)))
+                statuses = sorted(a.status for a in answers)
+                refusals = [await a.json() for a in answers if a.status == 429]
+        finally:
+            await runner.cleanup()
+            for r in runners:
+                await r.cleanup()
+        assert statuses == [200, 200, 200, 429, 429, 429]
+        assert all("every ready replica is busy" in r["error"]["message"] for r in refusals)
+
+    asyncio.run(scenario())
