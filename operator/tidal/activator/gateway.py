@@ -45,6 +45,12 @@ class Metrics:
                                  labels + ["code"], registry=self.registry)
 
 
+def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
+    """Whether a place is still free once `taken` has one more request in flight."""
+    return any(e.has_room() for e in candidates if e is not taken) or (
+        taken.capacity is None or taken.inflight + 1 < taken.capacity)
+
+
 def _error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.json_response({"error": {"type": reason, "message": message, "code": status}}, status=status,
@@ -147,12 +153,14 @@ class Gateway:
                 now = time.monotonic()
                 usable = [e for e in self.endpoints.get(key) if e.unavailable_until <= now]
                 candidates = [e for e in usable if id(e) not in tried] or usable
-                if candidates:
-                    best = min(candidates, key=lambda e: e.inflight)
-                    # A newcomer does not overtake requests already held (held ones are woken in order).
-                    if best.has_room() and (line is not None or not self._pending.get(key)):
-                        return best
-                elif now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
+                best = min(candidates, key=lambda e: e.inflight) if candidates else None
+                room = best is not None and best.has_room()
+                # A newcomer does not overtake requests already held: it joins the line behind them.
+                if room and (line is not None or not self._pending.get(key)):
+                    if line is not None and len(line) and _room_after(candidates, best):
+                        line.wake_next()  # a place is left after this one: the next held request takes it
+                    return best
+                if not candidates and now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
                     return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
                                                          f"{key[0]}")
                 why = "every ready replica is busy" if candidates else "it is waking up"
@@ -176,6 +184,8 @@ class Gateway:
                                                         "loading", retry_after=10)
                 if turn is None or turn.done():
                     turn = line.join()
+                    if room:  # a place is free but others were held first: the oldest of them takes it
+                        line.wake_next()
                 done, _ = await asyncio.wait({turn}, timeout=min(remaining, 1.0))
                 if not done and not candidates:
                     self._wake(key)  # keep the operator informed while we hold requests
