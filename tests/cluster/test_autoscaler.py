@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import threading
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
+from tests.exposition import TextServer
 from tests.loadgen import steady_load
 
 pytestmark = pytest.mark.cluster
@@ -104,42 +104,24 @@ def test_prometheus_outage_holds_replicas_then_scaling_resumes(dev_cluster, oper
              what="scaling resumed: idle service to zero")
 
 
-class Backlog(http.server.BaseHTTPRequestHandler):
-    value = 0.0
-
-    def do_GET(self):
-        body = f"# TYPE tidal_test_backlog gauge\ntidal_test_backlog{{queue=\"orders\"}} {Backlog.value}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def backlog(value: float) -> str:
+    return f'# TYPE tidal_test_backlog gauge\ntidal_test_backlog{{queue="orders"}} {value}\n'
 
 
 def test_custom_promql_service_scales_on_its_own_query(dev_cluster, operator, kubectl, namespace):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backlog)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    target = dev_cluster.state_dir / "targets" / f"backlog-{namespace}.json"
-    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{server.server_port}"], "labels": {"job": "backlog"}}]))
-    try:
-        Backlog.value = 0
+    with TextServer(backlog(0)).scraped_by(dev_cluster.state_dir, f"backlog-{namespace}", job="backlog") as server:
         svc = service("orders", minReplicas=1, maxReplicas=5, targetQueueDepth=4,
                       query='sum(tidal_test_backlog{queue="orders"})')
         apply(kubectl, namespace, svc)
         wait_condition(kubectl, namespace, "orders", "Ready", "True", "ModelReady")
-        Backlog.value = 12  # 12 / 4 per replica = 3 replicas, whatever the engines say
+        server.text = backlog(12)  # 12 / 4 per replica = 3 replicas, whatever the engines say
         wait_for(lambda: replicas(kubectl, namespace, "orders") == 3, timeout=30, what="3 replicas from the query")
         obj = get(kubectl, namespace, "tis", "orders")
         assert obj["status"]["lastDecision"]["reason"] == "QueueAboveTarget"
         assert obj["status"]["queueDepth"] == 12
-        Backlog.value = 0
+        server.text = backlog(0)
         wait_for(lambda: replicas(kubectl, namespace, "orders") == 1, timeout=60, interval=1,
                  what="back to minReplicas")
-    finally:
-        target.unlink()
-        server.shutdown()
 
 
 def test_wake_raises_a_service_at_zero_within_a_second(operator, kubectl, namespace):

@@ -7,18 +7,17 @@ machine cannot provoke on demand (the test says so)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
 from tests.cluster.test_smoke import wait_for
+from tests.exposition import TextServer
 from tidal.clients.prometheus import Prometheus, PrometheusError
 from tidal.devcluster.processes import free_port, http_ok
 
@@ -27,41 +26,15 @@ pytestmark = pytest.mark.cluster
 LABEL = "tidal_dev_inferenceservice"
 
 
-class Exporter:
-    """Serves whatever exposition text `.text` holds, as an engine's /metrics would."""
-
-    def __init__(self):
-        exporter = self
-        self.text = ""
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = exporter.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def series(name: str, namespace: str, service: str, pod: str, value: str) -> str:
     return f'{name}{{namespace="{namespace}",{LABEL}="{service}",pod="{pod}"}} {value}\n'
 
 
 @pytest.fixture(scope="module")
 def exporter(dev_cluster):
-    exp = Exporter()
-    target = dev_cluster.state_dir / "targets" / "prometheus-client-test.json"
-    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{exp.server.server_port}"],
-                                   "labels": {"job": "prometheus-client-test"}}]))
-    yield exp
-    target.unlink()
-    exp.server.shutdown()
+    """Serves whatever exposition text `.text` holds, as an engine's /metrics would."""
+    with TextServer().scraped_by(dev_cluster.state_dir, "prometheus-client-test", job="prometheus-client-test") as exp:
+        yield exp
 
 
 def loads_once_scraped(prometheus: Prometheus, namespace: str, expect_services: int, **kwargs):
@@ -150,22 +123,7 @@ def test_a_prometheus_that_stops_answering_is_a_timeout_error(tmp_path):
 def test_an_http_5xx_answer_is_an_error():
     """Stand-in server (a fake): a real Prometheus answers 503 only when a query times out on its side,
     which cannot be provoked on demand here. The body is Prometheus' error shape."""
-    class Unavailable(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"status": "error", "errorType": "timeout", "error": "query timed out"}).encode()
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    error = json.dumps({"status": "error", "errorType": "timeout", "error": "query timed out"})
+    with TextServer(error, status=503, content_type="application/json") as server:
         with pytest.raises(PrometheusError, match="answered an error.*503"):
-            asyncio.run(Prometheus(f"http://127.0.0.1:{server.server_port}").service_loads())
-    finally:
-        server.shutdown()
-
+            asyncio.run(Prometheus(server.url).service_loads())

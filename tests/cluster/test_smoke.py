@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 import urllib.request
 
@@ -14,6 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from tidal.devcluster.nodes import load_description
 from tests.conftest import TEST_NODES
+from tests.exposition import TextServer
 
 pytestmark = pytest.mark.cluster
 GPU = "nvidia.com/gpu"
@@ -160,26 +159,8 @@ def _prometheus(url, path):
 def test_prometheus_answers_queries_and_scrapes_registered_targets(dev_cluster):
     assert _prometheus(dev_cluster.prometheus_url, "/api/v1/query?query=vector(42)")["data"]["result"][0]["value"][1] == "42"
 
-    class Metrics(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"# TYPE tidal_smoke gauge\ntidal_smoke 7\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    target = dev_cluster.state_dir / "targets" / "smoke.json"
-    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{server.server_port}"], "labels": {"job": "smoke"}}]))
-    try:
+    with TextServer("# TYPE tidal_smoke gauge\ntidal_smoke 7\n").scraped_by(dev_cluster.state_dir, "smoke", job="smoke"):
         result = wait_for(lambda: _prometheus(dev_cluster.prometheus_url,
                                               "/api/v1/query?query=tidal_smoke")["data"]["result"],
                           timeout=30, interval=0.5, what="Prometheus to scrape the smoke target")
         assert result[0]["value"][1] == "7"
-    finally:
-        target.unlink()
-        server.shutdown()

@@ -43,6 +43,4 @@ class Line:
 
     def wake_all(self) -> None:
         while self._turns:
-            turn = self._turns.popleft()
-            if not turn.done():
-                turn.set_result(None)
+            self.wake_next()
