@@ -16,10 +16,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..render.labels import CAPACITY_ANNOTATION
+from ..render.labels import CAPACITY_ANNOTATION, SERVICE_LABEL
 
 log = logging.getLogger("tidal.activator.endpoints")
-SERVICE_LABEL = "tidal.dev/inferenceservice"
 
 
 @dataclass(eq=False)  # identity: two pods never are "the same endpoint", whatever their counters say
@@ -32,8 +31,9 @@ class Endpoint:
     unavailable_until: float = 0.0
     capacity: int | None = None  # requests in flight it should hold at most; None: no limit known
 
-    def has_room(self) -> bool:
-        return self.capacity is None or self.inflight < self.capacity
+    def has_room(self, adding: int = 0) -> bool:
+        """Room for one more request once `adding` more are in flight."""
+        return self.capacity is None or self.inflight + adding < self.capacity
 
 
 @dataclass

@@ -47,8 +47,7 @@ class Metrics:
 
 def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
     """Whether a place is still free once `taken` has one more request in flight."""
-    return any(e.has_room() for e in candidates if e is not taken) or (
-        taken.capacity is None or taken.inflight + 1 < taken.capacity)
+    return any(e.has_room(adding=1 if e is taken else 0) for e in candidates)
 
 
 def _error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
@@ -67,7 +66,7 @@ class Gateway:
         self.metrics = Metrics()
         self._pending: dict[tuple[str, str], int] = {}
         self._lines: dict[tuple[str, str], Line] = {}  # the held requests of each service, oldest first
-        endpoints.on_added = self._endpoint_added
+        endpoints.on_added = self._wake_all_held
         self._waking: set[tuple[str, str]] = set()
         self.draining = False  # set on SIGTERM: not ready, and every response closes its connection
         # Services the operator says do not exist, and when it said so: their requests get a 404 at
@@ -163,9 +162,9 @@ class Gateway:
                 if not candidates and now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
                     return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
                                                          f"{key[0]}")
-                why = "every ready replica is busy" if candidates else "it is waking up"
                 if line is None:
                     if self._pending.get(key, 0) >= self.limits.max_pending:
+                        why = "every ready replica is busy" if candidates else "it is waking up"
                         return _error(429, "TooManyPending", f"{key[0]}/{key[1]} already holds "
                                                              f"{self.limits.max_pending} requests: {why}",
                                       retry_after=5)
@@ -199,7 +198,8 @@ class Gateway:
                     del self._pending[key]
                     self._lines.pop(key, None)
 
-    def _endpoint_added(self, key) -> None:
+    def _wake_all_held(self, key) -> None:
+        """Every held request of the service looks again: a replica was added, or the service is unknown."""
         line = self._lines.get(key)
         if line is not None:
             line.wake_all()
@@ -225,7 +225,7 @@ class Gateway:
                     # Requests may name any service: forget expired entries so memory stays bounded.
                     self._unknown = {k: t for k, t in self._unknown.items() if now - t < UNKNOWN_FOR_S}
                     self._unknown[key] = now
-                    self._endpoint_added(key)  # wake the held requests: they get the 404 now
+                    self._wake_all_held(key)  # they get the 404 now
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
         finally:

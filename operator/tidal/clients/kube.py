@@ -16,6 +16,7 @@ import re
 import socket
 from dataclasses import dataclass
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -69,12 +70,10 @@ class Rejected(ValueError):
 def unreachable(err: BaseException) -> str | None:
     """One line for an error that says the apiserver is away or overloaded (it will pass: retry
     quietly), or None for an error about the request itself (worth a traceback)."""
-    import urllib3
-
     if isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
         reason = getattr(err, "reason", None) or err
         return f"Kubernetes API unreachable: {type(reason).__name__}: {str(reason)[:200]}"
-    if isinstance(err, ApiException) and (err.status in (429,) or (err.status or 0) >= 500):
+    if isinstance(err, ApiException) and (err.status == 429 or (err.status or 0) >= 500):
         return f"Kubernetes API answered {err.status} {err.reason}"
     return None
 

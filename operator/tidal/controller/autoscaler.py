@@ -108,19 +108,8 @@ class Autoscaler:
     async def tick(self) -> None:
         self._capacity = {}
         with metrics.TICK_SECONDS.time():
-            try:
-                self.store.forget_departed_before(time.monotonic() - DEPARTED_MEMORY_S)
-                loads: dict[Key, ServiceLoad] | None = await self.prometheus.service_loads(self.store.is_departed)
-            except PrometheusError as err:
-                metrics.ERRORS.labels("prometheus").inc()
-                if self._prometheus_down_since is None:  # once per outage, not once per tick
-                    self._prometheus_down_since = time.monotonic()
-                    log.warning("%s; holding every service's replicas until it answers", err)
-                loads = None
-            if loads is not None and self._prometheus_down_since is not None:
-                log.warning("Prometheus answers again after %.0f s; scaling resumes",
-                            time.monotonic() - self._prometheus_down_since)
-                self._prometheus_down_since = None
+            self.store.forget_departed_before(time.monotonic() - DEPARTED_MEMORY_S)
+            loads = await self._loads()
             keys = list(self.store.services)
             metrics.SERVICES.set(len(keys))
             custom = await self._custom_loads(keys, loads is not None)
@@ -130,6 +119,22 @@ class Autoscaler:
                     load = custom.get(key, loads.get(key) if loads is not None else None)
                     await self._scale_or_report(key, body, load, prometheus_ok=loads is not None)
 
+    async def _loads(self) -> dict[Key, ServiceLoad] | None:
+        """Every service's load from one query, or None while Prometheus fails (logged once per outage)."""
+        try:
+            loads = await self.prometheus.service_loads(self.store.is_departed)
+        except PrometheusError as err:
+            metrics.ERRORS.labels("prometheus").inc()
+            if self._prometheus_down_since is None:
+                self._prometheus_down_since = time.monotonic()
+                log.warning("%s; holding every service's replicas until it answers", err)
+            return None
+        if self._prometheus_down_since is not None:
+            log.warning("Prometheus answers again after %.0f s; scaling resumes",
+                        time.monotonic() - self._prometheus_down_since)
+            self._prometheus_down_since = None
+        return loads
+
     async def _scale_or_report(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool) -> None:
         """One service's failure never costs the others their decision; each failure is logged once
         (an apiserver restart would otherwise print a traceback per service per tick)."""
@@ -138,8 +143,9 @@ class Autoscaler:
         except Exception as err:
             metrics.ERRORS.labels("scale").inc()
             brief = unreachable(err)
-            if self._failures.get(key) != (brief or repr(err)):
-                self._failures[key] = brief or repr(err)
+            said = brief or repr(err)
+            if self._failures.get(key) != said:
+                self._failures[key] = said
                 if brief:
                     log.warning("%s/%s: %s; will retry every tick", *key, brief)
                 else:

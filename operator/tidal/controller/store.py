@@ -52,11 +52,12 @@ class ServiceStore:
         return name in self.departed.get(key, ())
 
     def forget_departed_before(self, cutoff: float) -> None:
-        for key in [k for k, pods in self.departed.items() if max(pods.values()) < cutoff]:
-            del self.departed[key]
-        for pods in self.departed.values():
+        for key in list(self.departed):
+            pods = self.departed[key]
             for name in [n for n, at in pods.items() if at < cutoff]:
                 del pods[name]
+            if not pods:
+                del self.departed[key]
 
     def set_pod_schedulable(self, key: Key, uid: str, schedulable: bool) -> None:
         pods = self.unschedulable.setdefault(key, set())
