@@ -2,7 +2,8 @@
 PYTHON ?= python3
 STATE_DIR ?= $(CURDIR)/.tidal
 
-.PHONY: demo demo-down install build-cluster cluster cluster-down cluster-status test test-unit test-cluster crds run
+.PHONY: demo demo-down install build-cluster cluster cluster-down cluster-status test test-unit test-cluster \
+	test-properties-random crds run up down
 
 # See Tidal scale a model 0 -> N -> 0 on the local GPU cluster (builds the cluster on first use).
 demo: install
@@ -52,3 +53,9 @@ test-unit:
 
 test-cluster:
 	$(PYTHON) -m pytest -q -m cluster
+
+# Property tests with a longer randomised search (make test runs them derandomised: the same examples
+# every run, so CI never fails at random). A failure prints a blob to reproduce it.
+test-properties-random:
+	TIDAL_HYPOTHESIS_PROFILE=random $(PYTHON) -m pytest -q -m "not cluster" tests/test_autoscaling.py \
+	  tests/test_lease.py tests/test_kube_client.py -p no:cacheprovider

@@ -151,3 +151,13 @@ def activator(dev_cluster, operator):
     yield act
     act.proc.terminate()
     act.proc.wait(10)
+
+
+# Property tests: derandomised by default (CI and `make test` give the same examples every run);
+# `make test-properties-random` runs a longer randomised search (profile "random").
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+_hypothesis_settings.register_profile("random", max_examples=5000, derandomize=False, database=None,
+                                      print_blob=True, deadline=None)
+_hypothesis_settings.load_profile(os.environ.get("TIDAL_HYPOTHESIS_PROFILE", "ci"))

@@ -251,3 +251,16 @@ def test_never_scales_up_beyond_what_the_pool_could_hold(scenario):
     obs, state, policy, now = scenario
     d = decide(obs, state, policy, now)
     assert d.replicas <= max(obs.current, obs.pool_capacity, policy.min_replicas)
+
+
+def test_min_replicas_wins_over_a_small_pool_when_waking():
+    """The case a random run found: minReplicas 2, a pool that holds 1, a request held at zero. The
+    floor the user set is kept (the second replica waits Pending, visibly); the pool caps only what
+    the autoscaler adds on its own account."""
+    policy = Policy(min_replicas=2, max_replicas=4)
+    d = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=40, pool_capacity=1),
+               ScalerState(), policy, 1000.0)
+    assert d.replicas == 2 and d.reason == "ActivatorWake"
+    d = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=40, pool_capacity=1),
+               ScalerState(), Policy(min_replicas=0, max_replicas=4), 1000.0)
+    assert d.replicas == 1

@@ -55,7 +55,10 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         wanted = clamp(max(1, recommend(obs.pending, 0, policy.target_queue, policy.max_concurrency)),
                        max(1, policy.min_replicas), policy.max_replicas)
         wanted = limit_scale_up(0, wanted, policy.scale_up_rate, policy.scale_up_step)
-        wanted = max(1, cap_at_pool_capacity(wanted, 0, obs.pool_capacity))
+        # minReplicas is the user's floor and wins over the pool's size: the replicas beyond what the
+        # pool holds stay Pending and say so (Unschedulable), which is what a cluster autoscaler adds
+        # nodes for. The pool caps only what the autoscaler adds on its own account.
+        wanted = max(1, policy.min_replicas, cap_at_pool_capacity(wanted, 0, obs.pool_capacity))
         state = replace(state, last_active=now, last_scale=now)
         return Decision(wanted, "ActivatorWake", f"{obs.pending:g} request(s) held by the activator", state, wanted)
     if obs.waiting is None or obs.running is None:
