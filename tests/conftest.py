@@ -123,8 +123,12 @@ class ActivatorProcess:
         self.proc, self.url, self.metrics_url = proc, url, metrics_url
 
 
-def start_activator(dev_cluster, operator, *extra):
-    """`tidal activator` against the test cluster, its metrics registered with Prometheus."""
+def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = None):
+    """`tidal activator` against the test cluster, its metrics registered with Prometheus.
+
+    API keys are on by default in `tidal activator` and the chart. The tests of holding, waking, routing
+    and faults run it with keys off (`--api-keys off`, the trusted-mesh mode) so that their requests
+    need no header; tests/cluster/test_gateway.py runs it with keys on (key_namespace)."""
     import json
     import subprocess
     import sys
@@ -134,7 +138,9 @@ def start_activator(dev_cluster, operator, *extra):
     port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),
                              "--operator-url", operator.url, "--host", "127.0.0.1", "--port", str(port),
-                             "--metrics-port", str(metrics_port), *extra],
+                             "--metrics-port", str(metrics_port),
+                             *(["--api-key-namespace", key_namespace] if key_namespace else ["--api-keys", "off"]),
+                             *extra],
                             stdout=open(dev_cluster.state_dir / "logs" / f"activator-{port}.log", "w"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20

@@ -108,6 +108,7 @@ def test_vllm_completion_plain_and_streamed():
                 chunks = []
                 async with http.post(base + "/v1/chat/completions",
                                      json={"model": "m1", "stream": True, "max_tokens": 120,
+                                           "stream_options": {"include_usage": True},
                                            "messages": [{"role": "user", "content": "hi"}]}) as r:
                     assert r.headers["Content-Type"].startswith("text/event-stream")
                     async for line in r.content:
@@ -115,9 +116,11 @@ def test_vllm_completion_plain_and_streamed():
                             chunks.append(line[6:].strip())
                 assert chunks[-1] == b"[DONE]"
                 events = [json.loads(c) for c in chunks[:-1]]
-                text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+                text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
                 assert text.count("tok") == 120 and len(events) > 2  # really streamed in pieces
-                assert events[-1]["usage"]["completion_tokens"] == 120
+                # asked for: usage in one last event without choices (vLLM's shape); not in the others
+                assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 120
+                assert not any("usage" in e for e in events[:-1])
                 async with http.post(base + "/v1/completions", json={"model": "other", "prompt": "x"}) as r:
                     assert r.status == 404 and "does not exist" in (await r.json())["error"]["message"]
                 async with http.get(base + "/metrics") as r:

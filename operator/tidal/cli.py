@@ -94,7 +94,7 @@ def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .controller import handlers
-    from .render.settings import RenderSettings
+    from .render.settings import NetworkPolicySettings, RenderSettings
 
     handlers.CONFIG.kubeconfig = args.kubeconfig
     handlers.CONFIG.resync_seconds = args.resync_seconds
@@ -106,8 +106,17 @@ def _run_operator(args: argparse.Namespace) -> int:
     handlers.CONFIG.http_host = args.http_host
     if args.scaling_defaults:
         handlers.CONFIG.scaling_defaults = _scaling_defaults(args.scaling_defaults)
+    policy = None
+    if args.network_policy == "on":
+        try:
+            policy = NetworkPolicySettings(args.gateway_namespace, _labels(args.gateway_pod_labels),
+                                           args.prometheus_namespace, _labels(args.prometheus_pod_labels))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
-                                                 startup_budget_seconds=args.startup_budget_seconds)
+                                                 startup_budget_seconds=args.startup_budget_seconds,
+                                                 network_policy=policy)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
@@ -124,6 +133,19 @@ def _run_operator(args: argparse.Namespace) -> int:
         return 0
     from .controller.leadership import run_as_leader
     return run_as_leader(run, args)
+
+
+def _labels(text: str) -> dict[str, str]:
+    """'a=b,c=d' -> {'a': 'b', 'c': 'd'}: a pod label selector given on the command line."""
+    out = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise ValueError(f"pod labels {text!r}: use name=value[,name=value]")
+        out[name] = value
+    if not out:
+        raise ValueError("pod labels: at least one name=value is needed (an empty selector would admit every pod)")
+    return out
 
 
 def _scaling_defaults(text: str) -> dict:
@@ -177,22 +199,32 @@ def _simulate(args: argparse.Namespace) -> int:
 def _activator(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
 
     from .activator.gateway import Limits
-    from .activator.main import serve
+    from .activator.main import Static, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    static = {}
+    static = Static()
     for item in args.static_endpoint or []:
         try:
             svc, addr = item.split("=", 1)
             ns, name = svc.split("/", 1)
+            name, _, served = name.partition("@")
             host, port = addr.rsplit(":", 1)
-            static.setdefault((ns, name), []).append((host, int(port)))
+            static.add_endpoint((ns, name), served or name, host, int(port))
         except ValueError:
-            print(f"error: --static-endpoint {item!r}: use namespace/name=host:port", file=sys.stderr)
+            print(f"error: --static-endpoint {item!r}: use namespace/name[@served-name]=host:port", file=sys.stderr)
             return 2
+    for item in args.static_api_key or []:
+        name, _, token = item.partition("=")
+        if not name or len(token) < 16:
+            print("error: --static-api-key: use NAME=TOKEN with a token of at least 16 characters", file=sys.stderr)
+            return 2
+        static.add_key(name, token)
     limits = Limits(max_pending=args.max_pending, hold_timeout_s=args.hold_timeout)
+    key_namespace = None if args.api_keys == "off" else (args.api_key_namespace or os.environ.get("POD_NAMESPACE")
+                                                         or "tidal-system")
     try:
         import uvloop  # a faster event loop; the gateway's cost per request is mostly the loop's
         uvloop.install()
@@ -200,7 +232,7 @@ def _activator(args: argparse.Namespace) -> int:
         pass
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
-                          static or None, args.namespace, args.drain_seconds))
+                          static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace))
     except KeyboardInterrupt:
         pass
     return 0
@@ -261,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "refusing new connections; then wait for requests in flight")
     act.add_argument("--namespace", action="append",
                      help="route only to services in these namespaces (repeat); default: all namespaces")
+    act.add_argument("--api-keys", choices=["secrets", "off"], default="secrets",
+                     help="secrets (default): every request needs 'Authorization: Bearer <key>', keys are Secrets "
+                          "labelled tidal.dev/api-key=true; off: no authentication, for a trusted mesh only")
+    act.add_argument("--api-key-namespace", help="namespace of the API-key Secrets (default: $POD_NAMESPACE, "
+                                                 "else tidal-system)")
+    act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
+                     help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)
@@ -292,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-election-id", default="tidal-operator", help="name of the Lease")
     run.add_argument("--lease-duration", type=float, default=15.0,
                      help="seconds a standby waits on an unrenewed Lease before taking over")
+    run.add_argument("--network-policy", choices=["on", "off"], default="on",
+                     help="render a NetworkPolicy per service that admits only the gateway and Prometheus to its "
+                          "engines (default on; enforced where the cluster's network plugin enforces them)")
+    run.add_argument("--gateway-namespace", default=os.environ.get("POD_NAMESPACE", "tidal-system"),
+                     help="namespace of the gateway (activator) pods, for the NetworkPolicies")
+    run.add_argument("--gateway-pod-labels", default="app.kubernetes.io/name=tidal-activator",
+                     help="labels of the gateway pods, name=value[,name=value]")
+    run.add_argument("--prometheus-namespace", default="monitoring", help="namespace of the Prometheus pods")
+    run.add_argument("--prometheus-pod-labels", default="app.kubernetes.io/name=prometheus",
+                     help="labels of the Prometheus pods, name=value[,name=value]")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 

@@ -50,6 +50,9 @@ OPERATOR_PERMISSIONS = {
     ("", "secrets", "get"): "that a referenced credentials Secret exists (its data is not used)",
     ("", "persistentvolumeclaims", "get"): "that a pvc:// model's claim exists",
     ("", "events", "create"): "Events on InferenceServices",
+    ("networking.k8s.io", "networkpolicies", "get"): "compared with the plan before applying",
+    ("networking.k8s.io", "networkpolicies", "create"): "a server-side apply that creates the NetworkPolicy needs it",
+    ("networking.k8s.io", "networkpolicies", "patch"): "server-side apply of each service's NetworkPolicy",
     ("coordination.k8s.io", "leases", "get"): "leader election",
     ("coordination.k8s.io", "leases", "create"): "",
     ("coordination.k8s.io", "leases", "update"): "",
@@ -58,6 +61,10 @@ OPERATOR_PERMISSIONS = {
 ACTIVATOR_PERMISSIONS = {
     ("", "pods", "list"): "ready replicas of every service, from a pod watch",
     ("", "pods", "watch"): "",
+    ("tidal.dev", "inferenceservices", "list"): "served names, for routing by the request's model, and /v1/models",
+    ("tidal.dev", "inferenceservices", "watch"): "",
+    ("", "secrets", "list"): "API keys (Secrets labelled tidal.dev/api-key in the release namespace only)",
+    ("", "secrets", "watch"): "a revoked key stops working within a second",
 }
 
 

@@ -11,14 +11,12 @@ loopback IPs, which Kubernetes refuses in EndpointSlices, so the pod watch is wh
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..render.labels import CAPACITY_ANNOTATION, SERVICE_LABEL
-
-log = logging.getLogger("tidal.activator.endpoints")
+from .watching import list_then_watch
 
 
 @dataclass(eq=False)  # identity: two pods never are "the same endpoint", whatever their counters say
@@ -86,47 +84,22 @@ def pod_endpoint(pod) -> tuple[tuple[str, str], str, Endpoint | None] | None:
 
 def watch_pods(core, endpoints: Endpoints, loop: asyncio.AbstractEventLoop, namespace: str | None = None,
                on_listed=None) -> None:
-    """Blocking: list, then watch pods with the service label (in one namespace, or all of them, as the
-    RBAC the chart grants allows); relist on any error. on_listed() after the first full listing."""
-    from kubernetes import watch
-    from kubernetes.client.rest import ApiException
+    """Blocking: keep `endpoints` equal to the ready pods with the service label (in one namespace, or all
+    of them, as the RBAC the chart grants allows). on_listed() after each full listing."""
+    on_listed = on_listed or endpoints.ready.set
 
-    def apply(pod):
+    def listed(pods: list) -> None:
+        endpoints.retain({p.metadata.uid for p in pods}, namespace)
+        for pod in pods:
+            changed("ADDED", pod)
+        on_listed()
+
+    def changed(kind: str, pod) -> None:
         found = pod_endpoint(pod)
         if found:
-            loop.call_soon_threadsafe(endpoints.update, *found)
+            endpoints.update(found[0], found[1], None if kind == "DELETED" else found[2])
 
     if namespace:
-        lister, scope = core.list_namespaced_pod, {"namespace": namespace}
+        list_then_watch("pod", loop, listed, changed, core.list_namespaced_pod, namespace, label_selector=SERVICE_LABEL)
     else:
-        lister, scope = core.list_pod_for_all_namespaces, {}
-    on_listed = on_listed or endpoints.ready.set
-    while True:
-        try:
-            listing = lister(label_selector=SERVICE_LABEL, **scope)
-            uids = {p.metadata.uid for p in listing.items}
-            loop.call_soon_threadsafe(endpoints.retain, uids, namespace)
-            for pod in listing.items:
-                apply(pod)
-            on_listed()
-            rv = listing.metadata.resource_version
-            while True:
-                for event in watch.Watch().stream(lister, label_selector=SERVICE_LABEL, **scope,
-                                                  resource_version=rv, timeout_seconds=300):
-                    if event["type"] == "ERROR":
-                        raise ApiException(status=event["raw_object"].get("code", 500))
-                    pod = event["object"]
-                    rv = pod.metadata.resource_version
-                    if event["type"] == "DELETED":
-                        found = pod_endpoint(pod)
-                        if found:
-                            loop.call_soon_threadsafe(endpoints.update, found[0], found[1], None)
-                    else:
-                        apply(pod)
-        except ApiException as err:
-            if err.status == 410:
-                continue
-            log.warning("pod watch failed (%s); relisting in 1 s", err.status)
-        except Exception as err:  # the apiserver restarting, a dropped connection
-            log.warning("pod watch interrupted (%s); relisting in 1 s", err)
-        threading.Event().wait(1)
+        list_then_watch("pod", loop, listed, changed, core.list_pod_for_all_namespaces, label_selector=SERVICE_LABEL)

@@ -1,8 +1,14 @@
-"""The activator's HTTP gateway."""
+"""The gateway's HTTP front: authenticate, find the service, limit, hold or proxy, meter.
+
+Where a request goes: a Host naming a service (`<name>.<namespace>`), else a path naming one
+(`/<namespace>/<name>/...`), else the one endpoint — `/v1/...` by the body's `model`, and
+`/v2/models/{name}/...` (Triton's KServe v2) by the model in the path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -11,10 +17,16 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from . import errors
+from .catalog import Catalog, Entry
 from .endpoints import Endpoint, Endpoints
+from .keys import ApiKey, KeyRing
 from .line import Line
-from .routing import route
+from .openai_api import model_in_body, model_object, triton_model
+from .ratelimits import RateLimiter
+from .routing import API_PREFIXES, route
 from .upstream import Refused, UpstreamPool
+from .usage import StreamMeter, Usage, ask_for_stream_usage, from_answer
 
 log = logging.getLogger("tidal.activator")
 UNKNOWN_FOR_S = 2.0  # short: a service created a moment ago may not be known to the operator yet
@@ -43,6 +55,13 @@ class Metrics:
                               registry=self.registry)
         self.responses = Counter("tidal_activator_responses", "Responses by status class.",
                                  labels + ["code"], registry=self.registry)
+        usage = ["key", "model"]  # key: the API key's Secret name ("-" with keys off); model: the served name
+        self.requests = Counter("tidal_gateway_requests", "Requests by API key, model and status class.",
+                                usage + ["code"], registry=self.registry)
+        self.prompt_tokens = Counter("tidal_gateway_prompt_tokens", "Prompt tokens, from the engines' answers.",
+                                     usage, registry=self.registry)
+        self.completion_tokens = Counter("tidal_gateway_completion_tokens", "Completion tokens, from the engines' "
+                                         "answers.", usage, registry=self.registry)
 
 
 def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
@@ -51,16 +70,34 @@ def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
 
 
 def _error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": {"type": reason, "message": message, "code": status}}, status=status,
-                             headers=headers)
+    """An error about the gateway's own state (holding, waking, replicas failing), in OpenAI's shape;
+    `reason` becomes the code a client can act on (for example "service_waking")."""
+    code = "".join("_" + c.lower() if c.isupper() else c for c in reason).lstrip("_")
+    type_ = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
+    return errors.openai_error(status, message, type_, code, retry_after=retry_after)
+
+
+@dataclass
+class Call:
+    """One request as the gateway resolved it."""
+    service: tuple[str, str]
+    path: str  # what goes upstream
+    body: bytes
+    key: ApiKey | None
+    model: str  # served name, for usage ("-" when unknown)
+    headers: dict[str, str]  # added to the answer (rate-limit headers)
+    meter: StreamMeter | None = None  # set for streamed answers that are metered
+    usage: Usage | None = None  # of a complete answer
 
 
 class Gateway:
     def __init__(self, endpoints: Endpoints, operator_url: str | None, limits: Limits = Limits(),
-                 own: tuple[str, str] | None = None):
+                 own: tuple[str, str] | None = None, catalog: Catalog | None = None, keys: KeyRing | None = None):
         self.own = own
         self.endpoints = endpoints
+        self.catalog = catalog or Catalog()
+        self.keys = keys  # None: API keys off (a trusted mesh); the default is on
+        self.limiter = RateLimiter()
         self.operator_url = operator_url.rstrip("/") if operator_url else None
         self.limits = limits
         self.metrics = Metrics()
@@ -116,25 +153,103 @@ class Gateway:
 
     # ---- one request -----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = None
+        if self.keys is not None:
+            header = request.headers.get("Authorization")
+            key = self.keys.authenticate(header)
+            if key is None:
+                return errors.missing_key() if not header else errors.wrong_key()
         target = route(request.path, request.headers.get("Host"), self.own)
-        if target is None:
-            return _error(404, "UnknownService", "name the InferenceService: /<namespace>/<name>/<path> or "
-                                                 "Host: <name>.<namespace>")
-        namespace, name, path = target
-        key = (namespace, name)
+        if target is None and request.method == "GET" and (request.path == "/v1/models"
+                                                            or request.path.startswith("/v1/models/")):
+            return self._models(request.path, key)
         body = await request.read()
-        response = await self._serve(request, key, path, body)
-        self.metrics.responses.labels(namespace, name, f"{response.status // 100}xx").inc()
+        call = self._resolve(request, target, body, key)
+        if isinstance(call, web.Response):
+            return call
+        if key is not None:
+            verdict = self.limiter.admit(key, time.monotonic())
+            if not verdict.admitted:
+                limit = verdict.headers[f"x-ratelimit-limit-{verdict.which}"]
+                return errors.rate_limited(verdict.which, limit, verdict.retry_after_s, verdict.headers)
+            call.headers = verdict.headers
+        response = await self._serve(request, call)
+        self._account(call, response)
         return response
 
-    async def _serve(self, request, key, path, body) -> web.StreamResponse:
+    def _resolve(self, request: web.Request, target, body: bytes, key: ApiKey | None) -> Call | web.Response:
+        """Which service a request is for, whether its key may use it, and what to send upstream."""
+        name, payload = model_in_body(body) if request.method == "POST" else (None, None)
+        if target is not None:  # Host or path names the service
+            namespace, service, path = target
+            entry = self.catalog.entries.get((namespace, service))
+            model = entry.served_name if entry else None
+        elif request.path.split("/", 2)[1] in API_PREFIXES:  # the one endpoint: the model picks the service
+            path = request.path
+            model = name if request.path.startswith("/v1/") else triton_model(request.path)
+            if not model:
+                if request.path.startswith("/v1/"):
+                    return errors.bad_request("the request body must be a JSON object naming a 'model'", "model")
+                return errors.openai_error(404, f"no model in the path {request.path[:200]}: use "
+                                                "/v2/models/<name>/...", "invalid_request_error", "model_not_found")
+            entry = self.catalog.model(model)
+            if key is not None and not key.may_use(model, entry.key[0] if entry else None):
+                return errors.not_permitted(model)
+            if entry is None:
+                return errors.unknown_model(model)
+            namespace, service = entry.key
+        else:
+            return _error(404, "UnknownService", "name a model (POST /v1/... with 'model', /v2/models/<name>/...) or "
+                                                 "a service: /<namespace>/<name>/<path> or Host: <name>.<namespace>")
+        if key is not None and not key.may_use(model, namespace):
+            return errors.not_permitted(model or f"{namespace}/{service}")
+        meter = None
+        if payload is not None and payload.get("stream"):
+            strip = ask_for_stream_usage(payload)
+            if strip:
+                body = json.dumps(payload).encode()
+            meter = StreamMeter(strip)
+        return Call((namespace, service), path, body, key, model or "-", {}, meter)
+
+    def _models(self, path: str, key: ApiKey | None) -> web.Response:
+        def visible(entry: Entry) -> bool:
+            return key is None or key.may_use(entry.served_name, entry.key[0])
+
+        def obj(entry: Entry) -> dict:
+            return model_object(entry, len(self.endpoints.get(entry.key)), self._pending.get(entry.key, 0))
+
+        if path == "/v1/models":
+            data = [obj(e) for _, e in sorted(self.catalog.by_name.items()) if visible(e)]
+            return web.json_response({"object": "list", "data": data})
+        wanted = path[len("/v1/models/"):]
+        entry = self.catalog.model(wanted)
+        if key is not None and not key.may_use(wanted, entry.key[0] if entry else None):
+            return errors.not_permitted(wanted)
+        if entry is None:
+            return errors.unknown_model(wanted)
+        return web.json_response(obj(entry))
+
+    def _account(self, call: Call, response: web.StreamResponse) -> None:
+        namespace, name = call.service
+        self.metrics.responses.labels(namespace, name, f"{response.status // 100}xx").inc()
+        key_id = call.key.id if call.key else "-"
+        self.metrics.requests.labels(key_id, call.model, f"{response.status // 100}xx").inc()
+        usage = call.meter.usage if call.meter else call.usage
+        if usage is not None:
+            self.metrics.prompt_tokens.labels(key_id, call.model).inc(usage.prompt)
+            self.metrics.completion_tokens.labels(key_id, call.model).inc(usage.completion)
+            if call.key is not None:
+                self.limiter.charge_tokens(call.key, usage.total, time.monotonic())
+
+    async def _serve(self, request, call: Call) -> web.StreamResponse:
+        key = call.service
         tried: set[int] = set()
         for _ in range(self.limits.upstream_attempts):
             endpoint = await self._endpoint(key, tried)
             if isinstance(endpoint, web.Response):
                 return endpoint
             tried.add(id(endpoint))
-            result = await self._proxy(request, key, endpoint, path, body)
+            result = await self._proxy(request, call, endpoint)
             if result is not None:
                 return result
         return _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
@@ -231,10 +346,12 @@ class Gateway:
         finally:
             self._waking.discard(key)
 
-    async def _proxy(self, request, key, endpoint: Endpoint, path, body) -> web.StreamResponse | None:
+    async def _proxy(self, request, call: Call, endpoint: Endpoint) -> web.StreamResponse | None:
         """Forward to one endpoint; None when it refused before taking the request (try another)."""
-        target = path + ("?" + request.query_string if request.query_string else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
+        key, body = call.service, call.body
+        target = call.path + ("?" + request.query_string if request.query_string else "")
+        # The caller's API key is the gateway's business: it never reaches the engine.
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP and k.lower() != "authorization"]
         endpoint.inflight += 1
         inflight = self.metrics.inflight.labels(*key)
         inflight.inc()
@@ -255,16 +372,24 @@ class Gateway:
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
             if upstream.content_length is not None and upstream.content_length <= 1 << 20:
                 # A small complete answer: one read, one write (most non-streamed completions).
-                response = web.Response(status=upstream.status, body=await upstream.read())
-                for k, v in out_headers:
+                answer = await upstream.read()
+                response = web.Response(status=upstream.status, body=answer)
+                for k, v in [*out_headers, *call.headers.items()]:
                     response.headers.add(k, v)
+                if upstream.status == 200:
+                    call.usage = from_answer(answer)
                 return response
             response = web.StreamResponse(status=upstream.status)
-            for k, v in out_headers:
+            for k, v in [*out_headers, *call.headers.items()]:
                 response.headers.add(k, v)
             await response.prepare(request)
+            meter = call.meter if upstream.status == 200 else None
             async for chunk in upstream.iter_chunks():  # server-sent events pass through as they come
-                await response.write(chunk)
+                out = meter.feed(chunk) if meter else chunk
+                if out:
+                    await response.write(out)
+            if meter:
+                await response.write(meter.flush())
             await response.write_eof()
             return response
         except (ConnectionError, asyncio.IncompleteReadError) as err:

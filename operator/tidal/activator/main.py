@@ -5,41 +5,77 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .catalog import Catalog, watch_services
 from .endpoints import Endpoint, Endpoints, watch_pods
 from .gateway import Gateway, Limits
+from .catalog import Entry
+from .keys import ApiKey, KeyRing, digest, watch_keys
+
+
+@dataclass
+class Static:
+    """Fixed upstreams and keys, no cluster: for benchmarks and for trying a client."""
+    endpoints: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
+    served: dict[tuple[str, str], str] = field(default_factory=dict)
+    keys: list[ApiKey] = field(default_factory=list)
+
+    def add_endpoint(self, service: tuple[str, str], served_name: str, host: str, port: int) -> None:
+        self.endpoints.setdefault(service, []).append((host, port))
+        self.served[service] = served_name
+
+    def add_key(self, name: str, token: str) -> None:
+        self.keys.append(ApiKey(name, digest(token)))
+
+
+def _watch(target, *args) -> None:
+    threading.Thread(target=target, args=args, daemon=True, name=f"watch-{target.__name__}").start()
 
 
 async def serve(kubeconfig: str | None, operator_url: str | None, host: str, port: int, metrics_port: int | None,
-                limits: Limits, static: dict[tuple[str, str], list[tuple[str, int]]] | None = None,
-                namespaces: list[str] | None = None, drain_seconds: float = 5.0) -> None:
-    endpoints = Endpoints()
-    if static:  # fixed upstreams, no cluster: for benchmarks and trying a client
-        for key, addrs in static.items():
+                limits: Limits, static: Static | None = None,
+                namespaces: list[str] | None = None, drain_seconds: float = 5.0,
+                key_namespace: str | None = "tidal-system") -> None:
+    """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only)."""
+    endpoints, catalog = Endpoints(), Catalog()
+    keys = KeyRing() if key_namespace else None
+    gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
+    loop = asyncio.get_running_loop()
+    if static:
+        for key, addrs in static.endpoints.items():
+            catalog.put(Entry(key, static.served[key], "static", ""))
             for i, (h, p) in enumerate(addrs):
                 endpoints.update(key, f"static-{i}", Endpoint(h, p))
+        for api_key in static.keys if keys is not None else []:
+            keys.put(api_key)
         endpoints.ready.set()
     else:
         from kubernetes import client
 
         from ..clients.kube import load_api_client
-        core = client.CoreV1Api(load_api_client(kubeconfig))
-        loop = asyncio.get_running_loop()
+        api = load_api_client(kubeconfig)
+        core = client.CoreV1Api(api)
+        # Ready once every watch has listed: pods and services (per namespace, or all), and keys.
         scopes = namespaces or [None]
-        unlisted = set(scopes)
+        waiting = {*(("pods", s) for s in scopes), *(("services", s) for s in scopes),
+                   *([("keys", None)] if keys is not None else [])}
         lock = threading.Lock()
 
-        def listed(scope):
+        def listed(what):
             with lock:
-                unlisted.discard(scope)
-                if not unlisted:
+                waiting.discard(what)
+                if not waiting:
                     endpoints.ready.set()
+        custom = client.CustomObjectsApi(api)
         for scope in scopes:
-            threading.Thread(target=watch_pods, args=(core, endpoints, loop, scope, lambda s=scope: listed(s)),
-                             daemon=True, name=f"pod-watch-{scope or 'all'}").start()
-    gateway = Gateway(endpoints, operator_url, limits)
+            _watch(watch_pods, core, endpoints, loop, scope, lambda s=scope: listed(("pods", s)))
+            _watch(watch_services, custom, catalog, loop, lambda s=scope: listed(("services", s)), scope)
+        if keys is not None:
+            _watch(watch_keys, core, keys, loop, key_namespace, lambda: listed(("keys", None)),
+                   gateway.limiter.forget)
     runners = []
     for app, p in ((gateway.app(), port), (gateway.metrics_app(), metrics_port)):
         if p is None:
@@ -50,7 +86,8 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         await runner.setup()
         await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
         runners.append(runner)
-    print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else ""),
+    print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else "")
+          + (f"; API keys from Secrets in namespace {key_namespace}" if keys is not None else "; API keys OFF"),
           flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,7 +46,7 @@ CONSTRAINTS: dict[str, dict] = {
     "monitoring.interval": {"pattern": r"^[0-9]+(ms|s|m|h)$"},
 }
 FREE_FORM_KEYS = {"resources", "podAnnotations", "nodeSelector", "affinity", "podSecurityContext",
-                  "securityContext", "labels"}
+                  "securityContext", "labels", "podLabels"}
 
 
 def descriptions(text: str) -> dict[str, str]:

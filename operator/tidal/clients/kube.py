@@ -100,6 +100,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.counter = RequestCounter()
 
     async def _read(self, fn, *args, **kwargs):
@@ -126,6 +127,9 @@ class Kube:
     async def get_service(self, namespace: str, name: str) -> dict | None:
         return await self._get_or_none(self.core.read_namespaced_service, name, namespace)
 
+    async def get_network_policy(self, namespace: str, name: str) -> dict | None:
+        return await self._get_or_none(self.networking.read_namespaced_network_policy, name, namespace)
+
     async def get_inference_service(self, namespace: str, name: str) -> dict | None:
         return await self._get_or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                                        PLURAL, name)
@@ -147,7 +151,8 @@ class Kube:
         """Server-side apply: we own exactly the fields we send."""
         kind, meta = obj["kind"], obj["metadata"]
         path = {"Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-                "Service": "/api/v1/namespaces/{namespace}/services/{name}"}[kind]
+                "Service": "/api/v1/namespaces/{namespace}/services/{name}",
+                "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"}[kind]
         self.counter.writes += 1
         return await asyncio.to_thread(self._apply_sync, path.format(**meta), obj, manager)
 

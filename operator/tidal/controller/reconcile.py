@@ -20,8 +20,9 @@ from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
 from ..planning.checks import ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets
 from ..planning.conditions import get_condition
+from ..planning.served_names import Claim, conflict
 from ..planning.status import Observation, plan_status
-from ..render import RenderSettings, render_deployment, render_service
+from ..render import RenderSettings, render_deployment, render_network_policy, render_service
 from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
 from ..render.service import service_url
 from .store import ServiceStore, update_status
@@ -95,8 +96,14 @@ class Reconciler:
                                                          if ready is False else 0)
         if ready is False and failures < ENGINE_FAILURE_THRESHOLD:
             ready = None
+        owner = None
+        if spec is not None:
+            mine = Claim((ns, name), spec.model.served_name, meta.get("creationTimestamp") or "")
+            rival = conflict(mine, self.store.claimants(mine.served_name))
+            owner = rival.key if rival else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
-                          service_url(name, ns) if spec is not None and not problems else None)
+                          service_url(name, ns) if spec is not None and not problems else None,
+                          spec.model.served_name if spec is not None else None, owner)
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:
@@ -139,6 +146,11 @@ class Reconciler:
         live = await self.kube.get_service(ns, name)
         if live is None or _hash(live) != _hash(service):
             await self.kube.apply(service)
+        if self.settings.network_policy is not None:
+            policy = render_network_policy(name, ns, uid, spec, self.settings.network_policy)
+            live = await self.kube.get_network_policy(ns, name)
+            if live is None or _hash(live) != _hash(policy):
+                await self.kube.apply(policy)
         return result
 
     async def _engine_check(self, spec, deployment, pods) -> tuple[bool | None, str]:
@@ -157,7 +169,7 @@ class Reconciler:
 
     async def _announce(self, body: dict, before: dict, after: dict) -> None:
         """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""
-        for type_ in ("Valid", "Ready"):
+        for type_ in ("Valid", "Ready", "Routable"):
             old, new = get_condition(before.get("conditions"), type_), get_condition(after.get("conditions"), type_)
             if new and (not old or (old["status"], old["reason"]) != (new["status"], new["reason"])):
                 kind = "Normal" if new["status"] == "True" or new["reason"] in PROGRESS_REASONS else "Warning"

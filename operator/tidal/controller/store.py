@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..clients.kube import Conflict, Kube
+from ..planning.served_names import Claim, claim_of
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -36,6 +37,8 @@ class ServiceStore:
     unschedulable: dict[Key, set[str]] = field(default_factory=dict)
     # Per service, pods deleted lately (name -> when): Prometheus may still show their last samples.
     departed: dict[Key, dict[str, float]] = field(default_factory=dict)
+    # served name -> the services claiming it (usually one)
+    claims: dict[str, dict[Key, Claim]] = field(default_factory=dict)
 
     def pod_departed(self, key: Key, name: str, now: float) -> None:
         pods = self.departed.setdefault(key, {})
@@ -70,9 +73,27 @@ class ServiceStore:
 
     def put_service(self, body: dict) -> None:
         meta = body["metadata"]
-        self.services[(meta["namespace"], meta["name"])] = body
+        key = (meta["namespace"], meta["name"])
+        self._unindex(key)
+        self.services[key] = body
+        claim = claim_of(body)
+        if claim is not None:
+            self.claims.setdefault(claim.served_name, {})[key] = claim
+
+    def claimants(self, served_name: str) -> list[Claim]:
+        """Every service claiming a served name (kept as an index: no scan of all services per event)."""
+        return list(self.claims.get(served_name, {}).values())
+
+    def _unindex(self, key: Key) -> None:
+        claim = claim_of(self.services.get(key) or {})
+        if claim is not None:
+            same = self.claims.get(claim.served_name, {})
+            same.pop(key, None)
+            if not same:
+                self.claims.pop(claim.served_name, None)
 
     def drop_service(self, key: Key) -> None:
+        self._unindex(key)
         self.unschedulable.pop(key, None)
         self.departed.pop(key, None)
         self.services.pop(key, None)

@@ -17,6 +17,8 @@ class Observation:
     engine_ready: bool | None = None  # the engine's own model check on a ready replica; None: not checked
     engine_message: str = ""
     url: str | None = None
+    served_name: str | None = None  # set when the spec parsed
+    name_owner: tuple[str, str] | None = None  # another service that wins the served name
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -63,6 +65,17 @@ def ready_condition(obs: Observation) -> tuple[str, str, str]:
     return "True", "ModelReady", f"{ready}/{want} replicas serving"
 
 
+def routable_condition(obs: Observation) -> tuple[str, str, str]:
+    """Whether requests naming this service's model through the gateway's one endpoint reach it."""
+    if obs.name_owner is not None:
+        ns, name = obs.name_owner
+        return ("False", "ServedNameConflict",
+                f"the served name {obs.served_name!r} is also claimed by {ns}/{name}, which claimed it first: "
+                f"requests for model {obs.served_name!r} go there. Give this service another spec.model.servedName; "
+                "its path and Host routes still reach it")
+    return "True", "ServedNameClaimed", f"requests for model {obs.served_name!r} reach this service"
+
+
 def plan_status(current: dict, obs: Observation, now: str) -> dict:
     """The full status the object should have. Equal to `current` when nothing changed."""
     conditions = list(current.get("conditions") or [])
@@ -73,6 +86,9 @@ def plan_status(current: dict, obs: Observation, now: str) -> dict:
     else:
         conditions = set_condition(conditions, "Valid", "True", "SpecAccepted", "the spec can run in this cluster",
                                    obs.generation, now)
+    if obs.served_name is not None:
+        status, reason, message = routable_condition(obs)
+        conditions = set_condition(conditions, "Routable", status, reason, message, obs.generation, now)
     status, reason, message = ready_condition(obs)
     conditions = set_condition(conditions, "Ready", status, reason, message, obs.generation, now)
     out = dict(current)

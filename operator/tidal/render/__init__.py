@@ -3,3 +3,5 @@
 from .deployment import render_deployment  # noqa: F401
 from .service import render_service  # noqa: F401
 from .settings import RenderSettings  # noqa: F401
+from .network_policy import render_network_policy  # noqa: F401
+from .settings import NetworkPolicySettings  # noqa: F401

@@ -9,6 +9,15 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 @dataclass(frozen=True)
+class NetworkPolicySettings:
+    """Who may reach an engine: the gateway's pods and Prometheus' pods (by namespace and labels)."""
+    gateway_namespace: str = "tidal-system"
+    gateway_pod_labels: dict = field(default_factory=lambda: {"app.kubernetes.io/name": "tidal-activator"})
+    prometheus_namespace: str = "monitoring"
+    prometheus_pod_labels: dict = field(default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     pool_label: str = "tidal.dev/pool"
     # Tolerated on every GPU replica: GPU node pools are commonly tainted so that only GPU work lands there.
@@ -26,3 +35,5 @@ class RenderSettings:
     # After the pod leaves the endpoints, keep serving this long so that every proxy has seen it.
     prestop_sleep_seconds: int = 5
     run_as_user: int = 1000
+    # One NetworkPolicy per service admitting only the gateway and Prometheus; None: render none.
+    network_policy: NetworkPolicySettings | None = field(default_factory=NetworkPolicySettings)

@@ -113,7 +113,9 @@ class VllmServer:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             if body.get("stream"):
-                return await self._stream(request, rid, chat, n_in, n_out)
+                options = body.get("stream_options")
+                usage = isinstance(options, dict) and bool(options.get("include_usage"))
+                return await self._stream(request, rid, chat, n_in, n_out, usage)
             timings = await self.engine.run(n_in, n_out)
         except Draining:
             return _error(503, "server is shutting down", "ServiceUnavailableError")
@@ -126,7 +128,7 @@ class VllmServer:
             "model": self.served_name, "choices": [choice],
             "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
 
-    async def _stream(self, request, rid, chat, n_in, n_out) -> web.StreamResponse:
+    async def _stream(self, request, rid, chat, n_in, n_out, include_usage: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
@@ -147,8 +149,10 @@ class VllmServer:
             return response
         final = {"delta": {}} if chat else {"text": ""}
         await send({"id": rid, "object": obj, "created": created, "model": self.served_name,
-                    "choices": [{"index": 0, **final, "finish_reason": "length"}],
-                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
+                    "choices": [{"index": 0, **final, "finish_reason": "length"}]})
+        if include_usage:  # as vLLM does: one more event, with no choices, only when asked for
+            await send({"id": rid, "object": obj, "created": created, "model": self.served_name, "choices": [],
+                        "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         self._record(timings, n_in, n_out)

@@ -1,0 +1,58 @@
+"""The one endpoint's own answers and its model lookup: `GET /v1/models`, `GET /v1/models/{id}`, and which
+model a `/v1/...` or `/v2/models/{name}/...` request names.
+
+Model objects are OpenAI's (`id`, `object`, `created`, `owned_by`) with Tidal's view of the service under
+`tidal`: where it runs and whether it is ready, waking or at zero.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+
+from .catalog import Entry
+
+
+def model_in_body(body: bytes) -> tuple[str | None, dict | None]:
+    """(the `model` field, the parsed object) of a JSON request body; (None, None) when there is none."""
+    if not body or body.lstrip()[:1] != b"{":
+        return None, None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None, None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return (model if isinstance(model, str) else None), (payload if isinstance(payload, dict) else None)
+
+
+def triton_model(path: str) -> str | None:
+    """The model a KServe v2 path names: /v2/models/{name}[/versions/{v}]/infer, .../ready, ..."""
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models" and parts[3]:
+        return parts[3]
+    return None
+
+
+def _created(entry: Entry) -> int:
+    try:
+        return calendar.timegm(time.strptime(entry.created, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return 0
+
+
+def state(entry: Entry, ready: int, held: int) -> str:
+    if not entry.valid:
+        return "invalid"
+    if ready:
+        return "ready"
+    if entry.desired_replicas or held:
+        return "waking"
+    return "scaled_to_zero"
+
+
+def model_object(entry: Entry, ready: int, held: int) -> dict:
+    return {"id": entry.served_name, "object": "model", "created": _created(entry), "owned_by": entry.key[0],
+            "tidal": {"namespace": entry.key[0], "name": entry.key[1], "engine": entry.engine,
+                      "state": state(entry, ready, held), "ready_replicas": ready,
+                      "desired_replicas": entry.desired_replicas, "held_requests": held}}

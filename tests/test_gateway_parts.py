@@ -1,0 +1,222 @@
+"""The gateway's parts, each on its own: keys, rate limits, usage metering, served-name ownership,
+model lookup, routing of the one endpoint, and the NetworkPolicy that keeps engines behind it."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tidal.activator.catalog import Catalog, entry_from_object
+from tidal.activator.keys import KeyRing, key_from_secret
+from tidal.activator.openai_api import model_in_body, triton_model
+from tidal.activator.ratelimits import RateLimiter
+from tidal.activator.routing import route
+from tidal.activator.usage import StreamMeter, ask_for_stream_usage, from_answer
+from tidal.api.v1alpha1 import parse_spec
+from tidal.planning.served_names import Claim, conflict, owners
+from tidal.planning.status import Observation, plan_status
+from tidal.render.network_policy import render_network_policy
+from tidal.render.settings import NetworkPolicySettings
+
+TOKEN = "tk-" + "a" * 30
+
+
+def secret_key(name="team-a", token=TOKEN, **annotations):
+    data = {"key": base64.b64encode(token.encode()).decode()}
+    return key_from_secret(name, data, {f"tidal.dev/{k.replace('_', '-')}": v for k, v in annotations.items()})
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+def test_a_key_authenticates_only_its_own_token_and_stops_when_removed():
+    key, why = secret_key()
+    assert why is None
+    ring = KeyRing()
+    ring.put(key)
+    assert ring.authenticate(f"Bearer {TOKEN}") is key
+    assert ring.authenticate(f"bearer {TOKEN}") is key  # the scheme is case-insensitive (RFC 9110)
+    assert ring.authenticate(f"Bearer {TOKEN[:-1]}x") is None
+    assert ring.authenticate(TOKEN) is None and ring.authenticate(None) is None and ring.authenticate("Bearer ") is None
+    ring.remove("team-a")  # the Secret deleted
+    assert ring.authenticate(f"Bearer {TOKEN}") is None
+
+
+def test_a_changed_secret_replaces_its_old_token():
+    ring = KeyRing()
+    ring.put(secret_key()[0])
+    ring.put(secret_key(token="tk-" + "b" * 30)[0])
+    assert ring.authenticate(f"Bearer {TOKEN}") is None
+    assert ring.authenticate("Bearer tk-" + "b" * 30).id == "team-a"
+
+
+def test_the_key_is_never_kept_in_clear():
+    key, _ = secret_key()
+    assert TOKEN not in repr(key) and TOKEN.encode() not in key.digest
+
+
+@pytest.mark.parametrize("data,annotations,message", [
+    ({}, {}, "no data field 'key'"),
+    ({"key": "not base64!"}, {}, "not base64-encoded"),
+    ({"key": base64.b64encode(b"short").decode()}, {}, "shorter than 16"),
+    ({"key": base64.b64encode(TOKEN.encode()).decode()}, {"tidal.dev/requests-per-minute": "lots"},
+     "tidal.dev/requests-per-minute must be a positive integer, got 'lots'"),
+])
+def test_an_unusable_key_secret_says_which_field_and_never_the_token(data, annotations, message):
+    key, why = key_from_secret("broken", data, annotations)
+    assert key is None and message in why and "broken" in why and TOKEN not in why
+
+
+def test_model_and_namespace_restrictions():
+    only_a, _ = secret_key(models="model-a, model-c")
+    assert only_a.may_use("model-a", "ns1") and only_a.may_use("model-c", None)
+    assert not only_a.may_use("model-b", "ns1")
+    team, _ = secret_key(namespaces="team-a")
+    assert team.may_use("anything", "team-a") and not team.may_use("anything", "team-b")
+    # An unknown model is refused (403) rather than reported missing (404) to a namespace-limited key.
+    assert not team.may_use("no-such-model", None)
+    anyone, _ = secret_key()
+    assert anyone.may_use("no-such-model", None)
+
+
+# ---- rate limits -----------------------------------------------------------------------------------
+def test_requests_per_minute_is_exact_per_window_with_openai_headers():
+    key, _ = secret_key(requests_per_minute="3")
+    limiter = RateLimiter()
+    verdicts = [limiter.admit(key, 100.0 + i) for i in range(5)]
+    assert [v.admitted for v in verdicts] == [True, True, True, False, False]
+    assert verdicts[0].headers["x-ratelimit-limit-requests"] == "3"
+    assert verdicts[2].headers["x-ratelimit-remaining-requests"] == "0"
+    assert verdicts[3].headers["x-ratelimit-reset-requests"] == "57s" and verdicts[3].retry_after_s == 57
+    assert verdicts[3].which == "requests"
+    assert limiter.admit(key, 160.0).admitted  # a new window
+
+
+def test_tokens_per_minute_refuses_once_the_window_has_used_them():
+    key, _ = secret_key(tokens_per_minute="100")
+    limiter = RateLimiter()
+    assert limiter.admit(key, 0.0).admitted
+    limiter.charge_tokens(key, 120, 1.0)  # the answer crossed the limit: it was served, the next waits
+    refused = limiter.admit(key, 2.0)
+    assert not refused.admitted and refused.which == "tokens" and refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert limiter.admit(key, 61.0).admitted
+
+
+def test_a_key_without_limits_gets_no_headers():
+    key, _ = secret_key()
+    assert RateLimiter().admit(key, 0.0).headers == {}
+
+
+# ---- usage -------------------------------------------------------------------------------------------
+def test_usage_of_complete_answers():
+    assert from_answer(b'{"usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}').total == 12
+    assert from_answer(b'{"usage": {"prompt_tokens": 9, "total_tokens": 9}}').prompt == 9  # embeddings
+    assert from_answer(b'{"usage": {"input_tokens": 3, "output_tokens": 4}}').completion == 4  # Responses API
+    assert from_answer(b'{"choices": []}') is None and from_answer(b"not json") is None
+
+
+def sse(*events) -> bytes:
+    return b"".join(b"data: " + (json.dumps(e).encode() if not isinstance(e, bytes) else e) + b"\n\n"
+                    for e in events)
+
+
+STREAM = sse({"choices": [{"delta": {"content": "a"}}]}, {"choices": [{"delta": {"content": "b"}}]},
+             {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}, b"[DONE]")
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17, 60, 100, len(STREAM) - 3])
+def test_the_usage_event_asked_for_on_the_clients_behalf_is_metered_and_stripped_wherever_chunks_split(cut):
+    meter = StreamMeter(strip_usage_event=True)
+    out = meter.feed(STREAM[:cut]) + meter.feed(STREAM[cut:]) + meter.flush()
+    assert meter.usage.prompt == 4 and meter.usage.completion == 2
+    assert b"usage" not in out and out == sse({"choices": [{"delta": {"content": "a"}}]},
+                                              {"choices": [{"delta": {"content": "b"}}]}, b"[DONE]")
+
+
+def test_a_client_that_asked_for_usage_gets_it():
+    meter = StreamMeter(strip_usage_event=False)
+    assert meter.feed(STREAM) + meter.flush() == STREAM and meter.usage.total == 6
+
+
+def test_include_usage_is_added_only_when_missing():
+    payload = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
+    assert ask_for_stream_usage(payload) and payload["stream_options"] == {"continuous_usage_stats": False,
+                                                                           "include_usage": True}
+    assert not ask_for_stream_usage({"stream": True, "stream_options": {"include_usage": True}})
+    assert not ask_for_stream_usage({"stream": False})
+
+
+# ---- served names, catalogue, model lookup -------------------------------------------------------------
+def test_the_oldest_claim_wins_a_served_name_whatever_the_order():
+    a = Claim(("team-b", "llama"), "llama-8b", "2026-01-01T00:00:00Z")
+    b = Claim(("team-a", "llama"), "llama-8b", "2026-02-01T00:00:00Z")
+    tie = Claim(("team-a", "zzz"), "llama-8b", "2026-01-01T00:00:00Z")
+    assert owners([a, b])["llama-8b"] == a == owners([b, a])["llama-8b"]  # created first
+    # Created in the same second: namespace/name decides, so every reader picks the same one.
+    assert owners([a, b, tie])["llama-8b"] == tie == owners([tie, b, a])["llama-8b"]
+    assert conflict(b, [a, b]) == a and conflict(a, [a, b]) is None and conflict(a, [a, tie]) == tie
+
+
+def tis(ns, name, created, served=None, uri="hf://org/llama-8b", desired=0):
+    return {"metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+            "spec": {"engine": {"type": "vllm"}, "model": {"uri": uri, **({"servedName": served} if served else {})}},
+            "status": {"desiredReplicas": desired}}
+
+
+def test_catalog_routes_a_name_to_its_owner_and_hands_it_over_when_the_owner_goes():
+    catalog = Catalog()
+    catalog.put(entry_from_object(tis("b", "second", "2026-02-01T00:00:00Z")))
+    catalog.put(entry_from_object(tis("a", "first", "2026-01-01T00:00:00Z")))
+    catalog.put(entry_from_object(tis("a", "other", "2026-01-01T00:00:00Z", served="qwen")))
+    assert catalog.model("llama-8b").key == ("a", "first") and catalog.model("qwen").key == ("a", "other")
+    catalog.remove(("a", "first"))
+    assert catalog.model("llama-8b").key == ("b", "second")
+    catalog.retain({("b", "second")}, namespace="a")  # a relisting of namespace a leaves b alone
+    assert catalog.model("qwen") is None and catalog.model("llama-8b").key == ("b", "second")
+
+
+def test_model_names_from_bodies_and_kserve_paths():
+    assert model_in_body(b'{"model": "m", "messages": []}')[0] == "m"
+    assert model_in_body(b'{"messages": []}') == (None, {"messages": []})
+    assert model_in_body(b"not json") == (None, None) and model_in_body(b'["m"]') == (None, None)
+    assert triton_model("/v2/models/resnet/versions/1/infer") == "resnet"
+    assert triton_model("/v2/health/ready") is None
+
+
+def test_v1_and_v2_paths_are_the_one_endpoint_not_a_namespace():
+    assert route("/v1/chat/completions", "127.0.0.1:8080") is None
+    assert route("/v2/models/resnet/infer", "localhost") is None
+    assert route("/v1/chat/completions", "llama.ml") == ("ml", "llama", "/v1/chat/completions")  # Host still wins
+    assert route("/ml/llama/v1/models", "127.0.0.1") == ("ml", "llama", "/v1/models")
+
+
+def test_the_operator_reports_a_lost_served_name_as_routable_false():
+    obs = Observation(1, served_name="llama-8b", name_owner=("team-b", "llama"))
+    status = plan_status({}, obs, "2026-12-02T00:00:00Z")
+    routable = next(c for c in status["conditions"] if c["type"] == "Routable")
+    assert routable["status"] == "False" and routable["reason"] == "ServedNameConflict"
+    assert "team-b/llama" in routable["message"] and "llama-8b" in routable["message"]
+    mine = plan_status({}, Observation(1, served_name="llama-8b"), "2026-12-02T00:00:00Z")
+    assert next(c for c in mine["conditions"] if c["type"] == "Routable")["status"] == "True"
+
+
+# ---- NetworkPolicy ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine,serving,metrics", [("vllm", [8000], 8000), ("triton", [8000, 8001], 8002)])
+def test_network_policy_admits_the_gateway_and_prometheus_and_nothing_else(engine, serving, metrics):
+    spec = parse_spec({"engine": {"type": engine}, "model": {"uri": "hf://org/m"}})
+    settings = NetworkPolicySettings("tidal-system", {"app.kubernetes.io/name": "tidal-activator"},
+                                     "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    policy = render_network_policy("llama", "team-a", "uid-1", spec, settings)
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"tidal.dev/inferenceservice": "llama"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # ingress listed below is all that is admitted
+    gateway, prometheus = policy["spec"]["ingress"]
+    assert gateway["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tidal-system"}},
+                                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tidal-activator"}}}]
+    assert [p["port"] for p in gateway["ports"]] == serving
+    assert prometheus["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert [p["port"] for p in prometheus["ports"]] == [metrics]
+    # Every peer names both a namespace and pods: an empty selector would admit every pod of the cluster.
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"]
