@@ -119,8 +119,8 @@ def operator(dev_cluster, kubectl, tmp_path_factory):
 
 
 class ActivatorProcess:
-    def __init__(self, proc, url, metrics_url):
-        self.proc, self.url, self.metrics_url = proc, url, metrics_url
+    def __init__(self, proc, url, metrics_url, log_path=None):
+        self.proc, self.url, self.metrics_url, self.log_path = proc, url, metrics_url, log_path
 
 
 def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = None):
@@ -141,14 +141,14 @@ def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = N
                              "--metrics-port", str(metrics_port),
                              *(["--api-key-namespace", key_namespace] if key_namespace else ["--api-keys", "off"]),
                              *extra],
-                            stdout=open(dev_cluster.state_dir / "logs" / f"activator-{port}.log", "w"),
+                            stdout=open(log_path := dev_cluster.state_dir / "logs" / f"activator-{port}.log", "w"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while not http_ok(f"http://127.0.0.1:{metrics_port}/healthz") and time.monotonic() < deadline:
         time.sleep(0.1)
     (dev_cluster.state_dir / "targets" / f"activator-{port}.json").write_text(json.dumps(
         [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"job": "activator"}}]))
-    return ActivatorProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}")
+    return ActivatorProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", log_path)
 
 
 @pytest.fixture(scope="session")

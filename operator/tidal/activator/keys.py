@@ -121,7 +121,7 @@ class KeyRing:
         return key
 
 
-def watch_keys(core, ring: KeyRing, namespace: str, loop, on_listed=None, on_removed=None) -> None:
+def watch_keys(core, ring: KeyRing, loop, namespace: str, on_listed=None, on_removed=None) -> None:
     """Blocking: keep `ring` equal to the API-key Secrets of `namespace`. A change takes effect at the
     watch event (well under a second after `kubectl apply`/`delete`), without a restart."""
     import logging

@@ -1,0 +1,166 @@
+"""The one endpoint on the local cluster, with the official `openai` client: keys are real Secrets
+(watched), models are real InferenceServices (one at zero), NetworkPolicies go through the real
+apiserver, and two services claiming one served name are told apart by a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import urllib.request
+import uuid
+
+import openai
+import pytest
+
+from tests.cluster.test_autoscaler import apply, replicas, service
+from tests.cluster.test_operator import condition, events, get, wait_condition
+from tests.cluster.test_smoke import wait_for
+from tests.conftest import start_activator
+
+pytestmark = pytest.mark.cluster
+
+
+def make_key(kubectl, namespace, name, token, **annotations):
+    doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": name, "namespace": namespace, "labels": {"tidal.dev/api-key": "true"},
+        "annotations": {f"tidal.dev/{k}": v for k, v in annotations.items()}}, "stringData": {"key": token}}
+    kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
+@pytest.fixture(scope="module")
+def keyed(dev_cluster, operator, kubectl):
+    """A gateway with API keys on, reading keys from a namespace of its own."""
+    keys_ns = f"keys-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", keys_ns)
+    gateway = start_activator(dev_cluster, operator, "--hold-timeout", "90", key_namespace=keys_ns)
+    yield gateway, keys_ns
+    gateway.proc.terminate()
+    gateway.proc.wait(10)
+    kubectl("delete", "namespace", keys_ns, "--wait=false")
+
+
+def gateway_counter(gateway, name, **labels) -> float:
+    text = urllib.request.urlopen(f"{gateway.metrics_url}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def test_one_base_url_lists_wakes_and_serves_two_models_under_api_keys(keyed, kubectl, namespace):
+    gateway, keys_ns = keyed
+    full, only_a = "tk-" + secrets.token_urlsafe(24), "tk-" + secrets.token_urlsafe(24)
+    make_key(kubectl, keys_ns, "full", full)
+    make_key(kubectl, keys_ns, "only-a", only_a, models=f"{namespace}-a")
+    sleepy = service("sleepy", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1)
+    sleepy["spec"]["model"]["servedName"] = f"{namespace}-a"
+    awake = service("awake", minReplicas=1)
+    awake["spec"]["model"]["servedName"] = f"{namespace}-b"
+    apply(kubectl, namespace, sleepy)
+    apply(kubectl, namespace, awake)
+    wait_for(lambda: replicas(kubectl, namespace, "sleepy") == 0, timeout=60, interval=0.5, what="sleepy at zero")
+    wait_condition(kubectl, namespace, "awake", "Ready", "True", "ModelReady")
+    base = f"{gateway.url}/v1"
+
+    async def scenario():
+        client = openai.AsyncOpenAI(base_url=base, api_key=full, max_retries=0, timeout=90)
+        models = {m.id: m.model_extra["tidal"] for m in (await client.models.list()).data}
+        assert models[f"{namespace}-a"]["state"] == "scaled_to_zero" and models[f"{namespace}-a"]["name"] == "sleepy"
+        assert models[f"{namespace}-b"]["state"] == "ready" and models[f"{namespace}-b"]["ready_replicas"] == 1
+        seen = {}
+        for model in (f"{namespace}-a", f"{namespace}-b"):  # -a is at zero: held, woken, answered
+            plain = await client.chat.completions.create(model=model, max_tokens=6,
+                                                         messages=[{"role": "user", "content": "hello"}])
+            stream = [c async for c in await client.chat.completions.create(
+                model=model, max_tokens=9, stream=True, messages=[{"role": "user", "content": "hello"}])]
+            text = "".join(c.choices[0].delta.content or "" for c in stream)
+            assert plain.usage.completion_tokens == 6 and text.count("tok") == 9
+            seen[model] = (plain.usage.prompt_tokens, plain.usage.completion_tokens + text.count("tok"))
+        assert (await client.models.retrieve(f"{namespace}-a")).model_extra["tidal"]["state"] == "ready"
+        limited = openai.AsyncOpenAI(base_url=base, api_key=only_a, max_retries=0, timeout=30)
+        with pytest.raises(openai.PermissionDeniedError):
+            await limited.chat.completions.create(model=f"{namespace}-b", max_tokens=2,
+                                                  messages=[{"role": "user", "content": "hi"}])
+        return seen
+
+    seen = asyncio.run(scenario())
+    for model, (prompt, completion) in seen.items():
+        assert gateway_counter(gateway, "tidal_gateway_completion_tokens_total", key="full", model=model) == completion
+        assert gateway_counter(gateway, "tidal_gateway_prompt_tokens_total", key="full", model=model) >= prompt
+
+
+def test_no_key_a_wrong_key_and_a_revoked_key_get_401_and_revocation_takes_effect_within_a_second(
+        keyed, kubectl, namespace):
+    gateway, keys_ns = keyed
+    token = "tk-" + secrets.token_urlsafe(24)
+    apply(kubectl, namespace, service("gate", minReplicas=1))
+    wait_condition(kubectl, namespace, "gate", "Ready", "True", "ModelReady")
+    make_key(kubectl, keys_ns, "soon-revoked", token)
+
+    def status(api_key):
+        try:
+            openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, timeout=10).completions.create(
+                model="gate", prompt="hi", max_tokens=1)
+            return 200
+        except openai.APIStatusError as err:
+            return err.status_code
+    wait_for(lambda: status(token) == 200, timeout=10, interval=0.05, what="the new key to work")
+    assert status("tk-" + secrets.token_urlsafe(24)) == 401
+    request = urllib.request.Request(f"{gateway.url}/v1/completions", method="POST",
+                                     data=json.dumps({"model": "gate", "prompt": "hi"}).encode())
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    assert err.value.code == 401 and json.loads(err.value.read())["error"]["code"] == "missing_api_key"
+    kubectl("delete", "secret", "soon-revoked", "-n", keys_ns)
+    deleted = time.monotonic()
+    wait_for(lambda: status(token) == 401, timeout=5, interval=0.02, what="the revoked key refused")
+    took = time.monotonic() - deleted
+    print(f"revocation took effect {took:.2f} s after kubectl delete returned")
+    assert took < 1.0
+    # The token never reaches a log: the gateway's log has the Secret's name at most.
+    assert token not in gateway.log_path.read_text()
+
+
+def test_a_second_service_claiming_a_served_name_is_told_and_requests_keep_going_to_the_first(
+        keyed, kubectl, namespace, k8s):
+    gateway, keys_ns = keyed
+    token = "tk-" + secrets.token_urlsafe(24)
+    make_key(kubectl, keys_ns, "conflicts", token)
+    first = service("first", minReplicas=1)
+    first["spec"]["model"]["servedName"] = f"{namespace}-shared"
+    apply(kubectl, namespace, first)
+    wait_condition(kubectl, namespace, "first", "Routable", "True", "ServedNameClaimed")
+    time.sleep(1.1)  # creation timestamps have one-second resolution: the second is created later
+    second = service("second", minReplicas=1)
+    second["spec"]["model"]["servedName"] = f"{namespace}-shared"
+    apply(kubectl, namespace, second)
+    lost = wait_condition(kubectl, namespace, "second", "Routable", "False", "ServedNameConflict")
+    assert f"{namespace}/first" in condition(lost, "Routable")["message"]
+    wait_for(lambda: any(t == "Warning" and r == "ServedNameConflict" for t, r, _ in events(kubectl, namespace, "second")),
+             timeout=10, what="a Warning Event on the second service")
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0, timeout=30)
+    listed = {m.id: m.model_extra["tidal"]["name"] for m in client.models.list().data}
+    assert listed[f"{namespace}-shared"] == "first"
+    # The first goes away: the name passes to the second, which is told so.
+    kubectl("delete", "tis", "first", "-n", namespace)
+    wait_condition(kubectl, namespace, "second", "Routable", "True", "ServedNameClaimed")
+    wait_for(lambda: {m.id: m.model_extra["tidal"]["name"] for m in client.models.list().data}
+             .get(f"{namespace}-shared") == "second", timeout=10, what="the name routed to the second")
+
+
+def test_each_service_gets_a_network_policy_that_admits_only_the_gateway_and_prometheus(operator, kubectl, namespace):
+    apply(kubectl, namespace, service("fenced", minReplicas=1))
+    policy = wait_for(lambda: (kubectl("get", "networkpolicy", "fenced", "-n", namespace, "-o", "json", check=False)
+                               .stdout or None), timeout=30, what="the NetworkPolicy")
+    spec = json.loads(policy)["spec"]  # stored, so the real apiserver accepted it
+    assert spec["podSelector"] == {"matchLabels": {"tidal.dev/inferenceservice": "fenced"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    peers = [(p["namespaceSelector"]["matchLabels"], p["podSelector"]["matchLabels"])
+             for rule in spec["ingress"] for p in rule["from"]]
+    assert peers == [({"kubernetes.io/metadata.name": "tidal-system"}, {"app.kubernetes.io/name": "tidal-activator"}),
+                     ({"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/name": "prometheus"})]
+    # Owned by the InferenceService: deleting it deletes the policy.
+    assert json.loads(policy)["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
+    before = json.loads(policy)["metadata"]["resourceVersion"]
+    time.sleep(6)  # a resync (5 s here) writes nothing when nothing changed
+    assert get(kubectl, namespace, "networkpolicy", "fenced")["metadata"]["resourceVersion"] == before
