@@ -25,6 +25,13 @@ build-cluster:
 cluster:
 	$(PYTHON) -m tidal.cli dev-cluster up --state-dir $(STATE_DIR)
 
+# The local stack: the cluster plus Tidal's operator and gateway; URLs and an API key in .tidal/state.json.
+up: install
+	$(PYTHON) -m tidal.cli dev-cluster up --with-tidal --state-dir $(STATE_DIR)
+
+down:
+	$(PYTHON) -m tidal.cli dev-cluster down --state-dir $(STATE_DIR)
+
 cluster-down:
 	$(PYTHON) -m tidal.cli dev-cluster down --state-dir $(STATE_DIR)
 

@@ -20,21 +20,31 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     cluster = DevCluster(Path(args.state_dir), Path(args.nodes) if args.nodes else None,
                          scrape_interval=args.scrape_interval)
     if args.action == "up":
+        from .devcluster import stack
         try:
-            info = cluster.up()
-        except (ComponentError, binaries.BuildError, TimeoutError) as err:
+            info = stack.up(Path(args.state_dir), Path(args.nodes) if args.nodes else None, args.scrape_interval) \
+                if args.with_tidal else cluster.up()
+        except (ComponentError, binaries.BuildError, TimeoutError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         print(f"""
-The local GPU cluster is up.
+The local GPU cluster is up{' with Tidal (operator and gateway)' if args.with_tidal else ''}.
   export KUBECONFIG={info.kubeconfig}
   export PATH={info.binaries_dir}:$PATH      # kubectl and helm matching the server
   kubectl get nodes -L tidal.dev/pool,nvidia.com/gpu.product
-  Prometheus: {info.prometheus_url}
-  Stop it with: make cluster-down""")
+  Prometheus: {info.prometheus_url}""")
+        if args.with_tidal:
+            print(f"""  Gateway (OpenAI API): {info.extra['gateway_url']}/v1   operator: {info.extra['operator_url']}
+  API key: in {Path(args.state_dir).resolve() / 'state.json'} (api_key), e.g.
+    curl {info.extra['gateway_url']}/v1/models -H "Authorization: Bearer $(python3 -c 'import json; print(json.load(open(\"{Path(args.state_dir).resolve() / 'state.json'}\"))[\"api_key\"])')"
+  kubectl apply -f examples/demo-scale-to-zero.yaml   # then ask for model "llama-3.1-8b"
+  Stop it with: make down""")
+        else:
+            print("  Stop it with: make cluster-down")
         return 0
     if args.action == "down":
-        cluster.down()
+        from .devcluster import stack
+        stack.down(Path(args.state_dir))
         return 0
     status = cluster.status()
     print(json.dumps(status, indent=2))
@@ -247,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the cluster keeps its data, logs and kubeconfig (default: ./.tidal)")
     dev.add_argument("--nodes", help="node pool description (default: the built-in nodepools.yaml)")
     dev.add_argument("--scrape-interval", default="2s", help="Prometheus scrape interval (default 2s)")
+    dev.add_argument("--with-tidal", action="store_true",
+                     help="up: also start Tidal's operator and gateway (API keys on, a bootstrap key made) and "
+                          "record their URLs and the key in state.json")
     dev.set_defaults(func=_dev_cluster)
 
     demo = sub.add_parser("demo", help="the local cluster, the operator and an example model (make demo)")

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .devcluster.cluster import REPO_ROOT, DevCluster
-from .devcluster.processes import free_port, http_ok, pid_alive, stop_pid
+from .devcluster import stack
+from .devcluster.cluster import REPO_ROOT
 from .simulate.trace import load_trace
 
 EXAMPLE = REPO_ROOT / "examples" / "demo-scale-to-zero.yaml"
@@ -47,24 +47,6 @@ class Stats:
 def _kubectl(info, *args, input=None, check=True):
     return subprocess.run([info.kubectl(), "--kubeconfig", str(info.kubeconfig), *args], input=input,
                           capture_output=True, text=True, check=check)
-
-
-def _start(state_dir: Path, name: str, argv: list[str], ready_url: str, extra: dict) -> dict:
-    """Start a background process once; a second `make demo` reuses it. Returns its record."""
-    record_file = state_dir / f"{name}.json"
-    if record_file.exists():
-        record = json.loads(record_file.read_text())
-        if pid_alive(record["pid"]):
-            return record
-    log = open(state_dir / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    record = {"pid": proc.pid, **extra}
-    record_file.write_text(json.dumps(record))
-    deadline = time.monotonic() + 30
-    while not http_ok(ready_url) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return record
 
 
 def _percentile(values, q):
@@ -131,11 +113,11 @@ class Observer(threading.Thread):
             print(" | ".join(l.strip() for l in lines[1:5]), flush=True)
 
 
-async def replay(url: str, requests, speedup: float, stats: Stats, stop: threading.Event) -> None:
+async def replay(url: str, api_key: str, requests, speedup: float, stats: Stats, stop: threading.Event) -> None:
     import aiohttp
     started = time.monotonic()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                     connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0),
+                                     headers={"Authorization": f"Bearer {api_key}"}) as http:
         async def one(r):
             stats.sent += 1
             stats.inflight += 1
@@ -201,24 +183,9 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
               "(the Azure LLM CSV format, or JSONL with timestamp, input_tokens, output_tokens).", file=sys.stderr)
         return 2
     state_dir = Path(state_dir).resolve()
-    cluster = DevCluster(state_dir, DEMO_NODES, scrape_interval="1s")
-    info = cluster.up()
-    _kubectl(info, "apply", "-f", str(REPO_ROOT / "crds"))
-    _kubectl(info, "wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev")
-    op_port, act_port, act_metrics = free_port(), free_port(), free_port()
-    operator = _start(state_dir, "operator", [
-        "run", "--kubeconfig", str(info.kubeconfig), "--prometheus-url", info.prometheus_url,
-        "--autoscale-interval", "1", "--metrics-grace", "10", "--http-host", "127.0.0.1", "--http-port", str(op_port)],
-        f"http://127.0.0.1:{op_port}/healthz", {"url": f"http://127.0.0.1:{op_port}"})
-    activator = _start(state_dir, "activator", [
-        "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
-        "--port", str(act_port), "--metrics-port", str(act_metrics)],
-        f"http://127.0.0.1:{act_metrics}/healthz",
-        {"url": f"http://127.0.0.1:{act_port}", "metrics": f"127.0.0.1:{act_metrics}"})
-    act_url = activator["url"]
-    (state_dir / "targets" / "activator.json").write_text(json.dumps(
-        [{"targets": [activator["metrics"]], "labels": {"job": "activator"}}]))
-    print(f"operator pid {operator['pid']} ({operator['url']}); activator pid {activator['pid']} ({act_url})",
+    info = stack.up(state_dir, DEMO_NODES, scrape_interval="1s")
+    act_url, api_key = info.extra["gateway_url"], info.extra["api_key"]
+    print(f"operator {info.extra['operator_url']}; gateway {act_url} (API key in {state_dir / 'state.json'})",
           flush=True)
     _kubectl(info, "apply", "-f", str(EXAMPLE))
     requests = load_trace(Path(trace))
@@ -237,8 +204,8 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
             print("the service did not reach zero replicas in 240 s", flush=True)
         stats.phase = "replaying"
         print(f"replaying {len(chosen)} requests of the Azure trace ({window[1] - window[0]:.0f} s at "
-              f"{speedup:g}x speed) through the activator", flush=True)
-        asyncio.run(replay(f"{act_url}/{NAMESPACE}/{NAME}/v1/completions", chosen, speedup, stats, stop))
+              f"{speedup:g}x speed) through the gateway's one endpoint", flush=True)
+        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen, speedup, stats, stop))
         stats.phase = "load over: waiting for scale to zero"
         stats.back_to_zero = _wait_for_zero(stats, 240)
     except KeyboardInterrupt:
@@ -270,7 +237,8 @@ Look around:
   export PATH={info.binaries_dir}:$PATH
   kubectl get tis demo; kubectl describe tis demo     # the decisions and their reasons are in the Events
   Prometheus: {info.prometheus_url}/graph?g0.expr=vllm:num_requests_waiting
-  curl {act_url}/{NAMESPACE}/{NAME}/v1/completions -d '{{"prompt": "hi", "max_tokens": 8}}'
+  curl {act_url}/v1/completions -H "Authorization: Bearer <api_key from {state_dir / 'state.json'}>" \\
+    -H 'Content-Type: application/json' -d '{{"model": "llama-3.1-8b", "prompt": "hi", "max_tokens": 8}}'
 Stop everything: make demo-down""", flush=True)
     if down_at_end:
         down(state_dir)
@@ -278,16 +246,7 @@ Stop everything: make demo-down""", flush=True)
 
 
 def down(state_dir: Path) -> int:
-    state_dir = Path(state_dir).resolve()
-    for name in ("activator", "operator"):
-        record_file = state_dir / f"{name}.json"
-        if record_file.exists():
-            pid = json.loads(record_file.read_text())["pid"]
-            if pid_alive(pid):
-                stop_pid(pid)
-                print(f"  stopped {name} (pid {pid})")
-            record_file.unlink()
-    DevCluster(state_dir).down()
+    stack.down(Path(state_dir))
     return 0
 
 

@@ -15,7 +15,7 @@ import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -46,16 +46,21 @@ class ClusterInfo:
     binaries_dir: Path
     pids: dict[str, int]
     ports: dict[str, dict[str, int]]
+    # What `make up` adds on top of the cluster (operator_url, gateway_url, api_key, ...), kept as written.
+    extra: dict = field(default_factory=dict)
+
+    KNOWN = ("kubeconfig", "api_server", "prometheus_url", "binaries_dir", "pids", "ports")
 
     def to_json(self) -> dict:
         return {"kubeconfig": str(self.kubeconfig), "api_server": self.api_server,
                 "prometheus_url": self.prometheus_url, "binaries_dir": str(self.binaries_dir),
-                "pids": self.pids, "ports": self.ports}
+                "pids": self.pids, "ports": self.ports, **self.extra}
 
     @classmethod
     def from_json(cls, state_dir: Path, raw: dict) -> "ClusterInfo":
         return cls(state_dir, Path(raw["kubeconfig"]), raw["api_server"], raw["prometheus_url"],
-                   Path(raw["binaries_dir"]), {k: int(v) for k, v in raw["pids"].items()}, raw.get("ports", {}))
+                   Path(raw["binaries_dir"]), {k: int(v) for k, v in raw["pids"].items()}, raw.get("ports", {}),
+                   {k: v for k, v in raw.items() if k not in cls.KNOWN})
 
     def kubectl(self) -> str:
         return str(self.binaries_dir / "kubectl")
@@ -103,6 +108,11 @@ class DevCluster:
         except (OSError, ValueError, KeyError):
             return None
 
+    def save(self, info: ClusterInfo) -> None:
+        """state.json, readable by its owner only: with `make up` it holds an API key."""
+        self.state_file.touch(mode=0o600)
+        self.state_file.write_text(json.dumps(info.to_json(), indent=2))
+
     def running(self) -> bool:
         info = self.info()
         return bool(info) and all(pid_alive(pid) for pid in info.pids.values())
@@ -135,7 +145,7 @@ class DevCluster:
                                f"http://127.0.0.1:{components['prometheus'].port_numbers['web']}",
                                binaries.directory, {c.name: c.pid for c in launched},
                                {c.name: c.port_numbers for c in launched})
-            self.state_file.write_text(json.dumps(info.to_json(), indent=2))
+            self.save(info)
             create_nodes(info.kubeconfig, self.description, self.log, octet=cluster_octet(str(self.state_dir)))
         except BaseException:
             for component in reversed(launched):
@@ -306,7 +316,7 @@ class DevCluster:
         self._etcd_port = info.ports["etcd"]["client"]
         start(components[name], self.state_dir / "logs", fixed_ports=info.ports[name])
         info.pids[name] = components[name].pid
-        self.state_file.write_text(json.dumps(info.to_json(), indent=2))
+        self.save(info)
 
     # ---- down / status -----------------------------------------------------------------------
     def down(self, quiet: bool = False) -> None:

@@ -1,0 +1,56 @@
+"""`make up` / `make down` as a user runs them: the cluster plus Tidal's operator and gateway, their URLs
+and a working API key in state.json, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from tests.cluster.test_smoke import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everything(tmp_path, dev_cluster):
+    state_dir = tmp_path / "stack"
+    cli = [sys.executable, "-m", "tidal.cli", "dev-cluster"]
+    try:
+        up = subprocess.run([*cli, "up", "--with-tidal", "--state-dir", str(state_dir)], capture_output=True,
+                            text=True, timeout=300)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        state_file = state_dir / "state.json"
+        state = json.loads(state_file.read_text())
+        assert {"operator_url", "gateway_url", "gateway_metrics_url", "api_key", "prometheus_url"} <= set(state)
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600  # it holds a key
+        assert state["api_key"] not in up.stdout  # printed: where the key is, not the key
+        kubectl = [state["binaries_dir"] + "/kubectl", "--kubeconfig", state["kubeconfig"]]
+        subprocess.run([*kubectl, "apply", "-f", "examples/demo-scale-to-zero.yaml"], check=True, capture_output=True)
+        client = openai.OpenAI(base_url=state["gateway_url"] + "/v1", api_key=state["api_key"], max_retries=0,
+                               timeout=120)
+        wait_for(lambda: [m.id for m in client.models.list().data] == ["llama-3.1-8b"], timeout=20,
+                 what="the example listed")
+        answer = client.completions.create(model="llama-3.1-8b", prompt="hello", max_tokens=4)
+        assert answer.usage.completion_tokens == 4
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=state["gateway_url"] + "/v1", api_key="not-the-key-000000000",
+                          max_retries=0).models.list()
+        again = subprocess.run([*cli, "up", "--with-tidal", "--state-dir", str(state_dir)], capture_output=True,
+                               text=True, timeout=120)  # running twice reuses what runs, key included
+        assert again.returncode == 0 and json.loads(state_file.read_text())["api_key"] == state["api_key"]
+        pids = [json.loads((state_dir / f"{n}.json").read_text())["pid"] for n in ("operator", "gateway")]
+    finally:
+        down = subprocess.run([*cli, "down", "--state-dir", str(state_dir)], capture_output=True, text=True,
+                              timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert not (state_dir / "state.json").exists()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                assert f.read().split()[2] == "Z", f"process {pid} still running"
+        except FileNotFoundError:
+            pass
