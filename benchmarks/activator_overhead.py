@@ -79,7 +79,9 @@ def main() -> None:
                                "--decode-s-per-token", "0", "--overhead-s", "0"], stdout=subprocess.DEVNULL)
     activator = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1",
                                   "--port", str(act_port), "--metrics-port", str(act_metrics),
-                                  "--static-endpoint", f"bench/m=127.0.0.1:{engine_port}"],
+                                  "--static-endpoint", f"bench/m=127.0.0.1:{engine_port}",
+                                  # the proxy hop alone (keys and body routing: benchmarks/gateway_routing.py)
+                                  "--api-keys", "off"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # The activator alone on core 0; the engine and this client share core 1.

@@ -111,6 +111,15 @@ def test_one_base_url_serves_two_models_plain_and_streamed_and_meters_what_the_c
             for model, (prompt, completion) in seen.items():
                 assert stack.counter("tidal_gateway_completion_tokens_total", key="full", model=model) == completion
                 assert stack.counter("tidal_gateway_prompt_tokens_total", key="full", model=model) == prompt
+            # `tidal usage` reads the same counters.
+            from prometheus_client import generate_latest
+
+            from tidal.usage_report import summarise, table
+            text = generate_latest(stack.gateway.metrics.registry).decode()
+            rows = summarise([text, text])  # two gateway replicas with the same counts: summed
+            assert rows[("full", "model-a")] == {"requests": 6, "prompt_tokens": 2 * seen["model-a"][0],
+                                                 "completion_tokens": 2 * seen["model-a"][1]}
+            assert f"{2 * seen['model-b'][1]:,}" in table(rows)
     run(scenario())
 
 

@@ -248,6 +248,25 @@ def _activator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from .usage_report import fetch, summarise, table
+
+    urls = args.gateway_metrics_url
+    if not urls:
+        try:
+            urls = [json.loads((Path(args.state_dir) / "state.json").read_text())["gateway_metrics_url"]]
+        except (OSError, ValueError, KeyError):
+            print(f"error: no --gateway-metrics-url, and no gateway in {Path(args.state_dir) / 'state.json'} "
+                  "(start one with `make up`)", file=sys.stderr)
+            return 2
+    try:
+        print(table(summarise(fetch(urls))))
+    except OSError as err:
+        print(f"error: cannot read the gateway's metrics ({err})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)
 
+    usage = sub.add_parser("usage", help="tokens and requests per API key and model, from the gateway's counters")
+    usage.add_argument("--gateway-metrics-url", action="append",
+                       help="a gateway's metrics endpoint (repeat for every replica); default: the local stack's")
+    usage.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
+    usage.set_defaults(func=_usage)
     run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
     run.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG / ~/.kube/config")
     run.add_argument("--namespace", action="append", help="watch only these namespaces (repeat); "
