@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import generate_latest
 
 from . import errors
 from .catalog import Catalog, Entry
 from .endpoints import Endpoint, Endpoints
 from .keys import ApiKey, KeyRing
 from .line import Line
+from .metrics import Metrics
 from .openai_api import model_in_body, model_object, triton_model
 from .ratelimits import RateLimiter
 from .routing import API_PREFIXES, route
@@ -42,26 +43,6 @@ class Limits:
     hold_timeout_s: float = 300.0  # then 503 with Retry-After
     max_body_bytes: int = 16 * 2**20
     upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
-
-
-class Metrics:
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        labels = ["namespace", "tidal_dev_inferenceservice"]
-        self.pending = Gauge("tidal_activator_pending_requests", "Requests held: the service has no ready "
-                             "replica, or every ready replica has its capacity in flight.", labels,
-                             registry=self.registry)
-        self.inflight = Gauge("tidal_activator_inflight_requests", "Requests being proxied.", labels,
-                              registry=self.registry)
-        self.responses = Counter("tidal_activator_responses", "Responses by status class.",
-                                 labels + ["code"], registry=self.registry)
-        usage = ["key", "model"]  # key: the API key's Secret name ("-" with keys off); model: the served name
-        self.requests = Counter("tidal_gateway_requests", "Requests by API key, model and status class.",
-                                usage + ["code"], registry=self.registry)
-        self.prompt_tokens = Counter("tidal_gateway_prompt_tokens", "Prompt tokens, from the engines' answers.",
-                                     usage, registry=self.registry)
-        self.completion_tokens = Counter("tidal_gateway_completion_tokens", "Completion tokens, from the engines' "
-                                         "answers.", usage, registry=self.registry)
 
 
 def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
@@ -88,6 +69,7 @@ class Call:
     headers: dict[str, str]  # added to the answer (rate-limit headers)
     meter: StreamMeter | None = None  # set for streamed answers that are metered
     usage: Usage | None = None  # of a complete answer
+    arrived: float = 0.0  # time.monotonic() at arrival
 
 
 class Gateway:
@@ -100,7 +82,7 @@ class Gateway:
         self.limiter = RateLimiter()
         self.operator_url = operator_url.rstrip("/") if operator_url else None
         self.limits = limits
-        self.metrics = Metrics()
+        self.metrics = Metrics(limits.hold_timeout_s)
         self._pending: dict[tuple[str, str], int] = {}
         self._lines: dict[tuple[str, str], Line] = {}  # the held requests of each service, oldest first
         endpoints.on_added = self._wake_all_held
@@ -153,6 +135,7 @@ class Gateway:
 
     # ---- one request -----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         key = None
         if self.keys is not None:
             header = request.headers.get("Authorization")
@@ -173,6 +156,7 @@ class Gateway:
                 limit = verdict.headers[f"x-ratelimit-limit-{verdict.which}"]
                 return errors.rate_limited(verdict.which, limit, verdict.retry_after_s, verdict.headers)
             call.headers = verdict.headers
+        call.arrived = arrived
         response = await self._serve(request, call)
         self._account(call, response)
         return response
@@ -232,6 +216,7 @@ class Gateway:
     def _account(self, call: Call, response: web.StreamResponse) -> None:
         namespace, name = call.service
         self.metrics.responses.labels(namespace, name, f"{response.status // 100}xx").inc()
+        self.metrics.duration.labels(namespace, name).observe(time.monotonic() - call.arrived)
         key_id = call.key.id if call.key else "-"
         self.metrics.requests.labels(key_id, call.model, f"{response.status // 100}xx").inc()
         usage = call.meter.usage if call.meter else call.usage
@@ -259,7 +244,8 @@ class Gateway:
         """The least busy ready endpoint with room. The request is held in the service's line while
         the service has no ready replica (and the service is woken), or while every replica has its
         capacity in flight or older requests are waiting."""
-        deadline = time.monotonic() + self.limits.hold_timeout_s
+        held_at = time.monotonic()
+        deadline = held_at + self.limits.hold_timeout_s
         line: Line | None = None
         turn: asyncio.Future | None = None
         try:
@@ -287,6 +273,7 @@ class Gateway:
                     self._pending[key] = self._pending.get(key, 0) + 1
                     self.metrics.pending.labels(*key).set(self._pending[key])
                     if not candidates:
+                        self.metrics.cold(key, held_at)
                         self._wake(key)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -307,11 +294,14 @@ class Gateway:
             if line is not None:
                 if turn is not None:
                     line.leave(turn)
+                self.metrics.held.labels(*key).observe(time.monotonic() - held_at)
                 self._pending[key] -= 1
                 self.metrics.pending.labels(*key).set(self._pending[key])
                 if not self._pending[key]:
                     del self._pending[key]
                     self._lines.pop(key, None)
+                    if not self.endpoints.get(key):  # every held request gave up before a replica came
+                        self.metrics.forget_cold(key)
 
     def _wake_all_held(self, key) -> None:
         """Every held request of the service looks again: a replica was added, or the service is unknown."""
@@ -363,6 +353,8 @@ class Gateway:
             except Refused as err:
                 log.info("%s/%s: %s", key[0], key[1], err)
                 return None
+            if upstream.status != 503:
+                self.metrics.answered(key, call.arrived, time.monotonic())
             if upstream.status == 503:
                 # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
                 # moment, and the request goes to another replica, or is held and wakes the service.

@@ -65,6 +65,7 @@ class Autoscaler:
     _query_errors: dict[Key, str] = field(default_factory=dict)  # custom queries Prometheus refused
     _prometheus_down_since: float | None = None
     _failures: dict[Key, str] = field(default_factory=dict)  # last failure logged per service
+    _accounted_at: dict[Key, float] = field(default_factory=dict)  # when GPU-seconds were last added
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -113,11 +114,26 @@ class Autoscaler:
             keys = list(self.store.services)
             metrics.SERVICES.set(len(keys))
             custom = await self._custom_loads(keys, loads is not None)
+            self._account_gpu_seconds(keys, time.monotonic())
             for key in keys:
                 body = self.store.services.get(key)
                 if body is not None:
                     load = custom.get(key, loads.get(key) if loads is not None else None)
                     await self._scale_or_report(key, body, load, prometheus_ok=loads is not None)
+
+    def _account_gpu_seconds(self, keys: list[Key], now: float) -> None:
+        """Add each service's GPU-seconds since the last tick: scheduled replicas x GPUs per replica x elapsed.
+        (Replicas Pending for a full pool hold no GPU and are not counted.)"""
+        last, self._accounted_at = self._accounted_at, {}
+        for key in keys:
+            body, deployment = self.store.services.get(key), self.store.deployments.get(key)
+            spec = self._spec(key, body) if body else None
+            if spec is None or deployment is None:
+                continue
+            self._accounted_at[key] = now
+            held = max(0, deployment.replicas - len(self.store.unschedulable.get(key, ())))
+            if key in last and held and spec.resources.gpus:
+                metrics.GPU_SECONDS.labels(*key).inc(held * spec.resources.gpus * (now - last[key]))
 
     async def _loads(self) -> dict[Key, ServiceLoad] | None:
         """Every service's load from one query, or None while Prometheus fails (logged once per outage)."""
@@ -218,7 +234,13 @@ class Autoscaler:
         if decision.replicas != obs.current:
             await self.kube.scale(key[0], key[1], decision.replicas)
             self.store.deployments[key].replicas = decision.replicas
-            metrics.SCALE_CHANGES.labels("up" if decision.replicas > obs.current else "down").inc()
+            direction = "up" if decision.replicas > obs.current else "down"
+            metrics.SCALE_CHANGES.labels(direction).inc()
+            metrics.SCALE_EVENTS.labels(*key, decision.reason, direction).inc()
+            if obs.current == 0:
+                metrics.cold_start_begun(key, time.monotonic())
+            elif decision.replicas == 0:
+                metrics.cold_start_abandoned(key)
             await self.kube.event(body, "Normal", "Scaled",
                                   f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
@@ -237,6 +259,8 @@ class Autoscaler:
                                             spec.scaling.idleSecondsBeforeZero))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
+        metrics.SCALING_ACTIVE.labels(*key).set(1 if (new or {}).get("status") == "True" else 0)
+        metrics.UNSCHEDULABLE.labels(*key).set(obs.unschedulable)
         if _flipped(before, after, "ScalingLimited", to="True"):
             await self.kube.event(body, "Warning", "Unschedulable", decision.message)
         # Events on flips, and on a first False; "metrics available" at start-up is not news.

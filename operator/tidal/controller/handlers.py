@@ -20,6 +20,7 @@ from ..clients.prometheus import Prometheus
 from ..planning.served_names import claim_of
 from ..planning.status import pod_unschedulable
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
+from . import metrics
 from .autoscaler import Autoscaler
 from .config import OperatorConfig
 from .http import build_app
@@ -37,6 +38,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
     memo.store = ServiceStore()
+    metrics.LEADING.set(1)  # this process acts (a standby answers /metrics with 0: leadership.py)
     kube = Kube(load_api_client(CONFIG.kubeconfig))
     memo.kube = kube
     memo.reconciler = Reconciler(kube, CONFIG.render, memo.store, scaling_defaults=CONFIG.scaling_defaults)
@@ -109,6 +111,7 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
     else:
         memo.store.deployments[key] = DeploymentState(replicas=body.spec.get("replicas", 1),
                                                       ready=body.status.get("readyReplicas", 0) or 0)
+        metrics.replicas_ready(key, memo.store.deployments[key].ready, time.monotonic())
     await _owner_changed(namespace, labels, memo)
 
 

@@ -18,12 +18,19 @@ from ..clients.lease import LeaderElector
 log = logging.getLogger("tidal.leader")
 
 
+STANDBY_METRICS = (b"# HELP tidal_operator_leading 1 in the operator process that acts (the leader); a standby "
+                   b"reports 0.\n# TYPE tidal_operator_leading gauge\ntidal_operator_leading 0.0\n")
+
+
 class _StandbyHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         alive = self.path.startswith("/healthz")
         body = b'{"ok": true, "leader": false}' if alive else b'{"ok": false, "reason": "standing by"}'
+        if self.path.startswith("/metrics"):  # so that "no leader" is an alert, not a missing series
+            alive, body = True, STANDBY_METRICS
         self.send_response(200 if alive else 503)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain; version=0.0.4" if body is STANDBY_METRICS
+                         else "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -16,12 +16,49 @@ QUEUE = Gauge("tidal_autoscaler_observed_queue", "Requests waiting, last observe
 DESIRED = Gauge("tidal_autoscaler_desired_replicas", "Replicas decided, per service.",
                 ["namespace", "inferenceservice"], registry=REGISTRY)
 SERVICES = Gauge("tidal_autoscaler_services", "InferenceServices the autoscaler looks after.", registry=REGISTRY)
+SERVICE = ["namespace", "inferenceservice"]
+SCALE_EVENTS = Counter("tidal_autoscaler_scale_events", "Replica changes written, per service, by the decision's "
+                       "reason and direction.", SERVICE + ["reason", "direction"], registry=REGISTRY)
+# A cold start: from the decision that takes a service from zero replicas to its first ready replica
+# (scheduling, image pull, model load, engine start). Buckets up to half an hour: large models load slowly.
+COLD_START = Histogram("tidal_cold_start_seconds", "From the scale-from-zero decision to the first ready replica.",
+                       SERVICE, buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800),
+                       registry=REGISTRY)
+GPU_SECONDS = Counter("tidal_gpu_seconds", "GPU-seconds held by the service's scheduled replicas (replicas x GPUs "
+                      "per replica, over time): what the service costs.", SERVICE, registry=REGISTRY)
+READY = Gauge("tidal_service_ready_replicas", "Ready replicas, per service.", SERVICE, registry=REGISTRY)
+SCALING_ACTIVE = Gauge("tidal_service_scaling_active", "1 while the autoscaler has the service's metrics "
+                       "(condition ScalingActive=True), else 0.", SERVICE, registry=REGISTRY)
+UNSCHEDULABLE = Gauge("tidal_service_unschedulable_replicas", "Replicas the scheduler cannot place (node pool full).",
+                      SERVICE, registry=REGISTRY)
+LEADING = Gauge("tidal_operator_leading", "1 in the operator process that acts (the leader); a standby reports 0.",
+                registry=REGISTRY)
+
+_cold_since: dict[tuple[str, str], float] = {}
+
+
+def cold_start_begun(key: tuple[str, str], now: float) -> None:
+    _cold_since.setdefault(key, now)
+
+
+def cold_start_abandoned(key: tuple[str, str]) -> None:
+    """Back to zero before any replica was ready: that wake-up never completed."""
+    _cold_since.pop(key, None)
+
+
+def replicas_ready(key: tuple[str, str], ready: int, now: float) -> None:
+    READY.labels(*key).set(ready)
+    if ready > 0 and key in _cold_since:
+        COLD_START.labels(*key).observe(now - _cold_since.pop(key))
 
 
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted service's series, so memory stays bounded by the services that exist."""
-    for gauge in (QUEUE, DESIRED):
+    _cold_since.pop((namespace, name), None)
+    for metric in (QUEUE, DESIRED, READY, SCALING_ACTIVE, UNSCHEDULABLE, COLD_START, GPU_SECONDS):
         try:
-            gauge.remove(namespace, name)
+            metric.remove(namespace, name)
         except KeyError:
             pass
+    for labels in [ls for ls in list(SCALE_EVENTS._metrics) if ls[:2] == (namespace, name)]:
+        SCALE_EVENTS.remove(*labels)
