@@ -13,8 +13,9 @@ demo-down:
 	$(PYTHON) -m tidal.cli demo down --state-dir $(STATE_DIR)
 
 install:
-	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+	@command -v prometheus >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 # Build (or reuse from ~/.cache/tidal/bin) etcd, kube-apiserver, kube-controller-manager,

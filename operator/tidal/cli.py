@@ -35,6 +35,7 @@ The local GPU cluster is up{' with Tidal (operator and gateway)' if args.with_ti
   Prometheus: {info.prometheus_url}""")
         if args.with_tidal:
             print(f"""  Gateway (OpenAI API): {info.extra['gateway_url']}/v1   operator: {info.extra['operator_url']}
+  Playground: {info.extra['playground_url']} (paste the API key)
   API key: in {Path(args.state_dir).resolve() / 'state.json'} (api_key), e.g.
     curl {info.extra['gateway_url']}/v1/models -H "Authorization: Bearer $(python3 -c 'import json; print(json.load(open(\"{Path(args.state_dir).resolve() / 'state.json'}\"))[\"api_key\"])')"
   kubectl apply -f examples/demo-scale-to-zero.yaml   # then ask for model "llama-3.1-8b"
@@ -242,7 +243,8 @@ def _activator(args: argparse.Namespace) -> int:
         pass
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
-                          static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace))
+                          static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace,
+                          args.playground == "on", args.prometheus_url))
     except KeyboardInterrupt:
         pass
     return 0
@@ -330,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "labelled tidal.dev/api-key=true; off: no authentication, for a trusted mesh only")
     act.add_argument("--api-key-namespace", help="namespace of the API-key Secrets (default: $POD_NAMESPACE, "
                                                  "else tidal-system)")
+    act.add_argument("--playground", choices=["on", "off"], default="on",
+                     help="serve the playground page at /playground/ (default on; it uses the API with the key the "
+                          "user types)")
+    act.add_argument("--prometheus-url", help="for the playground's last-hour pictures of each model")
     act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-endpoint", action="append",

@@ -25,7 +25,11 @@ def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everythi
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         state_file = state_dir / "state.json"
         state = json.loads(state_file.read_text())
-        assert {"operator_url", "gateway_url", "gateway_metrics_url", "api_key", "prometheus_url"} <= set(state)
+        assert {"operator_url", "gateway_url", "gateway_metrics_url", "api_key", "prometheus_url",
+                "playground_url"} <= set(state)
+        import urllib.request
+        page = urllib.request.urlopen(state["playground_url"], timeout=10).read().decode()
+        assert "<title>Tidal playground</title>" in page
         assert stat.S_IMODE(state_file.stat().st_mode) == 0o600  # it holds a key
         assert state["api_key"] not in up.stdout  # printed: where the key is, not the key
         kubectl = [state["binaries_dir"] + "/kubectl", "--kubeconfig", state["kubeconfig"]]

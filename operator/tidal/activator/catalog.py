@@ -26,6 +26,8 @@ class Entry:
     created: str
     desired_replicas: int = 0
     valid: bool = True
+    queue_depth: int | None = None  # the queue the autoscaler saw last (status.queueDepth)
+    last_decision: dict | None = None  # status.lastDecision: replicas, reason, message, time
 
     @property
     def claim(self) -> Claim:
@@ -40,7 +42,10 @@ def entry_from_object(obj: dict) -> Entry | None:
         return None
     valid = next((c.get("status") != "False" for c in status.get("conditions") or [] if c.get("type") == "Valid"),
                  True)
-    return Entry(claim.key, claim.served_name, engine, claim.created, int(status.get("desiredReplicas") or 0), valid)
+    decision = status.get("lastDecision") if isinstance(status.get("lastDecision"), dict) else None
+    queue = status.get("queueDepth")
+    return Entry(claim.key, claim.served_name, engine, claim.created, int(status.get("desiredReplicas") or 0), valid,
+                 queue if isinstance(queue, int) else None, decision)
 
 
 @dataclass

@@ -70,6 +70,8 @@ class Call:
     meter: StreamMeter | None = None  # set for streamed answers that are metered
     usage: Usage | None = None  # of a complete answer
     arrived: float = 0.0  # time.monotonic() at arrival
+    held_s: float = 0.0  # how long it waited for a replica
+    woke: bool = False  # it found the service without any replica (it waited for a cold start)
 
 
 class Gateway:
@@ -103,11 +105,14 @@ class Gateway:
             await self._http.close()
         await self._upstream.close()
 
-    def app(self) -> web.Application:
+    def app(self, mount=None) -> web.Application:
+        """The gateway's app; `mount(app)` adds routes of its own (the playground) before the catch-all."""
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.stop)
         app.on_response_prepare.append(self._close_while_draining)
+        if mount is not None:
+            mount(app)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -195,6 +200,18 @@ class Gateway:
             meter = StreamMeter(strip)
         return Call((namespace, service), path, body, key, model or "-", {}, meter)
 
+    def model_for_key(self, authorization: str | None, model: str) -> Entry | web.Response:
+        """The model's entry if the presented key may use it; else the error the API would give."""
+        key = None
+        if self.keys is not None:
+            key = self.keys.authenticate(authorization)
+            if key is None:
+                return errors.missing_key() if not authorization else errors.wrong_key()
+        entry = self.catalog.model(model)
+        if key is not None and not key.may_use(model, entry.key[0] if entry else None):
+            return errors.not_permitted(model)
+        return entry if entry is not None else errors.unknown_model(model)
+
     def _models(self, path: str, key: ApiKey | None) -> web.Response:
         def visible(entry: Entry) -> bool:
             return key is None or key.may_use(entry.served_name, entry.key[0])
@@ -230,7 +247,7 @@ class Gateway:
         key = call.service
         tried: set[int] = set()
         for _ in range(self.limits.upstream_attempts):
-            endpoint = await self._endpoint(key, tried)
+            endpoint = await self._endpoint(key, tried, call)
             if isinstance(endpoint, web.Response):
                 return endpoint
             tried.add(id(endpoint))
@@ -240,7 +257,7 @@ class Gateway:
         return _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
                                                    f"{self.limits.upstream_attempts} attempts", retry_after=1)
 
-    async def _endpoint(self, key, tried: set[int]) -> Endpoint | web.Response:
+    async def _endpoint(self, key, tried: set[int], call: Call | None = None) -> Endpoint | web.Response:
         """The least busy ready endpoint with room. The request is held in the service's line while
         the service has no ready replica (and the service is woken), or while every replica has its
         capacity in flight or older requests are waiting."""
@@ -259,6 +276,8 @@ class Gateway:
                 if room and (line is not None or not self._pending.get(key)):
                     if line is not None and len(line) and _room_after(candidates, best):
                         line.wake_next()  # a place is left after this one: the next held request takes it
+                    if call is not None and line is not None:
+                        call.held_s += time.monotonic() - held_at
                     return best
                 if not candidates and now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
                     return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
@@ -274,6 +293,8 @@ class Gateway:
                     self.metrics.pending.labels(*key).set(self._pending[key])
                     if not candidates:
                         self.metrics.cold(key, held_at)
+                        if call is not None:
+                            call.woke = True
                         self._wake(key)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -362,6 +383,10 @@ class Gateway:
                 upstream.close()
                 return None
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
+            # What the gateway did with the request, for clients and the playground to show.
+            out_headers.append(("x-tidal-held-seconds", f"{call.held_s:.3f}"))
+            if call.woke:
+                out_headers.append(("x-tidal-woke", "true"))
             if upstream.content_length is not None and upstream.content_length <= 1 << 20:
                 # A small complete answer: one read, one write (most non-streamed completions).
                 answer = await upstream.read()

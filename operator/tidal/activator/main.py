@@ -38,8 +38,10 @@ def _watch(target, *args) -> None:
 async def serve(kubeconfig: str | None, operator_url: str | None, host: str, port: int, metrics_port: int | None,
                 limits: Limits, static: Static | None = None,
                 namespaces: list[str] | None = None, drain_seconds: float = 5.0,
-                key_namespace: str | None = "tidal-system") -> None:
-    """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only)."""
+                key_namespace: str | None = "tidal-system", playground: bool = True,
+                prometheus_url: str | None = None) -> None:
+    """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only).
+    playground: serve the playground page at /playground/ (its history needs prometheus_url)."""
     endpoints, catalog = Endpoints(), Catalog()
     keys = KeyRing() if key_namespace else None
     gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
@@ -77,7 +79,13 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
             _watch(watch_keys, core, keys, loop, key_namespace, lambda: listed(("keys", None)),
                    gateway.limiter.forget)
     runners = []
-    for app, p in ((gateway.app(), port), (gateway.metrics_app(), metrics_port)):
+    mount = None
+    if playground:
+        from ..clients.prometheus import Prometheus
+        from ..playground import add_routes
+        prometheus = Prometheus(prometheus_url, timeout=10) if prometheus_url else None
+        mount = lambda app: add_routes(app, gateway, prometheus)  # noqa: E731
+    for app, p in ((gateway.app(mount), port), (gateway.metrics_app(), metrics_port)):
         if p is None:
             continue
         # Held requests may wait out a whole cold start: shutdown waits for them too.

@@ -55,4 +55,8 @@ def model_object(entry: Entry, ready: int, held: int) -> dict:
     return {"id": entry.served_name, "object": "model", "created": _created(entry), "owned_by": entry.key[0],
             "tidal": {"namespace": entry.key[0], "name": entry.key[1], "engine": entry.engine,
                       "state": state(entry, ready, held), "ready_replicas": ready,
-                      "desired_replicas": entry.desired_replicas, "held_requests": held}}
+                      "desired_replicas": entry.desired_replicas, "held_requests": held,
+                      "queue": entry.queue_depth,
+                      "last_decision": {k: entry.last_decision.get(k) for k in
+                                        ("time", "previousReplicas", "replicas", "reason", "message")}
+                      if entry.last_decision else None}}

@@ -80,6 +80,19 @@ class Prometheus:
             raise PrometheusError(f"Prometheus at {self.url} returned {type(result).__name__}, not a vector")
         return result
 
+    async def range_query(self, promql: str, start: float, end: float, step: float) -> list[dict]:
+        """A query over time (for pictures, not decisions): [{"metric": {...}, "values": [[t, "v"], ...]}]."""
+        import datetime
+        self.queries += 1
+        when = [datetime.datetime.fromtimestamp(t, datetime.timezone.utc) for t in (start, end)]
+        try:
+            result = await asyncio.to_thread(self._client.custom_query_range, promql, when[0], when[1], f"{step:g}s")
+        except PrometheusApiClientException as err:
+            raise PrometheusError(f"Prometheus at {self.url} answered an error: {err}") from err
+        except (requests.RequestException, ValueError) as err:
+            raise PrometheusError(f"Prometheus at {self.url} unreachable: {type(err).__name__}: {err}") from err
+        return result if isinstance(result, list) else []
+
     async def service_loads(self, gone: Callable[[tuple[str, str], str], bool] = lambda key, pod: False
                             ) -> dict[tuple[str, str], ServiceLoad]:
         """Every service's load from one query. `gone(key, pod)` names pods known to have been deleted:

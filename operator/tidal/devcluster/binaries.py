@@ -7,6 +7,7 @@ six binaries on 2 cores takes tens of minutes, a warm one is a directory lookup.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -59,9 +60,11 @@ def cache_root() -> Path:
 
 
 def cache_key() -> str:
+    # The stamps are part of what is built: a change to them must not reuse binaries built without it.
+    stamps = hashlib.sha256(version_ldflags().encode()).hexdigest()[:8]
     return (
         f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}"
-        f"_helm-{HELM_VERSION}"
+        f"_helm-{HELM_VERSION}_{stamps}"
     )
 
 
@@ -82,6 +85,12 @@ def version_ldflags() -> str:
     # client-go carries its own copy of the version variables (used in User-Agent).
     flags += [f"-X k8s.io/client-go/pkg/version.{k}={v}" for k, v in stamps.items()]
     flags.append(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}")
+    # helm's default Kubernetes version (for `helm template` and `helm lint` without a cluster) is that
+    # of the client-go it is built with; the official build stamps it, else it says v1.20 and refuses
+    # charts that require a newer Kubernetes. Ours is built against the v0.36 staging modules: 1.36.
+    for package in ("pkg/chartutil", "pkg/lint/rules"):
+        flags += [f"-X helm.sh/helm/v3/{package}.k8sVersionMajor={major}",
+                  f"-X helm.sh/helm/v3/{package}.k8sVersionMinor={minor}"]
     return "-s -w " + " ".join(flags)
 
 

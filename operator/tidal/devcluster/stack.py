@@ -2,7 +2,7 @@
 
 Up: the cluster (reused when running), the CRD, the operator (autoscaling on), the gateway with API
 keys on, and a bootstrap API key (a Secret in tidal-system). Their URLs and the key go into
-`.tidal/state.json` (`operator_url`, `gateway_url`, `gateway_metrics_url`, `api_key`), which is
+`.tidal/state.json` (`operator_url`, `gateway_url`, `gateway_metrics_url`, `api_key`, `playground_url`), which is
 readable by its owner only. Running it twice reuses what is running.
 """
 
@@ -80,7 +80,8 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
         *operator_args], f"http://127.0.0.1:{op_port}/healthz", {"url": f"http://127.0.0.1:{op_port}"})
     gateway = _start(state_dir, "gateway", [
         "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
-        "--port", str(gw_port), "--metrics-port", str(gw_metrics), "--api-key-namespace", KEYS_NAMESPACE],
+        "--port", str(gw_port), "--metrics-port", str(gw_metrics), "--api-key-namespace", KEYS_NAMESPACE,
+        "--prometheus-url", info.prometheus_url],
         f"http://127.0.0.1:{gw_metrics}/healthz",
         {"url": f"http://127.0.0.1:{gw_port}", "metrics": f"127.0.0.1:{gw_metrics}"})
     # Prometheus scrapes the gateway: its held-request gauge is part of the autoscaler's query.
@@ -88,7 +89,8 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
         [{"targets": [gateway["metrics"]], "labels": {"job": "activator"}}]))
     info = cluster.info()
     info.extra.update({"operator_url": operator["url"], "gateway_url": gateway["url"],
-                       "gateway_metrics_url": f"http://{gateway['metrics']}", "api_key": token})
+                       "gateway_metrics_url": f"http://{gateway['metrics']}", "api_key": token,
+                       "playground_url": f"{gateway['url']}/playground/"})
     cluster.save(info)
     return info
 

@@ -1,0 +1,140 @@
+"""The playground in a real browser (Debian's chromium, driven by Selenium through chromedriver), against
+the gateway on the local cluster: a model listed at zero, a chat that wakes it and streams the answer,
+its state turning to ready with the cold-start wait shown, two models side by side, the last hour from
+Prometheus, and a clear message for a wrong key. Screenshots go to $TIDAL_SCREENSHOTS or the test's
+temporary directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.test_autoscaler import apply, replicas, service
+from tests.cluster.test_gateway import make_key
+from tests.cluster.test_operator import wait_condition
+from tests.cluster.test_smoke import wait_for
+from tests.conftest import start_activator
+
+pytestmark = [pytest.mark.cluster, pytest.mark.browser]
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or \
+    "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
+        "Debian's chromium and chromium-driver are installed by .ci/run"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500",
+                 "--disable-gpu", "--no-first-run", "--disable-extensions"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def playground(dev_cluster, operator, kubectl):
+    keys_ns = f"pgkeys-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", keys_ns)
+    gateway = start_activator(dev_cluster, operator, "--hold-timeout", "90", "--prometheus-url",
+                              dev_cluster.prometheus_url, key_namespace=keys_ns)
+    yield gateway, keys_ns
+    gateway.proc.terminate()
+    gateway.proc.wait(10)
+    kubectl("delete", "namespace", keys_ns, "--wait=false")
+
+
+def shot(driver, name: str, tmp_path: Path) -> Path:
+    where = Path(os.environ.get("TIDAL_SCREENSHOTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"playground-{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    return path
+
+
+def text(driver, css: str) -> str:
+    from selenium.webdriver.common.by import By
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
+        browser, playground, kubectl, namespace, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    gateway, keys_ns = playground
+    token = "tk-" + secrets.token_urlsafe(24)
+    make_key(kubectl, keys_ns, "playground-user", token)
+    sleepy, awake = f"{namespace}-sleepy", f"{namespace}-awake"
+    for name, served, scaling in (("sleepy", sleepy, {"idleSecondsBeforeZero": 1, "scaleDownStabilizationSeconds": 1}),
+                                  ("awake", awake, {"minReplicas": 1})):
+        obj = service(name, **scaling)
+        obj["spec"]["model"]["servedName"] = served
+        apply(kubectl, namespace, obj)
+    wait_for(lambda: replicas(kubectl, namespace, "sleepy") == 0, timeout=60, interval=0.5, what="sleepy at zero")
+    wait_condition(kubectl, namespace, "awake", "Ready", "True", "ModelReady")
+
+    browser.get(f"{gateway.url}/playground/")
+    assert browser.title == "Tidal playground"
+    # Every input has a label a screen reader can announce.
+    for field in browser.find_elements(By.CSS_SELECTOR, "input, select, textarea"):
+        assert browser.find_elements(By.CSS_SELECTOR, f"label[for='{field.get_attribute('id')}']"), field
+
+    # A wrong key: a clear message, no models.
+    browser.find_element(By.ID, "api-key").send_keys("not-a-real-key-0000000000")
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for(lambda: "not accepted" in text(browser, "#key-status"), timeout=10, what="the wrong-key message")
+    assert "tidal.dev/api-key" in text(browser, "#key-status")
+    shot(browser, "wrong-key", tmp_path)
+
+    # The right key (typed, then Enter: the keyboard works): the model at zero is listed as such.
+    field = browser.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(token + "\n")
+    row = f"#models tr[data-model='{sleepy}']"
+    wait_for(lambda: text(browser, f"{row} .state") == "at zero", timeout=15, what="the model listed at zero")
+    assert text(browser, f"#models tr[data-model='{awake}'] .state") == "1 ready"
+    shot(browser, "at-zero", tmp_path)
+
+    # Chat with the model at zero, side by side with the awake one: both stream an answer; the first
+    # says it woke the model and how long the cold start made it wait.
+    Select(browser.find_element(By.ID, "model-a")).select_by_value(sleepy)
+    Select(browser.find_element(By.ID, "model-b")).select_by_value(awake)
+    max_tokens = browser.find_element(By.ID, "max-tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("40")
+    browser.find_element(By.ID, "send").click()
+    wait_for(lambda: browser.find_element(By.ID, "answer-a").get_attribute("data-done") == "true" and
+             browser.find_element(By.ID, "answer-b").get_attribute("data-done") == "true",
+             timeout=60, what="both answers streamed")
+    for panel, model in (("#answer-a", sleepy), ("#answer-b", awake)):
+        assert text(browser, f"{panel} h3") == model
+        assert text(browser, f"{panel} .text").count("tok") == 40
+        assert "time to first token" in text(browser, f"{panel} .stats")
+    stats = text(browser, "#answer-a .stats")
+    assert "this request woke the model: it waited" in stats and " s for the cold start" in stats, stats
+    assert "woke" not in text(browser, "#answer-b .stats")
+    wait_for(lambda: text(browser, f"{row} .state").endswith("ready"), timeout=15, what="the woken model ready")
+    assert "ActivatorWake" in text(browser, f"{row} .reason") or "ScaleFromZero" in text(browser, f"{row} .reason")
+    shot(browser, "chat", tmp_path)
+
+    # The last hour of the awake model, from Prometheus.
+    browser.find_element(By.CSS_SELECTOR, f"#models tr[data-model='{awake}'] button").click()
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#charts figure")) == 4, timeout=15,
+             what="four charts")
+    captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#charts figcaption")]
+    assert captions[0].startswith("Replicas decided: now 1"), captions
+    shot(browser, "history", tmp_path)
+    # The key stays in this tab's session storage only.
+    assert browser.execute_script("return window.localStorage.length") == 0
