@@ -29,15 +29,14 @@ def test_the_chart_carries_the_generated_crd_and_values_schema():
 
 
 def test_every_chart_value_is_documented():
-    from tidal.api.chart_values import descriptions
+    from tidal.api.chart_values import FREE_FORM_KEYS, descriptions
     text = (ROOT / "charts" / "tidal" / "values.yaml").read_text()
     docs = descriptions(text)
 
     def leaves(node, path=""):
         for key, value in node.items():
             sub = f"{path}.{key}" if path else key
-            if isinstance(value, dict) and value and sub != "defaultScaling" and key not in (
-                    "resources", "podSecurityContext", "securityContext"):
+            if isinstance(value, dict) and value and sub != "defaultScaling" and key not in FREE_FORM_KEYS:
                 yield from leaves(value, sub)
             else:
                 yield sub
