@@ -47,3 +47,11 @@ def rate_limited(which: str, limit: str, retry_after: int, headers: dict[str, st
 
 def bad_request(message: str, param: str | None = None) -> web.Response:
     return openai_error(400, message, "invalid_request_error", "invalid_request", param)
+
+
+def gateway_error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
+    """An error about the gateway's own state (holding, waking, replicas failing), in OpenAI's shape;
+    `reason` becomes the code a client can act on (for example "service_waking")."""
+    code = "".join("_" + c.lower() if c.isupper() else c for c in reason).lstrip("_")
+    type_ = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
+    return openai_error(status, message, type_, code, retry_after=retry_after)

@@ -1,4 +1,5 @@
-"""The gateway's HTTP front: authenticate, find the service, limit, hold or proxy, meter.
+"""The gateway's HTTP front: authenticate, find the service, limit, then hold (hold.py) or proxy (proxy.py),
+and meter.
 
 Where a request goes: a Host naming a service (`<name>.<namespace>`), else a path naming one
 (`/<namespace>/<name>/...`), else the one endpoint — `/v1/...` by the body's `model`, and
@@ -7,74 +8,35 @@ Where a request goes: a Host naming a service (`<name>.<namespace>`), else a pat
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
 from . import errors
+from .call import Call, Limits
 from .catalog import Catalog, Entry
-from .endpoints import Endpoint, Endpoints
+from .endpoints import Endpoints
+from .errors import gateway_error as _error
+from .hold import UNKNOWN_FOR_S, Holding
 from .keys import ApiKey, KeyRing
 from .line import Line
 from .metrics import Metrics
 from .openai_api import model_in_body, model_object, triton_model
+from .proxy import Proxying
 from .ratelimits import RateLimiter
 from .routing import API_PREFIXES, route
-from .upstream import Refused, UpstreamPool
-from .usage import StreamMeter, Usage, ask_for_stream_usage, from_answer
+from .upstream import UpstreamPool
+from .usage import StreamMeter, ask_for_stream_usage
 
 log = logging.getLogger("tidal.activator")
-UNKNOWN_FOR_S = 2.0  # short: a service created a moment ago may not be known to the operator yet
-# Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
-UNAVAILABLE_S = 5.0
-HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-       "transfer-encoding", "upgrade", "host", "content-length"}
+__all__ = ["Gateway", "Limits", "UNKNOWN_FOR_S"]
 
 
-@dataclass
-class Limits:
-    max_pending: int = 1000  # requests held per service (no ready replica, or all of them busy)
-    hold_timeout_s: float = 300.0  # then 503 with Retry-After
-    max_body_bytes: int = 16 * 2**20
-    upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
-
-
-def _room_after(candidates: list[Endpoint], taken: Endpoint) -> bool:
-    """Whether a place is still free once `taken` has one more request in flight."""
-    return any(e.has_room(adding=1 if e is taken else 0) for e in candidates)
-
-
-def _error(status: int, reason: str, message: str, retry_after: int | None = None) -> web.Response:
-    """An error about the gateway's own state (holding, waking, replicas failing), in OpenAI's shape;
-    `reason` becomes the code a client can act on (for example "service_waking")."""
-    code = "".join("_" + c.lower() if c.isupper() else c for c in reason).lstrip("_")
-    type_ = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
-    return errors.openai_error(status, message, type_, code, retry_after=retry_after)
-
-
-@dataclass
-class Call:
-    """One request as the gateway resolved it."""
-    service: tuple[str, str]
-    path: str  # what goes upstream
-    body: bytes
-    key: ApiKey | None
-    model: str  # served name, for usage ("-" when unknown)
-    headers: dict[str, str]  # added to the answer (rate-limit headers)
-    meter: StreamMeter | None = None  # set for streamed answers that are metered
-    usage: Usage | None = None  # of a complete answer
-    arrived: float = 0.0  # time.monotonic() at arrival
-    held_s: float = 0.0  # how long it waited for a replica
-    woke: bool = False  # it found the service without any replica (it waited for a cold start)
-
-
-class Gateway:
+class Gateway(Holding, Proxying):
     def __init__(self, endpoints: Endpoints, operator_url: str | None, limits: Limits = Limits(),
                  own: tuple[str, str] | None = None, catalog: Catalog | None = None, keys: KeyRing | None = None):
         self.own = own
@@ -256,166 +218,3 @@ class Gateway:
                 return result
         return _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
                                                    f"{self.limits.upstream_attempts} attempts", retry_after=1)
-
-    async def _endpoint(self, key, tried: set[int], call: Call | None = None) -> Endpoint | web.Response:
-        """The least busy ready endpoint with room. The request is held in the service's line while
-        the service has no ready replica (and the service is woken), or while every replica has its
-        capacity in flight or older requests are waiting."""
-        held_at = time.monotonic()
-        deadline = held_at + self.limits.hold_timeout_s
-        line: Line | None = None
-        turn: asyncio.Future | None = None
-        try:
-            while True:
-                now = time.monotonic()
-                usable = [e for e in self.endpoints.get(key) if e.unavailable_until <= now]
-                candidates = [e for e in usable if id(e) not in tried] or usable
-                best = min(candidates, key=lambda e: e.inflight) if candidates else None
-                room = best is not None and best.has_room()
-                # A newcomer does not overtake requests already held: it joins the line behind them.
-                if room and (line is not None or not self._pending.get(key)):
-                    if line is not None and len(line) and _room_after(candidates, best):
-                        line.wake_next()  # a place is left after this one: the next held request takes it
-                    if call is not None and line is not None:
-                        call.held_s += time.monotonic() - held_at
-                    return best
-                if not candidates and now - self._unknown.get(key, -UNKNOWN_FOR_S) < UNKNOWN_FOR_S:
-                    return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "
-                                                         f"{key[0]}")
-                if line is None:
-                    if self._pending.get(key, 0) >= self.limits.max_pending:
-                        why = "every ready replica is busy" if candidates else "it is waking up"
-                        return _error(429, "TooManyPending", f"{key[0]}/{key[1]} already holds "
-                                                             f"{self.limits.max_pending} requests: {why}",
-                                      retry_after=5)
-                    line = self._lines.setdefault(key, Line())
-                    self._pending[key] = self._pending.get(key, 0) + 1
-                    self.metrics.pending.labels(*key).set(self._pending[key])
-                    if not candidates:
-                        self.metrics.cold(key, held_at)
-                        if call is not None:
-                            call.woke = True
-                        self._wake(key)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if candidates:
-                        return _error(503, "ServiceBusy", f"every replica of {key[0]}/{key[1]} stayed busy for "
-                                                          f"{self.limits.hold_timeout_s:g} s", retry_after=5)
-                    return _error(503, "ServiceWaking", f"{key[0]}/{key[1]} has no ready replica after "
-                                                        f"{self.limits.hold_timeout_s:g} s; its model may still be "
-                                                        "loading", retry_after=10)
-                if turn is None or turn.done():
-                    turn = line.join()
-                    if room:  # a place is free but others were held first: the oldest of them takes it
-                        line.wake_next()
-                done, _ = await asyncio.wait({turn}, timeout=min(remaining, 1.0))
-                if not done and not candidates:
-                    self._wake(key)  # keep the operator informed while we hold requests
-        finally:
-            if line is not None:
-                if turn is not None:
-                    line.leave(turn)
-                self.metrics.held.labels(*key).observe(time.monotonic() - held_at)
-                self._pending[key] -= 1
-                self.metrics.pending.labels(*key).set(self._pending[key])
-                if not self._pending[key]:
-                    del self._pending[key]
-                    self._lines.pop(key, None)
-                    if not self.endpoints.get(key):  # every held request gave up before a replica came
-                        self.metrics.forget_cold(key)
-
-    def _wake_all_held(self, key) -> None:
-        """Every held request of the service looks again: a replica was added, or the service is unknown."""
-        line = self._lines.get(key)
-        if line is not None:
-            line.wake_all()
-
-    def _room_freed(self, key) -> None:
-        line = self._lines.get(key)
-        if line is not None:
-            line.wake_next()
-
-    def _wake(self, key) -> None:
-        if self.operator_url and key not in self._waking:
-            self._waking.add(key)
-            asyncio.get_running_loop().create_task(self._call_wake(key))
-
-    async def _call_wake(self, key) -> None:
-        try:
-            url = f"{self.operator_url}/v1/wake/{key[0]}/{key[1]}"
-            async with self._http.post(url, json={"pending": self._pending.get(key, 1)},
-                                       timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                await resp.read()
-                if resp.status == 404:
-                    now = time.monotonic()
-                    # Requests may name any service: forget expired entries so memory stays bounded.
-                    self._unknown = {k: t for k, t in self._unknown.items() if now - t < UNKNOWN_FOR_S}
-                    self._unknown[key] = now
-                    self._wake_all_held(key)  # they get the 404 now
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
-        finally:
-            self._waking.discard(key)
-
-    async def _proxy(self, request, call: Call, endpoint: Endpoint) -> web.StreamResponse | None:
-        """Forward to one endpoint; None when it refused before taking the request (try another)."""
-        key, body = call.service, call.body
-        target = call.path + ("?" + request.query_string if request.query_string else "")
-        # The caller's API key is the gateway's business: it never reaches the engine.
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP and k.lower() != "authorization"]
-        endpoint.inflight += 1
-        inflight = self.metrics.inflight.labels(*key)
-        inflight.inc()
-        upstream = None
-        try:
-            try:
-                upstream = await self._upstream.request(endpoint.host, endpoint.port, request.method, target,
-                                                        headers, body)
-            except Refused as err:
-                log.info("%s/%s: %s", key[0], key[1], err)
-                return None
-            if upstream.status != 503:
-                self.metrics.answered(key, call.arrived, time.monotonic())
-            if upstream.status == 503:
-                # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
-                # moment, and the request goes to another replica, or is held and wakes the service.
-                endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
-                upstream.close()
-                return None
-            out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
-            # What the gateway did with the request, for clients and the playground to show.
-            out_headers.append(("x-tidal-held-seconds", f"{call.held_s:.3f}"))
-            if call.woke:
-                out_headers.append(("x-tidal-woke", "true"))
-            if upstream.content_length is not None and upstream.content_length <= 1 << 20:
-                # A small complete answer: one read, one write (most non-streamed completions).
-                answer = await upstream.read()
-                response = web.Response(status=upstream.status, body=answer)
-                for k, v in [*out_headers, *call.headers.items()]:
-                    response.headers.add(k, v)
-                if upstream.status == 200:
-                    call.usage = from_answer(answer)
-                return response
-            response = web.StreamResponse(status=upstream.status)
-            for k, v in [*out_headers, *call.headers.items()]:
-                response.headers.add(k, v)
-            await response.prepare(request)
-            meter = call.meter if upstream.status == 200 else None
-            async for chunk in upstream.iter_chunks():  # server-sent events pass through as they come
-                out = meter.feed(chunk) if meter else chunk
-                if out:
-                    await response.write(out)
-            if meter:
-                await response.write(meter.flush())
-            await response.write_eof()
-            return response
-        except (ConnectionError, asyncio.IncompleteReadError) as err:
-            if upstream is not None:
-                upstream.close()
-            log.warning("%s/%s: upstream %s:%s failed mid-response: %s", key[0], key[1], endpoint.host,
-                        endpoint.port, err)
-            return _error(502, "UpstreamFailed", f"the replica of {key[0]}/{key[1]} failed while answering")
-        finally:
-            endpoint.inflight -= 1
-            inflight.dec()
-            self._room_freed(key)
