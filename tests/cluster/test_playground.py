@@ -6,6 +6,7 @@ temporary directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -48,7 +49,12 @@ def playground(dev_cluster, operator, kubectl):
     kubectl("create", "namespace", keys_ns)
     gateway = start_activator(dev_cluster, operator, "--hold-timeout", "90", "--prometheus-url",
                               dev_cluster.prometheus_url, key_namespace=keys_ns)
+    # Prometheus scrapes the operator too (as `make up` and the chart's ServiceMonitor arrange): the
+    # playground's pictures of replicas and queue are the operator's series.
+    target = dev_cluster.state_dir / "targets" / "operator-playground.json"
+    target.write_text(json.dumps([{"targets": [operator.url.removeprefix("http://")], "labels": {"job": "operator"}}]))
     yield gateway, keys_ns
+    target.unlink()
     gateway.proc.terminate()
     gateway.proc.wait(10)
     kubectl("delete", "namespace", keys_ns, "--wait=false")
@@ -132,9 +138,10 @@ def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
     # The last hour of the awake model, from Prometheus.
     browser.find_element(By.CSS_SELECTOR, f"#models tr[data-model='{awake}'] button").click()
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#charts figure")) == 4, timeout=15,
-             what="four charts")
+             what=f"four charts ({text(browser, '#history-status')!r})")
     captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#charts figcaption")]
     assert captions[0].startswith("Replicas decided: now 1"), captions
+    assert captions[2].startswith("Queue and held requests: now 0"), captions
     shot(browser, "history", tmp_path)
     # The key stays in this tab's session storage only.
     assert browser.execute_script("return window.localStorage.length") == 0

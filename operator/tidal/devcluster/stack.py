@@ -84,9 +84,12 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
         "--prometheus-url", info.prometheus_url],
         f"http://127.0.0.1:{gw_metrics}/healthz",
         {"url": f"http://127.0.0.1:{gw_port}", "metrics": f"127.0.0.1:{gw_metrics}"})
-    # Prometheus scrapes the gateway: its held-request gauge is part of the autoscaler's query.
+    # Prometheus scrapes the gateway (its held-request gauge is part of the autoscaler's query) and the
+    # operator (replicas, cold starts, costs: the dashboards' and the playground's series).
     (state_dir / "targets" / "gateway.json").write_text(json.dumps(
         [{"targets": [gateway["metrics"]], "labels": {"job": "activator"}}]))
+    (state_dir / "targets" / "operator.json").write_text(json.dumps(
+        [{"targets": [operator["url"].removeprefix("http://")], "labels": {"job": "operator"}}]))
     info = cluster.info()
     info.extra.update({"operator_url": operator["url"], "gateway_url": gateway["url"],
                        "gateway_metrics_url": f"http://{gateway['metrics']}", "api_key": token,

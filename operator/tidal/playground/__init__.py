@@ -8,6 +8,7 @@ user typed: /v1/models for the live state, /v1/chat/completions for chat.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -20,11 +21,18 @@ HISTORY_S, STEP_S = 3600, 30
 SERIES = {
     "replicas": 'sum(tidal_autoscaler_desired_replicas{{namespace="{ns}", inferenceservice="{name}"}})',
     "ready": 'sum(tidal_service_ready_replicas{{namespace="{ns}", inferenceservice="{name}"}})',
-    "queue": 'sum(tidal_autoscaler_observed_queue{{namespace="{ns}", inferenceservice="{name}"}})'
-             ' + sum(tidal_activator_pending_requests{{namespace="{ns}", tidal_dev_inferenceservice="{name}"}})',
+    # Either side may have no series yet (a service that never held a request): count it as 0.
+    "queue": '(sum(tidal_autoscaler_observed_queue{{namespace="{ns}", inferenceservice="{name}"}}) or vector(0))'
+             ' + (sum(tidal_activator_pending_requests{{namespace="{ns}", tidal_dev_inferenceservice="{name}"}})'
+             ' or vector(0))',
     "latency_p50_s": 'histogram_quantile(0.5, sum by (le) (rate(tidal_gateway_request_duration_seconds_bucket'
                      '{{namespace="{ns}", tidal_dev_inferenceservice="{name}"}}[2m])))',
 }
+
+
+def _finite(value: str) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def add_routes(app: web.Application, gateway, prometheus) -> None:
@@ -56,7 +64,8 @@ def add_routes(app: web.Application, gateway, prometheus) -> None:
             except Exception as err:  # noqa: BLE001 - a picture missing must not fail the page
                 return web.json_response({"error": {"message": f"Prometheus: {err}", "type": "server_error",
                                                     "param": None, "code": "prometheus_error"}}, status=502)
-            out[series] = [[float(t), float(v)] for t, v in (result[0]["values"] if result else [])]
+            # JSON has no NaN: a quantile over a window without requests is null (a gap in the picture).
+            out[series] = [[float(t), _finite(v)] for t, v in (result[0]["values"] if result else [])]
         return web.json_response({"model": allowed.served_name, "step_seconds": STEP_S, "series": out})
 
     app.router.add_get("/playground", lambda r: web.HTTPFound("/playground/"))

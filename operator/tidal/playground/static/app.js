@@ -240,16 +240,22 @@ async function showHistory(model) {
   $("#history").hidden = false;
   $("#history-heading").textContent = "Last hour of " + model;
   setStatus($("#history-status"), "Reading Prometheus\u2026", false);
-  const response = await fetch("/playground/api/history?model=" + encodeURIComponent(model), { headers: headers() });
   const charts = $("#charts");
   charts.replaceChildren();
-  if (!response.ok) {
-    setStatus($("#history-status"), await errorMessage(response), true);
+  let body;
+  try {
+    const response = await fetch("/playground/api/history?model=" + encodeURIComponent(model), { headers: headers() });
+    if (!response.ok) {
+      setStatus($("#history-status"), await errorMessage(response), true);
+      return;
+    }
+    body = await response.json();
+  } catch (err) {
+    setStatus($("#history-status"), "Could not read the history: " + err, true);
     return;
   }
-  const body = await response.json();
   for (const [name, label] of Object.entries(SERIES)) {
-    const points = body.series[name] || [];
+    const points = (body.series[name] || []).filter((p) => p[1] !== null);
     const figure = document.createElement("figure");
     figure.className = "chart";
     const caption = document.createElement("figcaption");
