@@ -103,3 +103,46 @@ def test_the_command_writes_json_markdown_and_a_plot(tmp_path):
     assert [r["policy"] for r in report["results"]] == ["tidal", "keda-hpa", "knative-kpa"]
     assert "| tidal |" in (out / "simulation.md").read_text()
     assert (out / "simulation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- the clairvoyant bound and the workloads beyond one trace -----------------------------------------
+def test_clairvoyant_keeps_a_replica_across_a_gap_shorter_than_a_cold_start_and_restarts_across_a_longer_one():
+    from tidal.simulate.clairvoyant import clairvoyant_hours, needed_per_second
+    ten_seconds = LatencyModel(prefill_s_per_token=0, decode_s_per_token=0, overhead_s=10, max_concurrency=1)
+    # The worked example of clairvoyant.py: launched at -60 s, busy 0-10, idle 40 s (kept), busy 50-60.
+    short_gap = [Request(0, 1, 1), Request(50, 1, 1)]
+    assert needed_per_second(short_gap, ten_seconds)[:12] == [1] * 10 + [0, 0]
+    assert clairvoyant_hours(short_gap, ten_seconds, 60) * 3600 == pytest.approx(60 + 10 + 40 + 10)
+    # A 300 s gap: stopped, and launched again one cold start before the work returns.
+    assert clairvoyant_hours([Request(0, 1, 1), Request(310, 1, 1)], ten_seconds, 60) * 3600 == \
+        pytest.approx(60 + 10 + 60 + 10)
+    # Two requests at once on one slot per replica: two replicas, each paying its cold start.
+    assert clairvoyant_hours([Request(0, 1, 1), Request(0, 1, 1)], ten_seconds, 60) * 3600 == pytest.approx(140)
+
+
+def test_clairvoyant_is_never_dearer_than_a_policy_that_serves_without_waiting():
+    """On a trace every request of which Tidal starts at once (a warm replica, never saturated), the
+    clairvoyant schedule costs no more than Tidal did."""
+    from tidal.simulate.clairvoyant import clairvoyant_hours
+    trace = [Request(float(t), 1, 1) for t in range(0, 600, 7)]
+    result = simulate(trace, tidal(min_replicas=1), SimConfig(latency=ONE_SECOND, initial_replicas=1,
+                                                              cold_start_s=30))
+    assert result.wait_p99 == 0
+    assert clairvoyant_hours(trace, ONE_SECOND, 30) <= result.gpu_hours + 30 / 3600  # (Tidal's replica was warm)
+
+
+def test_rate_scaling_and_bursts_from_zero():
+    from tidal.simulate.workloads import bursts_from_zero, fleet, rate_scaled
+    trace = [Request(float(t), t + 1, 2 * t + 1) for t in range(100)]
+    fast = rate_scaled(trace, 4)
+    assert fast[-1].arrival == pytest.approx(99 / 4) and [r.input_tokens for r in fast] == [r.input_tokens for r in trace]
+    with pytest.raises(ValueError):
+        rate_scaled(trace, 0)
+    bursts = bursts_from_zero(trace, bursts=3, idle_s=900, surge_s=60, rate_per_s=10, seed=1)
+    assert bursts == bursts_from_zero(trace, bursts=3, idle_s=900, surge_s=60, rate_per_s=10, seed=1)  # seeded
+    starts = [bursts[0].arrival] + [b.arrival for a, b in zip(bursts, bursts[1:]) if b.arrival - a.arrival > 600]
+    assert len(starts) == 3 and 400 < len(bursts) < 2000  # about 600 requests in three surges
+    assert {(r.input_tokens, r.output_tokens) for r in bursts} <= {(r.input_tokens, r.output_tokens) for r in trace}
+    services = fleet(trace, services=5, seed=2)
+    assert len(services) == 5 and all(s == sorted(s, key=lambda r: r.arrival) for s in services)
+    assert len({len(s) for s in services}) > 1  # scaled differently

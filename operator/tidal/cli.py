@@ -186,12 +186,23 @@ def _simulate(args: argparse.Namespace) -> int:
     from .simulate.trace import load_trace
     from .simserver.latency import LatencyModel
 
+    from .simulate.clairvoyant import clairvoyant_hours
+    from .simulate.workloads import bursts_from_zero, rate_scaled
+
     started = time.monotonic()
     try:
         requests = load_trace(Path(args.trace))
     except (OSError, ValueError) as err:
         print(f"error: cannot read the trace: {err}", file=sys.stderr)
         return 2
+    if args.workload == "bursts":
+        requests = bursts_from_zero(requests, seed=args.seed)  # sizes from the trace, timing generated
+    if args.rate_scale != 1:
+        try:
+            requests = rate_scaled(requests, args.rate_scale)
+        except ValueError as err:
+            print(f"error: --rate-scale: {err}", file=sys.stderr)
+            return 2
     names = list(POLICIES) if args.policy == "all" else [args.policy]
     latency = LatencyModel(max_concurrency=args.max_concurrency)
     cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
@@ -200,7 +211,8 @@ def _simulate(args: argparse.Namespace) -> int:
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
                      scale_down_window_s=args.scale_down_window)
     results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
-    paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace)
+    paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
+                  clairvoyant_hours(requests, latency, args.cold_start))
     print()
     print(paths["markdown"].read_text())
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']} in {time.monotonic() - started:.1f} s")
@@ -311,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scale-down-window", type=float, default=_scaling_default("scaleDownStabilizationSeconds"),
                      help="Tidal's scale-down window; default: the API's")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--rate-scale", type=float, default=1.0,
+                     help="replay the trace this many times faster (arrival rate x N, same requests)")
+    sim.add_argument("--workload", choices=["trace", "bursts"], default="trace",
+                     help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
+                          "minutes (request sizes drawn from the trace)")
     sim.set_defaults(func=_simulate)
 
     act = sub.add_parser("activator", help="the request gateway: routes to ready replicas, holds requests "

@@ -34,13 +34,16 @@ def run_all(requests: list[Request], names: list[str], cfg: SimConfig, scaling: 
     return results
 
 
-def markdown(results: list[Result], limit_hours: float, cfg: SimConfig) -> str:
-    lines = [f"| policy | GPU-replica-hours | cold starts | waited > {cfg.slo_wait_s:g} s | lost | queue wait p50 / p99 "
-             "| TTFT p50 / p99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+def markdown(results: list[Result], limit_hours: float, cfg: SimConfig, clairvoyant: float | None = None) -> str:
+    lines = [f"| policy | GPU-replica-hours | x clairvoyant | cold starts | waited > {cfg.slo_wait_s:g} s | lost "
+             "| queue wait p50 / p99 | TTFT p50 / p99 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r.policy} | {r.gpu_hours:.3f} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
+        ratio = f"{r.gpu_hours / clairvoyant:.2f}" if clairvoyant else ""
+        lines.append(f"| {r.policy} | {r.gpu_hours:.3f} | {ratio} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
                      f"{r.wait_p50:.2f} s / {r.wait_p99:.1f} s | {r.ttft_p50:.2f} s / {r.ttft_p99:.1f} s |")
-    lines.append(f"| physical limit (all slots always busy) | {limit_hours:.3f} | | | | | |")
+    if clairvoyant is not None:
+        lines.append(f"| clairvoyant (knows every arrival; no request waits) | {clairvoyant:.3f} | 1.00 | | 0 | 0 | | |")
+    lines.append(f"| physical limit (all slots always busy) | {limit_hours:.3f} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -67,17 +70,18 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: list[Result], limit_hours: float, cfg: SimConfig, out: Path, trace: str) -> dict[str, Path]:
+def write(results: list[Result], limit_hours: float, cfg: SimConfig, out: Path, trace: str,
+          clairvoyant: float | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "simulation.json", "markdown": out / "simulation.md", "png": out / "simulation.png"}
     paths["json"].write_text(json.dumps({
         "trace": trace, "config": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
                                    for k, v in cfg.__dict__.items()},
-        "physical_limit_gpu_hours": limit_hours,
+        "physical_limit_gpu_hours": limit_hours, "clairvoyant_gpu_hours": clairvoyant,
         "results": [r.row() for r in results]}, indent=2, default=str))
     paths["markdown"].write_text(f"Trace: `{trace}`, cold start {cfg.cold_start_s:g} s, SLO: queue wait "
                                  f"<= {cfg.slo_wait_s:g} s, Prometheus scrape every {cfg.scrape_interval_s:g} s.\n\n"
-                                 + markdown(results, limit_hours, cfg))
+                                 + markdown(results, limit_hours, cfg, clairvoyant))
     plot(results, paths["png"])
     return paths
 
