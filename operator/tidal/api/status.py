@@ -13,7 +13,8 @@ class Condition(_Model):
     type: str = Field(description="Condition type: `Ready` (serving or able to serve), `Valid` (the spec "
                                   "can be run here), `ScalingActive` (the autoscaler has the metrics it "
                                   "needs), `ScalingLimited` (it wants replicas the node pool cannot "
-                                  "place).")
+                                  "place), `Routable` (requests naming its served model through the gateway "
+                                  "reach it; False when another service claimed the name first).")
     status: str = Field(description="`True`, `False` or `Unknown`.")
     reason: str = Field(description="One CamelCase word a program can match on.")
     message: str = Field("", description="What happened, for a person.")
