@@ -220,3 +220,15 @@ def test_network_policy_admits_the_gateway_and_prometheus_and_nothing_else(engin
     for rule in policy["spec"]["ingress"]:
         for peer in rule["from"]:
             assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"]
+
+
+def test_gateway_errors_take_the_kserve_shape_for_v2_clients_and_engine_answers_pass_untouched():
+    from aiohttp import web
+
+    from tidal.activator import errors
+    made = errors.rate_limited("requests", "5", 12, {"x-ratelimit-limit-requests": "5"})
+    kserve = errors.in_kserve_shape(made)
+    assert kserve.status == 429 and json.loads(kserve.body) == {"error": json.loads(made.body)["error"]["message"]}
+    assert kserve.headers["Retry-After"] == "12" and kserve.headers["x-ratelimit-limit-requests"] == "5"
+    engine = web.json_response({"error": "model 'x' is not ready"}, status=400)  # Triton's own answer
+    assert errors.in_kserve_shape(engine) is engine

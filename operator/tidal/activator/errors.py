@@ -2,6 +2,8 @@
 401, PermissionDeniedError 403, NotFoundError 404, RateLimitError 429, InternalServerError 5xx):
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}
+
+and, for KServe v2 requests (Triton's /v2/ paths), in that protocol's shape: {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -14,8 +16,20 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
     out = dict(headers or {})
     if retry_after is not None:
         out["Retry-After"] = str(retry_after)
-    return web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                             status=status, headers=out or None)
+    response = web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                                 status=status, headers=out or None)
+    response["tidal_error"] = message  # made by the gateway, not passed through from an engine
+    return response
+
+
+def in_kserve_shape(response: web.StreamResponse) -> web.StreamResponse:
+    """A gateway error as the KServe v2 protocol shapes errors, {"error": "<message>"}: for /v2/ requests,
+    whose clients (tritonclient) read `error` as a string. Engine answers pass through untouched."""
+    message = response.get("tidal_error") if isinstance(response, web.Response) else None
+    if message is None:
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after",) or k.lower().startswith("x-")}
+    return web.json_response({"error": message}, status=response.status, headers=headers or None)
 
 
 def missing_key() -> web.Response:

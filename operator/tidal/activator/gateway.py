@@ -102,6 +102,12 @@ class Gateway(Holding, Proxying):
 
     # ---- one request -----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._handle(request)
+        if "/v2/" in request.path and not response.prepared:  # KServe v2: errors in its own shape
+            return errors.in_kserve_shape(response)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         key = None
         if self.keys is not None:
