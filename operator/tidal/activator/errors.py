@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+GATEWAY_ERROR = web.ResponseKey("tidal_error", str)  # set on the errors the gateway makes itself
+
 
 def openai_error(status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
                  retry_after: int | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -18,14 +20,14 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
         out["Retry-After"] = str(retry_after)
     response = web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}},
                                  status=status, headers=out or None)
-    response["tidal_error"] = message  # made by the gateway, not passed through from an engine
+    response[GATEWAY_ERROR] = message  # made by the gateway, not passed through from an engine
     return response
 
 
 def in_kserve_shape(response: web.StreamResponse) -> web.StreamResponse:
     """A gateway error as the KServe v2 protocol shapes errors, {"error": "<message>"}: for /v2/ requests,
     whose clients (tritonclient) read `error` as a string. Engine answers pass through untouched."""
-    message = response.get("tidal_error") if isinstance(response, web.Response) else None
+    message = response.get(GATEWAY_ERROR) if isinstance(response, web.Response) else None
     if message is None:
         return response
     headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after",) or k.lower().startswith("x-")}

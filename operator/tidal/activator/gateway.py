@@ -201,7 +201,8 @@ class Gateway(Holding, Proxying):
     def _account(self, call: Call, response: web.StreamResponse) -> None:
         namespace, name = call.service
         self.metrics.responses.labels(namespace, name, f"{response.status // 100}xx").inc()
-        self.metrics.duration.labels(namespace, name).observe(time.monotonic() - call.arrived)
+        if call.service in self.catalog.entries:  # a path may name any service: no series for made-up ones
+            self.metrics.duration.labels(namespace, name).observe(time.monotonic() - call.arrived)
         key_id = call.key.id if call.key else "-"
         self.metrics.requests.labels(key_id, call.model, f"{response.status // 100}xx").inc()
         usage = call.meter.usage if call.meter else call.usage

@@ -89,7 +89,8 @@ class Holding:
             if line is not None:
                 if turn is not None:
                     line.leave(turn)
-                self.metrics.held.labels(*key).observe(time.monotonic() - held_at)
+                if key in self.catalog.entries:  # a path may name any service: no series for made-up ones
+                    self.metrics.held.labels(*key).observe(time.monotonic() - held_at)
                 self._pending[key] -= 1
                 self.metrics.pending.labels(*key).set(self._pending[key])
                 if not self._pending[key]:
