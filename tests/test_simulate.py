@@ -146,3 +146,21 @@ def test_rate_scaling_and_bursts_from_zero():
     services = fleet(trace, services=5, seed=2)
     assert len(services) == 5 and all(s == sorted(s, key=lambda r: r.arrival) for s in services)
     assert len({len(s) for s in services}) > 1  # scaled differently
+
+
+def test_a_fleet_sharing_one_gpu_makes_the_second_cold_start_wait_for_it():
+    """Two services, one GPU: the second service's replica is Pending until the first one's is removed, and
+    only then starts its cold start; GPU time counts from when a replica holds the GPU."""
+    from tidal.simulate.fleet import simulate_fleet
+    cfg = SimConfig(latency=ONE_SECOND, cold_start_s=10, hold_timeout_s=1000)
+    policy = lambda: tidal(idle_seconds=20, scale_down_window_s=0, max_replicas=1)  # noqa: E731
+    traces = [[Request(0.0, 1, 1)], [Request(1.0, 1, 1)]]
+    shared = simulate_fleet(traces, policy, cfg, pool_gpus=1)
+    ample = simulate_fleet(traces, policy, cfg, pool_gpus=2)
+    assert ample.pending_launches == 0 and shared.pending_launches == 1
+    assert shared.lost == ample.lost == 0 and shared.cold_starts == ample.cold_starts == 2
+    # Alone, each waits one cold start (10 s). Sharing, the second waits for the first replica to idle out
+    # (served at 10-11 s, then idle 20 s) and then for a cold start of its own: over 30 s.
+    assert ample.wait_max == pytest.approx(10, abs=1) and shared.wait_max > 30
+    # The pool's cost is the first replica's idle time that the second service waited through, on top.
+    assert shared.gpu_hours > ample.gpu_hours

@@ -205,6 +205,8 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
     names = list(POLICIES) if args.policy == "all" else [args.policy]
     latency = LatencyModel(max_concurrency=args.max_concurrency)
+    if args.fleet:
+        return _simulate_fleet(args, requests, names, latency, started)
     cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
                     seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
@@ -216,6 +218,46 @@ def _simulate(args: argparse.Namespace) -> int:
     print()
     print(paths["markdown"].read_text())
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _simulate_fleet(args, requests, names, latency, started) -> int:
+    """--fleet N: N services built from the trace (shifted, scaled), sharing a pool of --pool-gpus GPUs."""
+    import time
+
+    from .autoscaling import Policy
+    from .simulate.clairvoyant import clairvoyant_hours
+    from .simulate.engine import SimConfig
+    from .simulate.fleet import simulate_fleet
+    from .simulate.report import make_policy
+    from .simulate.workloads import fleet
+
+    traces = fleet(requests, args.fleet, seed=args.seed)
+    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
+                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
+                     scale_down_window_s=args.scale_down_window)
+    bound = sum(clairvoyant_hours(t, latency, args.cold_start) for t in traces)
+    print(f"{args.fleet} services, {sum(len(t) for t in traces):,} requests, a pool of {args.pool_gpus} GPUs")
+    rows = []
+    for name in names:
+        print(f"simulating {name} over the fleet", flush=True)
+        r = simulate_fleet(traces, lambda n=name: make_policy(n, cfg, scaling), cfg, args.pool_gpus)
+        rows.append(r)
+    table = [f"| policy | pool GPU-hours | x clairvoyant | cold starts | waited for a GPU | waited > {args.slo:g} s | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {r.policy} | {r.gpu_hours:.2f} | {r.gpu_hours / bound:.2f} | {r.cold_starts} | {r.pending_launches} | "
+              f"{r.slo_misses} | {r.lost} |" for r in rows]
+    table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.md").write_text("\n".join(table) + "\n")
+    (out / "fleet.json").write_text(json.dumps({"services": args.fleet, "pool_gpus": args.pool_gpus,
+                                                "clairvoyant_gpu_hours": bound,
+                                                "results": [r.__dict__ for r in rows]}, indent=2))
+    print("\n".join(table))
+    print(f"wrote {out / 'fleet.md'}, {out / 'fleet.json'} in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -325,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--rate-scale", type=float, default=1.0,
                      help="replay the trace this many times faster (arrival rate x N, same requests)")
+    sim.add_argument("--fleet", type=int, default=0, metavar="N",
+                     help="simulate N services built from the trace (shifted and scaled), sharing a pool")
+    sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool")
     sim.add_argument("--workload", choices=["trace", "bursts"], default="trace",
                      help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
                           "minutes (request sizes drawn from the trace)")

@@ -25,6 +25,36 @@ class Replica:
         return not self.draining and self.ready_at <= now
 
 
+class Pool:
+    """A node pool with a fixed number of GPUs shared by a fleet of services (one GPU per replica). A replica
+    launched while every GPU is taken waits (Pending) and starts its cold start when one frees, oldest first."""
+
+    def __init__(self, gpus: int):
+        self.free = gpus
+        self.pending: collections.deque = collections.deque()  # (service, replica) waiting for a GPU
+        self.started: list = []  # (service, replica) given a GPU by a release, for the loop to schedule
+
+    def take(self, service: "Service", replica: "Replica", now: float) -> bool:
+        if self.free > 0:
+            self.free -= 1
+            return True
+        self.pending.append((service, replica))
+        return False
+
+    def release(self, now: float) -> None:
+        self.free += 1
+        while self.pending and self.free > 0:
+            service, replica = self.pending.popleft()
+            if replica.draining:  # scaled away before it ever got a GPU
+                continue
+            self.free -= 1
+            replica.launched, replica.ready_at = now, now + service.cold_start()
+            self.started.append((service, replica))
+
+    def withdraw(self, replica: "Replica") -> None:
+        self.pending = collections.deque((s, r) for s, r in self.pending if r is not replica)
+
+
 @dataclass
 class Outcome:
     arrival: float
@@ -43,6 +73,7 @@ class Service:
     queue: collections.deque = field(default_factory=collections.deque)  # (arrival, Request)
     outcomes: list[Outcome] = field(default_factory=list)
     cold_starts: int = 0
+    pool: Pool | None = None  # a finite pool shared with other services; None: a GPU is always free
     _ids: int = 0
 
     def __post_init__(self):
@@ -77,16 +108,28 @@ class Service:
             self._ids += 1
             replica = Replica(self._ids, now, now + self.cold_start())
             self.replicas.append(replica)
-            launched.append(replica)
             self.cold_starts += 1
+            if self.pool is not None and not self.pool.take(self, replica, now):
+                replica.launched, replica.ready_at = math.inf, math.inf  # Pending: no GPU, no cost yet
+                continue
+            launched.append(replica)
         if desired < len(live):
             # Like a ReplicaSet: not-ready pods go first, then the least busy.
             victims = sorted(live, key=lambda r: (r.ready(now), r.inflight))[: len(live) - desired]
             for r in victims:
                 r.draining = True
-                if r.inflight == 0:
-                    r.removed_at = now
+                if r.launched == math.inf:  # never got a GPU
+                    r.removed_at = r.launched
+                    if self.pool is not None:
+                        self.pool.withdraw(r)
+                elif r.inflight == 0:
+                    self._remove(r, now)
         return launched
+
+    def _remove(self, replica: Replica, now: float) -> None:
+        replica.removed_at = now
+        if self.pool is not None:
+            self.pool.release(now)
 
     # ---- requests --------------------------------------------------------------------------------
     def dispatch(self, now: float) -> list[tuple[float, Replica]]:
@@ -108,7 +151,7 @@ class Service:
     def finish(self, replica: Replica, now: float) -> None:
         replica.inflight -= 1
         if replica.draining and replica.inflight == 0:
-            replica.removed_at = now
+            self._remove(replica, now)
 
     def expire(self, now: float, timeout: float) -> None:
         """Requests held longer than `timeout` get an error (the activator's 503): lost."""
@@ -117,4 +160,5 @@ class Service:
             self.outcomes.append(Outcome(arrival, now - arrival, math.inf, lost=True))
 
     def gpu_seconds(self, end: float) -> float:
-        return sum((r.removed_at if r.removed_at is not None else end) - r.launched for r in self.replicas)
+        return sum((r.removed_at if r.removed_at is not None else end) - r.launched for r in self.replicas
+                   if r.launched != math.inf)

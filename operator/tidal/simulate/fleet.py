@@ -1,0 +1,118 @@
+"""A fleet: many services, each with its own trace and its own policy, sharing one node pool with a fixed
+number of GPUs. A cold start may wait for a GPU (Pending, as a full pool does in a cluster); cost is the
+pool's GPU time in use. The same event kinds as the one-service loop, tagged with the service."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from .engine import SimConfig
+from .policies import View
+from .service import Pool, Service
+from .trace import Request
+
+
+@dataclass
+class FleetResult:
+    policy: str
+    services: int
+    requests: int
+    gpu_hours: float
+    cold_starts: int
+    slo_misses: int
+    lost: int
+    pending_launches: int  # replicas that had to wait for a GPU
+    wait_max: float  # the longest queue wait of a served request
+
+
+def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, pool_gpus: int) -> FleetResult:
+    pool = Pool(pool_gpus)
+    services = [Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed + i, pool=pool)
+                for i in range(len(traces))]
+    policies = [make_policy() for _ in traces]
+    events: list = []
+    seq = itertools.count()
+    waited_for_gpu = 0
+
+    def push(t, kind, i, payload=None):
+        heapq.heappush(events, (t, next(seq), kind, i, payload))
+
+    for i, trace in enumerate(traces):
+        for request in trace:
+            push(request.arrival, "arrival", i, request)
+        push(0.0, "tick", i)
+        push(0.0, "scrape", i)
+        if policies[i].observe_s:
+            push(0.0, "observe", i)
+    scraped = [(0.0, 0.0)] * len(traces)
+    remaining = [len(t) for t in traces]
+    end = max((t[-1].arrival for t in traces if t), default=0.0)
+    last_done = 0.0
+
+    def view(i, now):
+        svc = services[i]
+        ready = svc.ready_count(now)
+        return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
+                    svc.waiting() if ready == 0 else 0)
+
+    def act(i, desired, now):
+        nonlocal waited_for_gpu
+        svc = services[i]
+        if desired is not None and desired != svc.current():
+            before = len(pool.pending)
+            for replica in svc.scale_to(desired, now):
+                push(replica.ready_at, "ready", i, replica)
+            waited_for_gpu += max(0, len(pool.pending) - before)
+        started_by_release()
+
+    def started_by_release():
+        while pool.started:
+            svc, replica = pool.started.pop()
+            push(replica.ready_at, "ready", services.index(svc), replica)
+
+    def start(i, now):
+        for done_at, replica in services[i].dispatch(now):
+            push(done_at, "done", i, replica)
+
+    while events:
+        now, _, kind, i, payload = heapq.heappop(events)
+        svc, policy = services[i], policies[i]
+        if kind in ("tick", "scrape", "observe") and not any(remaining) and \
+                all(not s.queue and s.running() == 0 for s in services):
+            break  # every trace is served. (A service done early keeps deciding: it must free its GPUs.)
+        if kind == "arrival":
+            remaining[i] -= 1
+            svc.queue.append((now, payload))
+            if svc.ready_count(now) == 0:
+                act(i, policy.poke(view(i, now)), now)
+            start(i, now)
+        elif kind == "done":
+            last_done = max(last_done, now)
+            svc.finish(payload, now)
+            started_by_release()
+            start(i, now)
+        elif kind == "ready":
+            start(i, now)
+        elif kind == "tick":
+            svc.expire(now, cfg.hold_timeout_s)
+            act(i, policy.tick(view(i, now)), now)
+            start(i, now)
+            push(now + policy.tick_s, "tick", i)
+        elif kind == "observe":
+            policy.observe(view(i, now))
+            push(now + policy.observe_s, "observe", i)
+        elif kind == "scrape":
+            scraped[i] = (float(svc.waiting()), float(svc.running())) if svc.ready_count(now) else (0.0, 0.0)
+            push(now + cfg.scrape_interval_s, "scrape", i)
+    stop = max(last_done, end)
+    outcomes = [o for s in services for o in s.outcomes]
+    total = sum(len(t) for t in traces)
+    return FleetResult(
+        policy=policies[0].name if policies else "", services=len(traces), requests=total,
+        gpu_hours=sum(s.gpu_seconds(stop) for s in services) / 3600,
+        cold_starts=sum(s.cold_starts for s in services),
+        slo_misses=sum(1 for o in outcomes if o.lost or o.wait > cfg.slo_wait_s),
+        lost=sum(1 for o in outcomes if o.lost) + total - len(outcomes), pending_launches=waited_for_gpu,
+        wait_max=max((o.wait for o in outcomes if not o.lost), default=0.0))
