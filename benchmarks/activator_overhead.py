@@ -45,11 +45,11 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} never answered")
 
 
-async def drive(url: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+async def drive(url: str, requests: int, concurrency: int, headers: dict | None = None) -> tuple[list[float], float]:
     latencies: list[float] = []
     body = {"model": "m", "prompt": "hello", "max_tokens": 1}
     started = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as http:
         remaining = iter(range(requests))
 
         async def worker():
@@ -63,6 +63,13 @@ async def drive(url: str, requests: int, concurrency: int) -> tuple[list[float],
     return latencies, time.perf_counter() - started
 
 
+def start_instant_engine(port: int) -> subprocess.Popen:
+    """A simulated vLLM engine serving model "m" that answers at once: what is measured is the hop."""
+    return subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--port", str(port),
+                             "--served-model-name", "m", "--max-concurrency", "256", "--prefill-s-per-token", "0",
+                             "--decode-s-per-token", "0", "--overhead-s", "0"], stdout=subprocess.DEVNULL)
+
+
 def pct(values, q):
     values = sorted(values)
     return values[int(q * (len(values) - 1))]
@@ -74,9 +81,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     engine_port, act_port, act_metrics = free_port(), free_port(), free_port()
-    engine = subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--port", str(engine_port),
-                               "--served-model-name", "m", "--max-concurrency", "256", "--prefill-s-per-token", "0",
-                               "--decode-s-per-token", "0", "--overhead-s", "0"], stdout=subprocess.DEVNULL)
+    engine = start_instant_engine(engine_port)
     activator = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1",
                                   "--port", str(act_port), "--metrics-port", str(act_metrics),
                                   "--static-endpoint", f"bench/m=127.0.0.1:{engine_port}",

@@ -17,31 +17,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import aiohttp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from activator_overhead import cpu_seconds, free_port, pct, wait_http  # noqa: E402
+from activator_overhead import cpu_seconds, free_port, pct, start_instant_engine, wait_http  # noqa: E402
+from activator_overhead import drive as drive_plain  # noqa: E402
 
 TOKEN = "bench-" + "k" * 32
 
 
 async def drive(url: str, requests: int, concurrency: int) -> list[float]:
-    latencies: list[float] = []
-    body = {"model": "m", "prompt": "hello", "max_tokens": 1}
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as http:
-        remaining = iter(range(requests))
-
-        async def worker():
-            for _ in remaining:
-                t0 = time.perf_counter()
-                async with http.post(url, json=body) as r:
-                    await r.read()
-                    assert r.status == 200, (r.status, await r.text())
-                latencies.append(time.perf_counter() - t0)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies, _ = await drive_plain(url, requests, concurrency, {"Authorization": f"Bearer {TOKEN}"})
     return latencies
 
 
@@ -86,9 +72,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     engine_port, gw_port, gw_metrics = free_port(), free_port(), free_port()
-    engine = subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--port", str(engine_port),
-                               "--served-model-name", "m", "--max-concurrency", "256", "--prefill-s-per-token", "0",
-                               "--decode-s-per-token", "0", "--overhead-s", "0"], stdout=subprocess.DEVNULL)
+    engine = start_instant_engine(engine_port)
     gateway = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1",
                                 "--port", str(gw_port), "--metrics-port", str(gw_metrics),
                                 "--static-endpoint", f"bench/m@m=127.0.0.1:{engine_port}",

@@ -47,3 +47,15 @@ class TextServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sample_sum(text: str, name: str, **labels) -> float:
+    """The sum of a metric's samples in an exposition whose labels include `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def metric_value(url: str, name: str, **labels) -> float:
+    """sample_sum of what `<url>/metrics` serves now."""
+    import urllib.request
+    return sample_sum(urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode(), name, **labels)

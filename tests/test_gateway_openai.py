@@ -13,6 +13,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from tests.exposition import sample_sum
 from tidal.activator.catalog import Catalog, Entry
 from tidal.activator.endpoints import Endpoint, Endpoints
 from tidal.activator.gateway import Gateway
@@ -68,12 +69,7 @@ class Stack:
 
     def counter(self, name, **labels) -> float:
         from prometheus_client import generate_latest
-        text = generate_latest(self.gateway.metrics.registry).decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sample_sum(generate_latest(self.gateway.metrics.registry).decode(), name, **labels)
 
 
 def run(coro):

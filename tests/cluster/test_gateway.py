@@ -18,6 +18,7 @@ from tests.cluster.test_autoscaler import apply, replicas, service
 from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import start_activator
+from tests.exposition import metric_value
 
 pytestmark = pytest.mark.cluster
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -40,12 +41,6 @@ def keyed(dev_cluster, operator, kubectl):
     gateway.proc.terminate()
     gateway.proc.wait(10)
     kubectl("delete", "namespace", keys_ns, "--wait=false")
-
-
-def gateway_counter(gateway, name, **labels) -> float:
-    text = urllib.request.urlopen(f"{gateway.metrics_url}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
 def test_one_base_url_lists_wakes_and_serves_two_models_under_api_keys(keyed, kubectl, namespace):
@@ -87,8 +82,8 @@ def test_one_base_url_lists_wakes_and_serves_two_models_under_api_keys(keyed, ku
 
     seen = asyncio.run(scenario())
     for model, (prompt, completion) in seen.items():
-        assert gateway_counter(gateway, "tidal_gateway_completion_tokens_total", key="full", model=model) == completion
-        assert gateway_counter(gateway, "tidal_gateway_prompt_tokens_total", key="full", model=model) == prompt
+        assert metric_value(gateway.metrics_url, "tidal_gateway_completion_tokens_total", key="full", model=model) == completion
+        assert metric_value(gateway.metrics_url, "tidal_gateway_prompt_tokens_total", key="full", model=model) == prompt
 
 
 def test_no_key_a_wrong_key_and_a_revoked_key_get_401_and_revocation_takes_effect_within_a_second(

@@ -22,6 +22,7 @@ from tests.cluster.chart_helpers import CHART, helm
 from tests.cluster.test_activator import burst
 from tests.cluster.test_autoscaler import apply, replicas, service
 from tests.cluster.test_smoke import wait_for
+from tests.exposition import metric_value
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,12 +78,6 @@ def prometheus_query(info, expr: str) -> list:
     answer = json.loads(urllib.request.urlopen(url, timeout=10).read())
     assert answer["status"] == "success", answer
     return answer["data"]["result"]
-
-
-def metric_value(url: str, name: str, **labels) -> float:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
 def test_every_dashboard_query_returns_data_and_cold_starts_count_the_wake_ups(

@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 
+log = logging.getLogger("tidal.activator.keys")
 KEY_LABEL = "tidal.dev/api-key"
 TOKEN_FIELD = "key"
 MODELS_ANNOTATION = "tidal.dev/models"
@@ -124,10 +126,7 @@ class KeyRing:
 def watch_keys(core, ring: KeyRing, loop, namespace: str, on_listed=None, on_removed=None) -> None:
     """Blocking: keep `ring` equal to the API-key Secrets of `namespace`. A change takes effect at the
     watch event (well under a second after `kubectl apply`/`delete`), without a restart."""
-    import logging
-
     from .watching import list_then_watch
-    log = logging.getLogger("tidal.activator.keys")
 
     def put(secret) -> None:
         meta = secret.metadata

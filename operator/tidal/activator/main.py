@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .catalog import Catalog, watch_services
+from .catalog import Catalog, Entry, watch_services
 from .endpoints import Endpoint, Endpoints, watch_pods
 from .gateway import Gateway, Limits
-from .catalog import Entry
 from .keys import ApiKey, KeyRing, digest, watch_keys
 
 

@@ -42,14 +42,13 @@ class Proxying:
             except Refused as err:
                 log.info("%s/%s: %s", key[0], key[1], err)
                 return None
-            if upstream.status != 503:
-                self.metrics.answered(key, call.arrived, time.monotonic())
             if upstream.status == 503:
                 # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
                 # moment, and the request goes to another replica, or is held and wakes the service.
                 endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
                 upstream.close()
                 return None
+            self.metrics.answered(key, call.arrived, time.monotonic())
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
             # What the gateway did with the request, for clients and the playground to show.
             out_headers.append(("x-tidal-held-seconds", f"{call.held_s:.3f}"))

@@ -8,6 +8,7 @@ readable by its owner only. Running it twice reuses what is running.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -54,7 +55,6 @@ def _bootstrap_key(info: ClusterInfo) -> str:
     found = _kubectl(info, "get", "secret", BOOTSTRAP_KEY, "-n", KEYS_NAMESPACE, "-o", "jsonpath={.data.key}",
                      check=False)
     if found.returncode == 0 and found.stdout:
-        import base64
         return base64.b64decode(found.stdout).decode()
     token = "tidal-" + secrets.token_urlsafe(32)
     _kubectl(info, "apply", "-f", "-", input=json.dumps({
