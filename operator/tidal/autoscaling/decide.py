@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .limits import (cap_at_pool_capacity, capacity_exhausted, clamp, idle_long_enough, limit_scale_down, limit_scale_up, recommend, stabilise_down,
-                     stabilise_up, within_tolerance)
+from .limits import (cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog, idle_long_enough,
+                     limit_scale_down, limit_scale_up, recommend, replicas_to_drain, stabilise_down, stabilise_up,
+                     within_tolerance)
 from .policy import Policy
 
 
@@ -16,6 +17,9 @@ class Observation:
     waiting: float | None  # requests queued in the engines; None when the metrics are unavailable
     running: float | None  # requests being generated; None when unavailable
     pending: float = 0.0  # requests the activator holds for this service (it is at zero or waking)
+    held_rate: float = 0.0  # held requests arriving per second (the activator's count over a few seconds)
+    cold_start_s: float | None = None  # this service's last measured cold start; None: never woke yet
+    request_s: float | None = None  # how long a request keeps a slot, recently (the activator's average)
     unschedulable: int = 0  # replicas the scheduler cannot place: their node pool is full
     pool_capacity: int | None = None  # the most replicas the node pool could hold; None: unknown
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
@@ -47,20 +51,52 @@ def _hold(obs: Observation, policy: Policy, state: ScalerState, reason: str, mes
     return Decision(clamp(obs.current, policy.min_replicas, policy.max_replicas), reason, message, state)
 
 
-def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> Decision:
-    since = state.observing_since if state.observing_since is not None else now
-    state = replace(state, observing_since=since)
-    if obs.current == 0 and obs.pending > 0:
-        # A request is held at the activator: wake at once, metrics or not.
-        wanted = clamp(max(1, recommend(obs.pending, 0, policy.target_queue, policy.max_concurrency)),
-                       max(1, policy.min_replicas), policy.max_replicas)
-        wanted = limit_scale_up(0, wanted, policy.scale_up_rate, policy.scale_up_step)
+def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> Decision:
+    """Requests are held and nothing serves yet: act at once, metrics or not, and size the service for
+    what will be waiting when the replicas are ready, so a surge from zero pays one cold start, not
+    two (one replica first, the rest only once it serves and its queue shows)."""
+    backlog = expected_backlog(obs.pending, obs.held_rate, obs.cold_start_s)
+    # At most one slot (or target queue place) for every request expected...
+    sized = recommend(backlog, 0, policy.target_queue, policy.max_concurrency)
+    if obs.request_s and obs.cold_start_s and policy.max_concurrency > 0:
+        # ...and no more than it takes to serve that backlog within `wake_drain_s` of being ready while
+        # requests keep coming: short requests drain fast (2.6/s at 4 s a request is 10 busy slots of 48).
+        horizon = min(obs.cold_start_s, policy.wake_drain_s)
+        sized = min(sized, replicas_to_drain(backlog, obs.held_rate, obs.request_s, horizon,
+                                             policy.max_concurrency))
+    wanted = clamp(max(1, sized), max(1, policy.min_replicas), policy.max_replicas)
+    wanted = limit_scale_up(obs.current, wanted, policy.scale_up_rate, policy.scale_up_step)
+    why = (f"{obs.pending:g} request(s) held by the activator, arriving at {obs.held_rate:.3g}/s: "
+           f"{backlog:.0f} expected when a replica is ready")
+    if obs.request_s:
+        why += f", {obs.request_s:.1f} s a request"
+    state = replace(state, last_active=now)
+    if obs.current == 0:
         # minReplicas is the user's floor and wins over the pool's size: the replicas beyond what the
         # pool holds stay Pending and say so (Unschedulable), which is what a cluster autoscaler adds
         # nodes for. The pool caps only what the autoscaler adds on its own account.
         wanted = max(1, policy.min_replicas, cap_at_pool_capacity(wanted, 0, obs.pool_capacity))
-        state = replace(state, last_active=now, last_scale=now)
-        return Decision(wanted, "ActivatorWake", f"{obs.pending:g} request(s) held by the activator", state, wanted)
+        return Decision(wanted, "ActivatorWake", why, replace(state, last_scale=now), sized)
+    keep = clamp(obs.current, policy.min_replicas, policy.max_replicas)
+    if wanted <= obs.current:
+        return Decision(keep, "WaitingForFirstReplica", f"{why}; {obs.current} replica(s) starting are enough",
+                        state, sized)
+    if capacity_exhausted(obs.unschedulable):
+        return Decision(keep, "Unschedulable", f"{why}; {obs.unschedulable} replica(s) cannot be scheduled "
+                                               "(the node pool is full), so no more are added", state, sized)
+    fits = cap_at_pool_capacity(wanted, obs.current, obs.pool_capacity)
+    if fits <= obs.current:
+        return Decision(keep, "Unschedulable", f"{why}; the node pool holds at most {obs.pool_capacity} "
+                                               "replica(s)", state, sized)
+    return Decision(fits, "WakeForBacklog", f"{why}; {obs.current} replica(s) starting are not enough",
+                    replace(state, last_scale=now), sized)
+
+
+def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> Decision:
+    since = state.observing_since if state.observing_since is not None else now
+    state = replace(state, observing_since=since)
+    if obs.ready == 0 and obs.pending > 0:
+        return _wake(obs, state, policy, now)
     if obs.waiting is None or obs.running is None:
         # Never act on missing data: a metrics outage must not look like an idle service.
         if obs.query_error:  # the user's query is wrong, not Prometheus away: say which

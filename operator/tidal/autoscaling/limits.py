@@ -21,6 +21,22 @@ def recommend(waiting: float, running: float, target_queue: float, max_concurren
     return math.ceil(demand / (max_concurrency + target_queue)) if demand > 0 else 0
 
 
+def expected_backlog(held: float, arrivals_per_s: float, cold_start_s: float | None) -> float:
+    """What will be waiting when a replica started now is ready: what is held plus what arrives during
+    its cold start. 100 held, arriving at 20/s, a 20 s cold start -> 500 (at 8 + 4 per replica: 42
+    replicas, not the 9 that the 100 held alone would ask for). An unknown cold start (the service
+    never woke before) counts as none: the wake-up then grows with the held requests, call by call."""
+    return held + max(0.0, arrivals_per_s) * max(0.0, cold_start_s or 0.0)
+
+
+def replicas_to_drain(backlog: float, arrivals_per_s: float, request_s: float, horizon_s: float,
+                      slots: float) -> int:
+    """Replicas that serve `backlog` within `horizon_s` while requests keep arriving, each completing
+    slots / request_s requests a second. 600 waiting, drained over a 60 s cold start while 5/s arrive, at
+    8 s a request and 48 slots: (600 / 60 + 5) x 8 / 48 = 2.5 -> 3 (where one slot per request is 12)."""
+    return math.ceil((backlog / horizon_s + max(0.0, arrivals_per_s)) * request_s / slots - 1e-9)
+
+
 def within_tolerance(current: int, recommended: int, tolerance: float) -> bool:
     """True when the change is too small to act on: 10 replicas and a recommendation of 11 is 10%."""
     if current == 0 or recommended == 0:

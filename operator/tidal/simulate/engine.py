@@ -78,9 +78,8 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
 
     def view(now: float) -> View:
         ready = svc.ready_count(now)
-        held = svc.waiting() if ready == 0 else 0
-        return View(now, svc.current(), ready, scraped[0], scraped[1],
-                    svc.waiting() + svc.running(), held)
+        return View(now, svc.current(), ready, scraped[0], scraped[1], svc.waiting() + svc.running(),
+                    *svc.held(now))
 
     def act(desired, now):
         if desired is not None and desired != svc.current():
@@ -99,7 +98,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             break  # the trace is served; what is left is the policies' own tail, not the trace's cost
         if kind == "arrival":
             arrived += 1
-            svc.queue.append((now, payload))
+            svc.arrive(payload, now)
             if svc.ready_count(now) == 0:
                 act(policy.poke(view(now)), now)
             start(now)

@@ -55,7 +55,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         svc = services[i]
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    svc.waiting() if ready == 0 else 0)
+                    *svc.held(now))
 
     def act(i, desired, now):
         nonlocal waited_for_gpu
@@ -84,7 +84,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             break  # every trace is served. (A service done early keeps deciding: it must free its GPUs.)
         if kind == "arrival":
             remaining[i] -= 1
-            svc.queue.append((now, payload))
+            svc.arrive(payload, now)
             if svc.ready_count(now) == 0:
                 act(i, policy.poke(view(i, now)), now)
             start(i, now)

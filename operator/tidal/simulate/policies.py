@@ -25,6 +25,8 @@ class View:
     scraped_running: float
     live_concurrency: float  # in flight + queued + held, as a queue proxy / activator counts it
     held: float  # requests held while no replica is ready (the activator's pending count)
+    held_rate: float = 0.0  # held requests arriving per second, as the activator counts them
+    request_s: float | None = None  # the activator's average request time
 
 
 class SimPolicy:
@@ -49,13 +51,23 @@ class TidalPolicy(SimPolicy):
     def __init__(self, policy: Policy, tick_s: float = 2.0):
         self.policy, self.tick_s, self.state = policy, tick_s, ScalerState()
         self.reasons: dict[str, int] = {}
+        # The operator's cold-start clock: from the scale-from-zero decision to the first ready replica.
+        self.cold_since: float | None = None
+        self.cold_start_s: float | None = None
 
     def _decide(self, view: View, waiting, running) -> int:
+        if view.ready and self.cold_since is not None:
+            self.cold_start_s, self.cold_since = view.now - self.cold_since, None
         obs = Observation(current=view.current, ready=view.ready, waiting=waiting, running=running,
-                          pending=view.held if view.ready == 0 else 0.0)
+                          pending=view.held if view.ready == 0 else 0.0, held_rate=view.held_rate,
+                          cold_start_s=self.cold_start_s, request_s=view.request_s)
         d = decide(obs, self.state, self.policy, view.now)
         self.state = d.state
         self.reasons[d.reason] = self.reasons.get(d.reason, 0) + 1
+        if view.current == 0 and d.replicas > 0:
+            self.cold_since = view.now
+        elif d.replicas == 0:
+            self.cold_since = None
         return d.replicas
 
     def tick(self, view: View) -> int:
@@ -63,7 +75,7 @@ class TidalPolicy(SimPolicy):
         return self._decide(view, waiting, view.scraped_running if view.ready else 0.0)
 
     def poke(self, view: View) -> int | None:
-        return self._decide(view, 0.0, 0.0) if view.current == 0 else None
+        return self._decide(view, 0.0, 0.0) if view.ready == 0 else None
 
 
 class KedaHpaPolicy(SimPolicy):

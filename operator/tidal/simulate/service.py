@@ -9,6 +9,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from ..autoscaling.demand import ArrivalRate, RequestTime
 from ..simserver.latency import LatencyModel
 
 
@@ -74,6 +75,8 @@ class Service:
     outcomes: list[Outcome] = field(default_factory=list)
     cold_starts: int = 0
     pool: Pool | None = None  # a finite pool shared with other services; None: a GPU is always free
+    held_arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # as the activator counts them
+    request_time: RequestTime = field(default_factory=RequestTime)  # as the activator averages them
     _ids: int = 0
 
     def __post_init__(self):
@@ -131,7 +134,19 @@ class Service:
         if self.pool is not None:
             self.pool.release(now)
 
+    def held(self, now: float) -> tuple[float, float, float | None]:
+        """What an activator sees while no replica is ready: requests held, how fast they arrive, and how
+        long requests took recently."""
+        if self.ready_count(now):
+            return 0.0, 0.0, self.request_time.seconds
+        return float(self.waiting()), self.held_arrivals.per_second(now), self.request_time.seconds
+
     # ---- requests --------------------------------------------------------------------------------
+    def arrive(self, request, now: float) -> None:
+        if not self.ready_count(now):
+            self.held_arrivals.add(now)
+        self.queue.append((now, request))
+
     def dispatch(self, now: float) -> list[tuple[float, Replica]]:
         """Start queued requests on free slots (least busy replica first); returns (done_at, replica)."""
         started = []
@@ -145,7 +160,11 @@ class Service:
             wait = now - arrival
             ttft = wait + self.latency.time_to_first_token(request.input_tokens)
             self.outcomes.append(Outcome(arrival, wait, ttft))
-            started.append((now + self.latency.service_time(request.input_tokens, request.output_tokens), replica))
+            took = self.latency.service_time(request.input_tokens, request.output_tokens)
+            # The activator learns a request's time when it ends; counted here at its start, one request
+            # time early, which moves the average by a few seconds' worth of requests at most.
+            self.request_time.add(took)
+            started.append((now + took, replica))
         return started
 
     def finish(self, replica: Replica, now: float) -> None:
