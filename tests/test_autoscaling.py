@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tidal.autoscaling import Observation, Policy, ScalerState, decide
-from tidal.autoscaling.limits import (clamp, limit_scale_down, limit_scale_up, recommend, stabilise_down,
+from tidal.autoscaling.limits import (clamp, expected_backlog, replicas_to_drain, limit_scale_down, limit_scale_up, recommend, stabilise_down,
                                       within_tolerance)
 
 POLICY = Policy(min_replicas=0, max_replicas=10, target_queue=4, max_concurrency=48, idle_seconds=120,
@@ -146,6 +146,9 @@ def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans(), unschedulabl
                       waiting=draw(st.floats(0, 2000)) if has_metrics else None,
                       running=draw(st.floats(0, 2000)) if has_metrics else None,
                       pending=draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 50.0])),
+                      held_rate=draw(st.sampled_from([0.0, 0.2, 30.0])),
+                      cold_start_s=draw(st.sampled_from([None, 5.0, 120.0])),
+                      request_s=draw(st.sampled_from([None, 0.5, 60.0])),
                       unschedulable=draw(unschedulable), pool_capacity=draw(capacity))
     now = draw(st.floats(1000, 2000))
     history = tuple(draw(st.lists(st.tuples(st.floats(now - 400, now), st.integers(0, 40)), max_size=20)))
@@ -264,3 +267,76 @@ def test_min_replicas_wins_over_a_small_pool_when_waking():
     d = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=40, pool_capacity=1),
                ScalerState(), Policy(min_replicas=0, max_replicas=4), 1000.0)
     assert d.replicas == 1
+
+
+# ---- waking for a surge (#18) ----------------------------------------------------------------------
+SMALL_BATCH = Policy(min_replicas=0, max_replicas=20, target_queue=4, max_concurrency=8)
+
+
+def test_expected_backlog_counts_what_arrives_during_the_cold_start():
+    assert expected_backlog(100, 20, 20) == 500
+    assert expected_backlog(100, 20, None) == 100  # never woke before: the held requests only
+
+
+def test_replicas_to_drain_the_backlog_at_the_request_rate():
+    # 600 waiting over 60 s while 5/s arrive, 8 s a request, 48 slots: 2.5 -> 3
+    assert replicas_to_drain(600, 5, 8, 60, 48) == 3
+    assert replicas_to_drain(48, 0, 10, 10, 48) == 1  # exactly one replica's worth
+
+
+def wake_until_steady(obs: Observation, policy: Policy = SMALL_BATCH) -> list:
+    """The activator calls again while it holds requests; the Deployment follows each decision."""
+    decisions, state = [], ScalerState()
+    for i in range(10):
+        d = decide(obs, state, policy, 100.0 + i)
+        decisions.append(d)
+        if d.replicas == obs.current:
+            break
+        state, obs = d.state, replace(obs, current=d.replicas)
+    return decisions
+
+
+def test_a_surge_from_zero_gets_its_replicas_within_one_cold_start():
+    """100 held, 20/s arriving, a 20 s cold start, 8 s requests on 8 slots: 500 will wait when the
+    replicas are ready; serving them within 10 s while 20/s keep coming takes (50 + 20) x 8 / 8 = 70,
+    more than the 42 that hold them all (8 running + 4 queued each), so 42, capped at maxReplicas 20.
+    Before, the surge got one replica and the rest one cold start after it was ready."""
+    held = Observation(current=0, ready=0, waiting=None, running=None, pending=100, held_rate=20,
+                       cold_start_s=20, request_s=8)
+    decisions = wake_until_steady(held)
+    assert [d.reason for d in decisions] == ["ActivatorWake", "WakeForBacklog", "WakeForBacklog",
+                                             "WaitingForFirstReplica"]
+    assert [d.replicas for d in decisions] == [4, 16, 20, 20]  # the rate limit's steps, seconds apart
+    assert "500 expected when a replica is ready" in decisions[0].message
+
+
+def test_short_requests_at_a_low_rate_wake_one_replica():
+    """One request held, 0.2/s, 4 s requests, a 60 s cold start, 48 slots: one replica serves it all."""
+    obs = Observation(current=0, ready=0, waiting=None, running=None, pending=1, held_rate=0.2,
+                      cold_start_s=60, request_s=4)
+    decisions = wake_until_steady(obs, Policy(max_replicas=8, max_concurrency=48))
+    assert [(d.replicas, d.reason) for d in decisions] == [(1, "ActivatorWake"), (1, "WaitingForFirstReplica")]
+
+
+def test_without_a_measured_request_time_every_expected_request_gets_a_place():
+    """The first wake-up of a service: no request time yet, so one place (8 slots + 4 queued) per request."""
+    obs = Observation(current=0, ready=0, waiting=None, running=None, pending=30, held_rate=3, cold_start_s=10)
+    assert wake_until_steady(obs)[-1].replicas == 5  # (30 + 3 x 10) / 12
+
+
+def test_a_wake_up_while_replicas_start_never_removes_them_and_respects_a_full_pool():
+    obs = Observation(current=3, ready=0, waiting=0, running=0, pending=500, held_rate=10, cold_start_s=30,
+                      request_s=8, unschedulable=1)
+    d = decide(obs, ScalerState(), SMALL_BATCH, 10.0)
+    assert (d.replicas, d.reason) == (3, "Unschedulable")
+    d = decide(replace(obs, unschedulable=0, pool_capacity=5), ScalerState(), SMALL_BATCH, 10.0)
+    assert (d.replicas, d.reason) == (5, "WakeForBacklog")
+    d = decide(replace(obs, pending=1, held_rate=0, unschedulable=0), ScalerState(), SMALL_BATCH, 10.0)
+    assert (d.replicas, d.reason) == (3, "WaitingForFirstReplica")
+
+
+@given(scenarios(in_bounds=st.just(True)))
+def test_a_wake_up_never_removes_starting_replicas(scenario):
+    obs, state, policy, now = scenario
+    obs = replace(obs, ready=0, pending=max(1.0, obs.pending))  # requests held, nothing serves yet
+    assert decide(obs, state, policy, now).replicas >= max(1, obs.current)

@@ -232,3 +232,25 @@ def test_gateway_errors_take_the_kserve_shape_for_v2_clients_and_engine_answers_
     assert kserve.headers["Retry-After"] == "12" and kserve.headers["x-ratelimit-limit-requests"] == "5"
     engine = web.json_response({"error": "model 'x' is not ready"}, status=400)  # Triton's own answer
     assert errors.in_kserve_shape(engine) is engine
+
+
+def test_the_wake_call_says_how_fast_held_requests_arrive_and_how_long_requests_take():
+    from tidal.activator.demand import Demand
+    demand = Demand()
+    key = ("ml", "chat")
+    assert demand.wake_call(key, 1, 0.0) == {"pending": 1, "arrival_rate": 0.0}  # no request time yet
+    for i in range(50):  # 50 held in 2.5 s: counted over the 5 s window, 10/s
+        demand.held(key, i * 0.05)
+    demand.served(key, 4.0)
+    demand.served(key, 9.0)  # moving average: 4 + 0.2 x 5
+    assert demand.wake_call(key, 50, 2.5) == {"pending": 50, "arrival_rate": 10.0, "request_seconds": 5.0}
+    assert demand.wake_call(key, 50, 60.0)["arrival_rate"] == 0.0  # the surge is over
+    assert key not in demand._arrivals  # and nothing is kept for it
+
+
+def test_made_up_services_do_not_grow_the_gateways_memory():
+    from tidal.activator import demand as module
+    demand = module.Demand()
+    for i in range(module.MAX_SERVICES + 500):
+        demand.held(("x", f"made-up-{i}"), 0.0)
+    assert len(demand._arrivals) == module.MAX_SERVICES

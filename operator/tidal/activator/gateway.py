@@ -21,6 +21,7 @@ from .call import Call, Limits
 from .catalog import Catalog, Entry
 from .endpoints import Endpoints
 from .errors import gateway_error as _error
+from .demand import Demand
 from .hold import UNKNOWN_FOR_S, Holding
 from .keys import ApiKey, KeyRing
 from .line import Line
@@ -47,6 +48,7 @@ class Gateway(Holding, Proxying):
         self.operator_url = operator_url.rstrip("/") if operator_url else None
         self.limits = limits
         self.metrics = Metrics(limits.hold_timeout_s)
+        self.demand = Demand()  # held arrivals and request times, for the wake-up call
         self._pending: dict[tuple[str, str], int] = {}
         self._lines: dict[tuple[str, str], Line] = {}  # the held requests of each service, oldest first
         endpoints.on_added = self._wake_all_held

@@ -66,6 +66,7 @@ class Holding:
                     self._pending[key] = self._pending.get(key, 0) + 1
                     self.metrics.pending.labels(*key).set(self._pending[key])
                     if not candidates:
+                        self.demand.held(key, held_at)
                         self.metrics.cold(key, held_at)
                         if call is not None:
                             call.woke = True
@@ -118,7 +119,8 @@ class Holding:
     async def _call_wake(self, key) -> None:
         try:
             url = f"{self.operator_url}/v1/wake/{key[0]}/{key[1]}"
-            async with self._http.post(url, json={"pending": self._pending.get(key, 1)},
+            said = self.demand.wake_call(key, self._pending.get(key, 1), time.monotonic())
+            async with self._http.post(url, json=said,
                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
                 if resp.status == 404:

@@ -35,6 +35,7 @@ class Proxying:
         inflight = self.metrics.inflight.labels(*key)
         inflight.inc()
         upstream = None
+        sent = time.monotonic()
         try:
             try:
                 upstream = await self._upstream.request(endpoint.host, endpoint.port, request.method, target,
@@ -62,6 +63,7 @@ class Proxying:
                     response.headers.add(k, v)
                 if upstream.status == 200:
                     call.usage = from_answer(answer)
+                    self.demand.served(key, time.monotonic() - sent)
                 return response
             response = web.StreamResponse(status=upstream.status)
             for k, v in [*out_headers, *call.headers.items()]:
@@ -75,6 +77,8 @@ class Proxying:
             if meter:
                 await response.write(meter.flush())
             await response.write_eof()
+            if upstream.status == 200:
+                self.demand.served(key, time.monotonic() - sent)
             return response
         except (ConnectionError, asyncio.IncompleteReadError) as err:
             if upstream is not None:

@@ -41,4 +41,6 @@ class InferenceServiceStatus(_Model):
     lastActiveTime: str | None = Field(None, description="Last time a request was waiting or running; "
                                                          "scale-to-zero counts idle time from here.")
     lastScaleTime: str | None = Field(None, description="Last time the autoscaler changed replicas.")
+    lastColdStartSeconds: float | None = Field(None, description="The last cold start, from the scale-from-zero "
+                                               "decision to the first ready replica; sizes the next wake-up.")
     lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")

@@ -23,14 +23,18 @@ class ArrivalRate:
         self._times: deque[float] = deque()
 
     def add(self, now: float) -> None:
+        self._forget_before(now)
         self._times.append(now)
         if len(self._times) > self.max_kept:
             self._times.popleft()
 
     def per_second(self, now: float) -> float:
+        self._forget_before(now)
+        return len(self._times) / self.window_s
+
+    def _forget_before(self, now: float) -> None:
         while self._times and now - self._times[0] > self.window_s:
             self._times.popleft()
-        return len(self._times) / self.window_s
 
     def __len__(self) -> int:
         return len(self._times)

@@ -23,9 +23,11 @@ from ..planning.checks import pool_capacity
 from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
+from .cold_starts import ColdStarts
 from .store import DEPARTED_MEMORY_S, Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
+HELD_DEMAND_FRESH_S = 10.0
 
 
 def policy_of(spec: InferenceServiceSpec) -> Policy:
@@ -66,6 +68,9 @@ class Autoscaler:
     _prometheus_down_since: float | None = None
     _failures: dict[Key, str] = field(default_factory=dict)  # last failure logged per service
     _accounted_at: dict[Key, float] = field(default_factory=dict)  # when GPU-seconds were last added
+    cold_starts: ColdStarts = field(default_factory=ColdStarts)
+    # The activator's last word on a service it holds requests for: (arrivals/s, request seconds, when).
+    _held: dict[Key, tuple[float, float | None, float]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -73,6 +78,8 @@ class Autoscaler:
         self._missing_since.pop(key, None)
         self._query_errors.pop(key, None)
         self._failures.pop(key, None)
+        self._held.pop(key, None)
+        self.cold_starts.forget(key)
         metrics.forget(*key)
 
     def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
@@ -193,8 +200,17 @@ class Autoscaler:
                 out[key] = None
         return out
 
+    def _held_demand(self, key: Key, now: float) -> tuple[float, float | None]:
+        """What the activator said with its last wake-up call, while it is recent (it calls about every
+        second while it holds requests; a tick between calls uses the last one)."""
+        rate, request_s, at = self._held.get(key, (0.0, None, -HELD_DEMAND_FRESH_S))
+        if now - at > HELD_DEMAND_FRESH_S:
+            self._held.pop(key, None)
+            return 0.0, None
+        return rate, request_s
+
     def _observe(self, key: Key, spec: InferenceServiceSpec, load: ServiceLoad | None,
-                 extra_pending: float = 0.0) -> Observation | None:
+                 extra_pending: float = 0.0, status: dict | None = None) -> Observation | None:
         deployment = self.store.deployments.get(key)
         if deployment is None:
             return None  # the reconciler has not created it yet
@@ -207,9 +223,11 @@ class Autoscaler:
         if load is None:
             load = ServiceLoad()
         running = load.running if adapter.inflight_metric else 0.0
+        held_rate, request_s = self._held_demand(key, time.monotonic())
         return Observation(current=deployment.replicas, ready=min(deployment.ready, deployment.replicas),
                            waiting=load.waiting if known else None, running=running if known else None,
-                           pending=load.pending + extra_pending,
+                           pending=load.pending + extra_pending, held_rate=held_rate, request_s=request_s,
+                           cold_start_s=self.cold_starts.last(key, status),
                            unschedulable=len(self.store.unschedulable.get(key, ())),
                            pool_capacity=self._pool_capacity(spec), query_error=self._query_errors.get(key))
 
@@ -220,7 +238,7 @@ class Autoscaler:
             return None
         if load is None and prometheus_ok and not custom_query(spec, *key):
             load = ServiceLoad()  # Prometheus answered and has no series for this service
-        obs = self._observe(key, spec, load, extra_pending)
+        obs = self._observe(key, spec, load, extra_pending, body.get("status"))
         if obs is None:
             return None
         now = self.clock()
@@ -238,9 +256,9 @@ class Autoscaler:
             metrics.SCALE_CHANGES.labels(direction).inc()
             metrics.SCALE_EVENTS.labels(*key, decision.reason, direction).inc()
             if obs.current == 0:
-                metrics.cold_start_begun(key, time.monotonic())
+                self.cold_starts.begun(key, time.monotonic())
             elif decision.replicas == 0:
-                metrics.cold_start_abandoned(key)
+                self.cold_starts.abandoned(key)
             await self.kube.event(body, "Normal", "Scaled",
                                   f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
@@ -256,7 +274,7 @@ class Autoscaler:
         before, after = await update_status(
             self.kube, self.store, body,
             lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report,
-                                            spec.scaling.idleSecondsBeforeZero))
+                                            spec.scaling.idleSecondsBeforeZero, obs.cold_start_s))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
         metrics.SCALING_ACTIVE.labels(*key).set(1 if (new or {}).get("status") == "True" else 0)
@@ -269,13 +287,17 @@ class Autoscaler:
                                   new["message"])
         return decision
 
-    async def wake(self, namespace: str, name: str, pending: float) -> Decision | None:
-        """The activator holds `pending` requests for this service: decide now, not at the next tick."""
+    async def wake(self, namespace: str, name: str, pending: float, arrivals_per_s: float = 0.0,
+                   request_s: float | None = None) -> Decision | None:
+        """The activator holds `pending` requests for this service, arriving at `arrivals_per_s`, and its
+        requests took `request_s` lately: decide now, not at the next tick. Also while its first
+        replicas start: a surge that outgrows them gets the rest now, not one cold start later."""
         key = (namespace, name)
         body = self.store.services.get(key)
         deployment = self.store.deployments.get(key)
-        if body is None or deployment is None or deployment.replicas > 0:
-            return None  # already awake (or not created yet): the regular tick handles it
+        if body is None or deployment is None or deployment.ready > 0:
+            return None  # serving (or not created yet): the regular tick handles it
+        self._held[key] = (arrivals_per_s, request_s, time.monotonic())
         return await self._scale(key, body, None, prometheus_ok=False, extra_pending=pending)
 
 

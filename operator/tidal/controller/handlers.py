@@ -111,7 +111,10 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
     else:
         memo.store.deployments[key] = DeploymentState(replicas=body.spec.get("replicas", 1),
                                                       ready=body.status.get("readyReplicas", 0) or 0)
-        metrics.replicas_ready(key, memo.store.deployments[key].ready, time.monotonic())
+        ready = memo.store.deployments[key].ready
+        metrics.READY.labels(*key).set(ready)
+        if memo.autoscaler:
+            memo.autoscaler.cold_starts.replicas_ready(key, ready, time.monotonic())
     await _owner_changed(namespace, labels, memo)
 
 

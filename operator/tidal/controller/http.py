@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from aiohttp import web
@@ -9,6 +10,15 @@ from prometheus_client import generate_latest
 
 from . import metrics
 from .autoscaler import Autoscaler
+
+
+def _number(value, default):
+    """A finite, non-negative number from the activator's call; anything else is the default."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) and number >= 0 else default
 
 
 def build_app(autoscaler: Autoscaler | None) -> web.Application:
@@ -22,19 +32,22 @@ def build_app(autoscaler: Autoscaler | None) -> web.Application:
         return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain", charset="utf-8")
 
     async def wake(request: web.Request) -> web.Response:
-        """POST /v1/wake/{namespace}/{name} {"pending": N}: the activator holds N requests for a service."""
+        """POST /v1/wake/{namespace}/{name} {"pending": N, "arrival_rate": R, "request_seconds": S}: the
+        activator holds N requests for a service, arriving at R a second; its requests took S lately."""
         started = time.monotonic()
         if autoscaler is None:
             return web.json_response({"woken": False, "reason": "AutoscalingOff: the operator has no --prometheus-url"},
                                      status=503)
         try:
-            pending = float((await request.json()).get("pending", 1))
+            said = await request.json()
+            pending = _number(said.get("pending"), 1.0)
+            rate, request_s = _number(said.get("arrival_rate"), 0.0), _number(said.get("request_seconds"), None)
         except (ValueError, AttributeError):
-            pending = 1.0
+            pending, rate, request_s = 1.0, 0.0, None
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         if (namespace, name) not in autoscaler.store.services:
             return web.json_response({"woken": False, "reason": "UnknownService"}, status=404)
-        decision = await autoscaler.wake(namespace, name, max(1.0, pending))
+        decision = await autoscaler.wake(namespace, name, max(1.0, pending), rate, request_s)
         return web.json_response({
             "woken": decision is not None and decision.replicas > 0,
             "replicas": decision.replicas if decision else None,

@@ -34,27 +34,8 @@ UNSCHEDULABLE = Gauge("tidal_service_unschedulable_replicas", "Replicas the sche
 LEADING = Gauge("tidal_operator_leading", "1 in the operator process that acts (the leader); a standby reports 0.",
                 registry=REGISTRY)
 
-_cold_since: dict[tuple[str, str], float] = {}
-
-
-def cold_start_begun(key: tuple[str, str], now: float) -> None:
-    _cold_since.setdefault(key, now)
-
-
-def cold_start_abandoned(key: tuple[str, str]) -> None:
-    """Back to zero before any replica was ready: that wake-up never completed."""
-    _cold_since.pop(key, None)
-
-
-def replicas_ready(key: tuple[str, str], ready: int, now: float) -> None:
-    READY.labels(*key).set(ready)
-    if ready > 0 and key in _cold_since:
-        COLD_START.labels(*key).observe(now - _cold_since.pop(key))
-
-
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted service's series, so memory stays bounded by the services that exist."""
-    _cold_since.pop((namespace, name), None)
     for metric in (QUEUE, DESIRED, READY, SCALING_ACTIVE, UNSCHEDULABLE, COLD_START, GPU_SECONDS):
         try:
             metric.remove(namespace, name)

@@ -40,8 +40,10 @@ def restored_state(status: dict) -> ScalerState:
 
 def plan_scaling_status(current: dict, decision: Decision, previous_replicas: int, queue: float | None,
                         generation: int, now: float, report_condition: bool = True,
-                        idle_seconds: float = 120.0) -> dict:
+                        idle_seconds: float = 120.0, cold_start_s: float | None = None) -> dict:
     out = dict(current)
+    if cold_start_s is not None and current.get("lastColdStartSeconds") != round(cold_start_s, 1):
+        out["lastColdStartSeconds"] = round(cold_start_s, 1)
     out["desiredReplicas"] = decision.replicas
     if queue is not None:
         out["queueDepth"] = round(queue)
