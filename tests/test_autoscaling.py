@@ -318,10 +318,14 @@ def test_short_requests_at_a_low_rate_wake_one_replica():
     assert [(d.replicas, d.reason) for d in decisions] == [(1, "ActivatorWake"), (1, "WaitingForFirstReplica")]
 
 
-def test_without_a_measured_request_time_every_expected_request_gets_a_place():
-    """The first wake-up of a service: no request time yet, so one place (8 slots + 4 queued) per request."""
+def test_without_a_measured_request_time_the_wake_up_does_not_grow_on_the_backlog():
+    """The first wake-up of a service: no request time yet, so the held requests say nothing about how
+    fast they drain; the wake-up is sized for what is held when it is called, and waits for a replica."""
     obs = Observation(current=0, ready=0, waiting=None, running=None, pending=30, held_rate=3, cold_start_s=10)
-    assert wake_until_steady(obs)[-1].replicas == 5  # (30 + 3 x 10) / 12
+    # (30 + 3 x 10) / 12 = 5, and at most 4 from zero in one decision
+    assert [d.replicas for d in wake_until_steady(obs)] == [4, 4]
+    grown = decide(replace(obs, current=1, pending=600), ScalerState(), SMALL_BATCH, 10.0)
+    assert (grown.replicas, grown.reason) == (1, "WaitingForFirstReplica")
 
 
 def test_a_wake_up_while_replicas_start_never_removes_them_and_respects_a_full_pool():

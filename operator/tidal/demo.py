@@ -2,8 +2,8 @@
 
 It starts (or reuses) the local cluster with a 20 s simulated model load, the operator and the
 activator, applies examples/demo-scale-to-zero.yaml (minReplicas 0), waits until the service idles to
-zero, replays a time-compressed slice of the real Azure trace through the activator, and waits until
-it is back at zero — with a live view of replicas, queue, requests and the autoscaler's last decision.
+zero (after 20 warm-up requests), replays a time-compressed slice of the real Azure trace through the
+activator, and waits until it is back at zero — with a live view of replicas, queue, requests and the autoscaler's last decision.
 At the end: a summary table, a PNG plot, and where to look next. Ctrl-C stops the load and summarises.
 """
 
@@ -199,6 +199,10 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
     stop = threading.Event()
     interrupted = False
     try:
+        # A service that served before, as most that wake up have: the gateway then knows how long its
+        # requests take, which is what sizes a wake-up for a surge (a first-ever wake-up grows no further).
+        stats.phase = "warm-up: 20 requests, so the gateway knows this model's request time"
+        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen[:20], speedup, Stats(), stop))
         stats.phase = "waiting for the service to idle to zero"
         if not _wait_for_zero(stats, 240):
             print("the service did not reach zero replicas in 240 s", flush=True)

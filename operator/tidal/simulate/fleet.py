@@ -55,7 +55,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         svc = services[i]
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    *svc.held(now))
+                    *svc.held(now), unschedulable=svc.unschedulable())
 
     def act(i, desired, now):
         nonlocal waited_for_gpu

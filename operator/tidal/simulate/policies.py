@@ -27,6 +27,7 @@ class View:
     held: float  # requests held while no replica is ready (the activator's pending count)
     held_rate: float = 0.0  # held requests arriving per second, as the activator counts them
     request_s: float | None = None  # the activator's average request time
+    unschedulable: int = 0  # replicas waiting for a GPU (Pending in a full pool)
 
 
 class SimPolicy:
@@ -60,7 +61,8 @@ class TidalPolicy(SimPolicy):
             self.cold_start_s, self.cold_since = view.now - self.cold_since, None
         obs = Observation(current=view.current, ready=view.ready, waiting=waiting, running=running,
                           pending=view.held if view.ready == 0 else 0.0, held_rate=view.held_rate,
-                          cold_start_s=self.cold_start_s, request_s=view.request_s)
+                          cold_start_s=self.cold_start_s, request_s=view.request_s,
+                          unschedulable=view.unschedulable)
         d = decide(obs, self.state, self.policy, view.now)
         self.state = d.state
         self.reasons[d.reason] = self.reasons.get(d.reason, 0) + 1

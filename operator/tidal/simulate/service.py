@@ -90,6 +90,10 @@ class Service:
     def ready_count(self, now: float) -> int:
         return sum(1 for r in self.replicas if r.ready(now))
 
+    def unschedulable(self) -> int:
+        """Replicas waiting for a GPU in a full pool (what the scheduler reports Unschedulable)."""
+        return sum(1 for r in self.replicas if not r.draining and r.launched == math.inf)
+
     def running(self) -> int:
         return sum(r.inflight for r in self.replicas)
 
