@@ -202,3 +202,26 @@ def test_tritonclient_through_the_activator(operator, activator, kubectl, namesp
     inp = triton.InferInput("INPUT0", [2, 4], "FP32")
     inp.set_data_from_numpy(data)  # the binary tensor extension passes through untouched
     np.testing.assert_array_equal(client.infer("resnet50", [inp], headers=host).as_numpy("OUTPUT0"), data)
+
+
+def test_a_surge_at_zero_wakes_replicas_for_the_surge_not_one(operator, activator, kubectl, namespace):
+    """#18: the gateway's wake-up call says how many requests it holds, how fast they arrive and how
+    long the service's requests took; the operator sizes the wake-up for the surge (4 slots + 2 queued
+    per replica here, 1.4 s requests) instead of one replica and the rest after it serves."""
+    apply(kubectl, namespace, service("surge", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1,
+                                      maxReplicas=4))
+    url = f"{activator.url}/{namespace}/surge/v1/completions"
+    wait_for(lambda: replicas(kubectl, namespace, "surge") == 0, timeout=60, interval=0.5, what="scaled to zero")
+    warm = asyncio.run(burst(url, 3, max_tokens=200))  # it served before: the gateway knows its request time
+    assert [s for s, _, _ in warm] == [200] * 3
+    wait_for(lambda: replicas(kubectl, namespace, "surge") == 0, timeout=60, interval=0.5, what="back to zero")
+    status = get(kubectl, namespace, "inferenceservice", "surge")["status"]
+    assert status["lastColdStartSeconds"] > 0, status  # the operator timed the warm-up's cold start
+    results = asyncio.run(burst(url, 60, max_tokens=200))
+    statuses = [s for s, _, _ in results]
+    assert statuses.count(200) == 60, {s: statuses.count(s) for s in set(statuses)}
+    scaled = [m for _, r, m in events(kubectl, namespace, "surge") if r == "Scaled"]
+    # The last wake-up (after the warm-up's): more than one replica before any served, with its numbers.
+    wakes = [m for m in scaled if "ActivatorWake" in m or "WakeForBacklog" in m][-2:]
+    assert any(m.startswith(("0 -> 2", "0 -> 3", "0 -> 4")) or "WakeForBacklog" in m for m in wakes), scaled
+    assert any("arriving at" in m and "s a request" in m for m in wakes), wakes
