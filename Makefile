@@ -3,7 +3,7 @@ PYTHON ?= python3
 STATE_DIR ?= $(CURDIR)/.tidal
 
 .PHONY: demo demo-down install build-cluster cluster cluster-down cluster-status test test-unit test-cluster \
-	test-properties-random crds run up down
+	test-properties-random crds run up down image chart-package
 
 # See Tidal scale a model 0 -> N -> 0 on the local GPU cluster (builds the cluster on first use).
 demo: install
@@ -12,11 +12,22 @@ demo: install
 demo-down:
 	$(PYTHON) -m tidal.cli demo down --state-dir $(STATE_DIR)
 
+APT_TOOLS = prometheus chromium chromedriver mmdebstrap umoci skopeo
 install:
-	@command -v prometheus >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null)
+	@for t in $(APT_TOOLS); do command -v $$t >/dev/null || exit 1; done || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  prometheus chromium chromium-driver mmdebstrap umoci skopeo >/dev/null)
 	$(PYTHON) -m pip install -q -e '.[test]'
+
+# The container image as an OCI layout at out/image (no Docker engine; root, for mmdebstrap); prints its
+# digest and size. `skopeo copy oci:out/image:<version> docker://<registry>/tidal:<version>` pushes it.
+image:
+	$(PYTHON) tools/image/build.py --out out/image
+
+# The chart as an archive (out/tidal-<version>.tgz), for `helm install` from a file or a chart repository.
+chart-package:
+	$(PYTHON) -m tidal.cli dev-cluster build >/dev/null
+	$$($(PYTHON) -c 'from tidal.devcluster.binaries import binaries_dir; print(binaries_dir())')/helm package charts/tidal -d out
 
 # Build (or reuse from ~/.cache/tidal/bin) etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok and helm.
