@@ -37,3 +37,17 @@ def test_helm_package_makes_an_archive_that_renders_like_the_chart(tmp_path):
 def test_the_changelog_has_a_section_for_this_version_and_for_what_is_unreleased():
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## Unreleased" in text and f"## {__version__} " in text
+
+
+def test_the_containerfile_installs_what_make_image_installs():
+    """The Containerfile cannot be built here (no Docker engine); it must at least say the same as
+    tools/image/build.py: the Debian packages, the lock, the user and the entrypoint."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("image_build", ROOT / "tools" / "image" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    text = (ROOT / "Containerfile").read_text()
+    installed = text.split("apt-get install -y --no-install-recommends", 1)[1].split("\\", 1)[0].split()
+    assert set(installed) == set(build.DEBIAN) - {"base-files"}  # base-files is in every Debian image
+    assert "tools/image/requirements.lock" in text and f"USER {build.UID}:{build.UID}" in text
+    assert 'ENTRYPOINT ["tidal"]' in text

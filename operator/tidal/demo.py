@@ -221,7 +221,10 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
         observer.join(5)
     out = state_dir / "demo"
     out.mkdir(exist_ok=True)
-    plot(stats, out / "demo.png")
+    try:
+        plot(stats, out / "demo.png")
+    except ImportError:
+        print("demo.png not drawn: matplotlib is not installed (pip install 'tidal[sim]')", file=sys.stderr)
     lat = [l for _, l in stats.latencies]
     summary = {
         "requests_sent": stats.sent, "served": stats.ok, "failed": stats.failed,

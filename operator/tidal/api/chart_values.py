@@ -24,6 +24,8 @@ FREE_FORM = {"type": "object"}  # passed through to Kubernetes, which validates 
 CONSTRAINTS: dict[str, dict] = {
     "image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
     "image.repository": {"minLength": 1},
+    "image.digest": {"pattern": r"^(sha256:[a-f0-9]{64})?$"},
+    "networkPolicy.gatewayClients": {"type": "array", "items": {"type": "object"}},
     "imagePullSecrets": {"type": "array", "items": {"type": "object", "required": ["name"],
                                                      "properties": {"name": {"type": "string"}}}},
     "watchNamespaces": {"type": "array", "uniqueItems": True,

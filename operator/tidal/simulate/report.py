@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def write(results: list[Result], limit_hours: float, cfg: SimConfig, out: Path, 
     paths["markdown"].write_text(f"Trace: `{trace}`, cold start {cfg.cold_start_s:g} s, SLO: queue wait "
                                  f"<= {cfg.slo_wait_s:g} s, Prometheus scrape every {cfg.scrape_interval_s:g} s.\n\n"
                                  + markdown(results, limit_hours, cfg, clairvoyant))
-    plot(results, paths["png"])
+    try:
+        plot(results, paths["png"])
+    except ImportError:  # the pictures are an extra: the operator's image has no plotting library
+        print("simulation.png not drawn: matplotlib is not installed (pip install 'tidal[sim]')", file=sys.stderr)
+        del paths["png"]
     return paths
 
 
