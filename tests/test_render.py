@@ -35,7 +35,7 @@ def test_vllm_command_port_tensor_parallel_and_extra_args():
     assert "--served-model-name llama-70b" in argv and "--port 8000" in argv
     assert "--tensor-parallel-size 4" in argv and c["args"][-1] == "--max-model-len=8192"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert c["image"] == "vllm/vllm-openai:v0.11.0"
+    assert c["image"] == "vllm/vllm-openai:v0.32.0"
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # the startup budget covers a slow model load: 1800 s at one probe per 10 s
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800

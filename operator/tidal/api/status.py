@@ -30,6 +30,12 @@ class ScalingDecision(_Model):
     message: str = Field("", description="The numbers behind the decision.")
 
 
+class BatchStatus(_Model):
+    size: int = Field(description="Requests one replica runs at once: the autoscaler's unit of capacity.")
+    source: str = Field(description="Where the number comes from: the engine args, or the engine's default on "
+                                    "the pool's GPU (a conservative value when the GPU cannot be told).")
+
+
 class InferenceServiceStatus(_Model):
     observedGeneration: int = Field(0, description="The spec generation the operator last acted on.")
     conditions: list[Condition] = Field(default_factory=list, description="Current state, by type.")
@@ -41,6 +47,7 @@ class InferenceServiceStatus(_Model):
     lastActiveTime: str | None = Field(None, description="Last time a request was waiting or running; "
                                                          "scale-to-zero counts idle time from here.")
     lastScaleTime: str | None = Field(None, description="Last time the autoscaler changed replicas.")
+    batch: BatchStatus | None = Field(None, description="The batch one replica runs (vLLM: --max-num-seqs).")
     lastColdStartSeconds: float | None = Field(None, description="The last cold start, from the scale-from-zero "
                                                "decision to the first ready replica; sizes the next wake-up.")
     lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")

@@ -19,7 +19,8 @@ from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
 from ..clients.kube import Kube, unreachable
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
-from ..planning.checks import pool_capacity
+from ..engines.gpus import Gpu
+from ..planning.checks import pool_capacity, replica_gpu
 from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
@@ -30,11 +31,11 @@ log = logging.getLogger("tidal.autoscaler")
 HELD_DEMAND_FRESH_S = 10.0
 
 
-def policy_of(spec: InferenceServiceSpec) -> Policy:
+def policy_of(spec: InferenceServiceSpec, gpu: Gpu | None = None) -> Policy:
     s = spec.scaling
     adapter = engine(spec.engine.type)
     # A custom query replaces the engine's signals: then only its value counts, as a queue.
-    concurrency = 0 if s.query or adapter.inflight_metric is None else adapter.batch_size(spec.engine.args)
+    concurrency = 0 if s.query or adapter.inflight_metric is None else adapter.batch_size(spec.engine.args, gpu)
     return Policy(min_replicas=s.minReplicas, max_replicas=s.maxReplicas, target_queue=s.targetQueueDepth,
                   max_concurrency=concurrency, idle_seconds=s.idleSecondsBeforeZero,
                   scale_down_window_s=s.scaleDownStabilizationSeconds, scale_up_window_s=s.scaleUpStabilizationSeconds)
@@ -111,6 +112,13 @@ class Autoscaler:
         key = (spec.placement.nodePool, spec.resources.gpuProduct, spec.resources.gpus)
         if key not in self._capacity:
             self._capacity[key] = pool_capacity(spec, list(self.store.nodes.values()), self.pool_label)
+        return self._capacity[key]
+
+    def _gpu(self, spec: InferenceServiceSpec) -> Gpu | None:
+        """Once per tick per (pool, product), like the capacity."""
+        key = ("gpu", spec.placement.nodePool, spec.resources.gpuProduct, bool(spec.resources.gpus))
+        if key not in self._capacity:
+            self._capacity[key] = replica_gpu(spec, list(self.store.nodes.values()), self.pool_label)
         return self._capacity[key]
 
     async def tick(self) -> None:
@@ -243,7 +251,7 @@ class Autoscaler:
             return None
         now = self.clock()
         state = self.states.get(key) or restored_state(body.get("status") or {})
-        decision = decide(obs, state, policy_of(spec), now)
+        decision = decide(obs, state, policy_of(spec, self._gpu(spec)), now)
         self.states[key] = decision.state
         metrics.DECISIONS.labels(decision.reason).inc()
         metrics.DESIRED.labels(*key).set(decision.replicas)

