@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from ..engines.base import refusals
 from .call import Call
 from .endpoints import Endpoint
 from .errors import gateway_error as _error
@@ -15,6 +16,7 @@ from .upstream import Refused
 from .usage import from_answer
 
 log = logging.getLogger("tidal.activator")
+REFUSALS = refusals()  # engines' answers that mean "not processed, try another replica"
 # A replica that refused a request because it is shutting down stays out of rotation this long.
 UNAVAILABLE_S = 5.0
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
@@ -43,7 +45,10 @@ class Proxying:
             except Refused as err:
                 log.info("%s/%s: %s", key[0], key[1], err)
                 return None
-            if upstream.status == 503:
+            answer = None
+            if upstream.status == 500 and upstream.content_length is not None and upstream.content_length <= 4096:
+                answer = await upstream.read()  # small: an engine's error, perhaps its refusal while draining
+            if upstream.status == 503 or (answer is not None and any(r in answer for r in REFUSALS)):
                 # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
                 # moment, and the request goes to another replica, or is held and wakes the service.
                 endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
@@ -57,7 +62,8 @@ class Proxying:
                 out_headers.append(("x-tidal-woke", "true"))
             if upstream.content_length is not None and upstream.content_length <= 1 << 20:
                 # A small complete answer: one read, one write (most non-streamed completions).
-                answer = await upstream.read()
+                if answer is None:
+                    answer = await upstream.read()
                 response = web.Response(status=upstream.status, body=answer)
                 for k, v in [*out_headers, *call.headers.items()]:
                     response.headers.add(k, v)

