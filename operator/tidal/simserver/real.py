@@ -55,3 +55,21 @@ def vllm_command(container: dict, model_dir: Path, host: str, port: int, workdir
         "TMPDIR": str(workdir),  # vllm_dist_* and torchinductor_* files stay with the test
     })
     return RealCommand([str(vllm_bin / "vllm"), *argv[1:]], env)
+
+
+TRITON_SCRIPT = REPO / "tools" / "engines" / "tritonserver.sh"
+
+
+def triton_command(container: dict, repository: Path, host: str, ports: dict[str, int], backends: Path) -> RealCommand:
+    """`tritonserver --model-repository=<in the pod> ...` -> the local repository, listening on host and the
+    given http/grpc/metrics ports; plus what this machine needs: the python backend's directory and no GPU
+    metrics (there is no GPU)."""
+    argv = [*container["command"], *container.get("args", [])]
+    if argv[:1] != ["tritonserver"]:
+        raise ValueError(f"not a rendered tritonserver command: {argv}")
+    argv = _set_flag(argv, "--model-repository", str(repository))
+    for kind, port in ports.items():
+        argv = _set_flag(argv, f"--{kind}-port", str(port))
+    argv += [f"--{kind}-address={host}" for kind in ports] + [f"--backend-directory={backends}",
+                                                               "--allow-gpu-metrics=false"]
+    return RealCommand([str(TRITON_SCRIPT), *argv[1:]], dict(os.environ))

@@ -1,0 +1,128 @@
+"""#13: NVIDIA's tritonserver (2.51, from the nvidia-pytriton wheel) started from the command line the operator
+renders, with a python-backend model that batches and takes 0.2 s a batch: `tritonclient` infers over HTTP
+through the gateway and over gRPC directly, Triton's own pending-request gauge shows the queue under load,
+and the operator's readiness check (KServe v2 model ready) agrees with Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tidal.api.v1alpha1 import parse_spec
+from tidal.clients.engine_health import triton_model_ready
+from tidal.devcluster.processes import free_port, http_ok
+from tidal.render.deployment import render_deployment
+from tidal.render.settings import RenderSettings
+from tidal.simserver.real import TRITON_SCRIPT, triton_command
+
+pytestmark = pytest.mark.real_engine
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.30"
+SPEC = {"engine": {"type": "triton", "drainSeconds": 30}, "model": {"uri": "s3://bucket/repository",
+                                                                     "servedName": "delay"},
+        "resources": {"gpus": 0, "cpu": "1"}}
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    work = tmp_path_factory.mktemp("triton")
+    repository = work / "repository"
+    shutil.copytree(ROOT / "tools" / "engines" / "triton-models", repository)
+    container = render_deployment("delay", "ml", "uid", parse_spec(SPEC), RenderSettings())["spec"]["template"][
+        "spec"]["containers"][0]
+    backends = Path(subprocess.run([str(TRITON_SCRIPT), "--print-backend-directory"], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    command = triton_command(container, repository, HOST, ports, backends)
+    log = work / "triton.log"
+    proc = subprocess.Popen(command.argv, env=command.env, cwd=work, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60  # ready in about 1.5 s; a stub that cannot find its libraries hangs
+        while not http_ok(f"http://{HOST}:{ports['http']}/v2/models/delay/ready"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield ports, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for region in glob.glob("/dev/shm/triton_python_backend_shm_region_*"):  # left behind by a kill
+            try:
+                os.unlink(region)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, tmp_path_factory):
+    ports, _ = triton
+    port, metrics = free_port(), free_port()
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
+                             "--metrics-port", str(metrics), "--api-keys", "off",
+                             f"--static-endpoint=ml/delay=127.0.0.30:{ports['http']}"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while not http_ok(f"http://127.0.0.1:{metrics}/healthz") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_tritonclient_infers_over_http_through_the_gateway_and_over_grpc(triton, gateway):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    ports, _ = triton
+    data = np.arange(6, dtype=np.float32).reshape(1, 6)
+    http = httpclient.InferenceServerClient(gateway)
+    assert http.is_model_ready("delay")
+    inp = httpclient.InferInput("INPUT0", [1, 6], "FP32")
+    inp.set_data_from_numpy(data)  # the binary tensor extension, as tritonclient sends by default
+    assert np.array_equal(http.infer("delay", [inp]).as_numpy("OUTPUT0"), data * 2)
+    grpc = grpcclient.InferenceServerClient(f"{HOST}:{ports['grpc']}")
+    ginp = grpcclient.InferInput("INPUT0", [1, 6], "FP32")
+    ginp.set_data_from_numpy(data)
+    assert np.array_equal(grpc.infer("delay", [ginp]).as_numpy("OUTPUT0"), data * 2)
+
+
+def test_the_operators_readiness_check_and_the_pending_gauge_read_real_triton(triton, gateway):
+    import tritonclient.http.aio as aioclient
+    ports, _ = triton
+    assert asyncio.run(triton_model_ready(HOST, ports["http"], "delay")) == (True, "")
+    ready, why = asyncio.run(triton_model_ready(HOST, ports["http"], "no-such-model"))
+    assert not ready and "no-such-model" in why
+
+    def pending() -> float:
+        import urllib.request
+        text = urllib.request.urlopen(f"http://{HOST}:{ports['metrics']}/metrics", timeout=5).read().decode()
+        line = next(l for l in text.splitlines() if l.startswith("nv_inference_pending_request_count{"))
+        assert 'model="delay"' in line and 'version="1"' in line
+        return float(line.rsplit(" ", 1)[1])
+
+    async def load():
+        client = aioclient.InferenceServerClient(gateway)
+        inp = aioclient.InferInput("INPUT0", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+        tasks = [asyncio.create_task(client.infer("delay", [inp])) for _ in range(40)]  # 5 batches of 8
+        await asyncio.sleep(0.3)
+        seen = await asyncio.to_thread(pending)
+        results = await asyncio.gather(*tasks)
+        await client.close()
+        return seen, results
+
+    seen, results = asyncio.run(load())
+    assert seen >= 8, seen  # the queue Tidal scales Triton on, while one batch runs
+    assert all(np.array_equal(r.as_numpy("OUTPUT0"), np.full((1, 4), 2, dtype=np.float32)) for r in results)
+    assert pending() == 0
