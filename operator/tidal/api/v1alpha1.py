@@ -154,6 +154,10 @@ class Placement(_Model):
                                                               "to the pods as written.")
     priorityClassName: str | None = Field(None, description="PriorityClass of the pods.", max_length=253,
                                           pattern=NAME)
+    podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64,
+        description="Annotations for the pods (sidecar injection, secret agents, ...). Tidal's own "
+                    "(prometheus.io/*, tidal.dev/*) win on a clash.")
 
 
 class Scaling(_Model):

@@ -10,6 +10,8 @@ before it disappears.
 from __future__ import annotations
 
 COLD_START_ANNOTATION = "sim.tidal.dev/cold-start"
+REAL_ENGINE_ANNOTATION = "sim.tidal.dev/engine"  # "real": the sim-runtime runs the pod's own command
+SERVING_ANNOTATION = "sim.tidal.dev/serving"  # set by the sim-runtime when that real engine passes its probe
 TERMINATE_DELAY_ANNOTATION = "sim.tidal.dev/terminate-delay"
 
 _NODE_CONDITIONS = """\
@@ -164,11 +166,20 @@ def stages(cold_start: str, terminate_delay: str) -> list[dict]:
                 "event": {"type": "Normal", "reason": "Pulled", "message": "Simulated container created"}}),
         _stage("pod-ready", "Pod",
                [not_deleted, {"key": ".status.podIP", "operator": "Exists"},
-                {"key": ".status.phase", "operator": "In", "values": ["Pending"]}],
+                {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+                {"key": _annotation(REAL_ENGINE_ANNOTATION), "operator": "DoesNotExist"}],
                {"statusTemplate": _POD_READY,
                 "event": {"type": "Normal", "reason": "Started", "message": "Simulated model server ready"}},
                {"durationMilliseconds": _millis(cold_start),
                 "durationFrom": {"expressionFrom": _annotation(COLD_START_ANNOTATION)}}),
+        # A pod whose engine runs for real is Ready when that engine passes its readiness probe.
+        _stage("pod-ready-real-engine", "Pod",
+               [not_deleted, {"key": ".status.podIP", "operator": "Exists"},
+                {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+                {"key": _annotation(REAL_ENGINE_ANNOTATION), "operator": "In", "values": ["real"]},
+                {"key": _annotation(SERVING_ANNOTATION), "operator": "In", "values": ["true"]}],
+               {"statusTemplate": _POD_READY,
+                "event": {"type": "Normal", "reason": "Started", "message": "Real model server ready"}}),
         _stage("pod-delete", "Pod",
                [{"key": ".metadata.deletionTimestamp", "operator": "Exists"},
                 {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],

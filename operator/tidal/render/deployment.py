@@ -126,6 +126,7 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
             "revisionHistoryLimit": 3,
             "template": {
                 "metadata": {"labels": labels, "annotations": {
+                    **spec.placement.podAnnotations,  # the user's first: Tidal's own keys win on a clash
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(adapter.metrics_port),
                     "prometheus.io/path": adapter.metrics_path, **_capacity(spec, adapter, gpu)}},
                 "spec": pod_spec,

@@ -73,3 +73,104 @@ def triton_command(container: dict, repository: Path, host: str, ports: dict[str
     argv += [f"--{kind}-address={host}" for kind in ports] + [f"--backend-directory={backends}",
                                                                "--allow-gpu-metrics=false"]
     return RealCommand([str(TRITON_SCRIPT), *argv[1:]], dict(os.environ))
+
+
+ENGINE_ANNOTATION = "sim.tidal.dev/engine"  # "real": run the pod's own command instead of a simulated engine
+SERVING_ANNOTATION = "sim.tidal.dev/serving"  # the runtime sets it once the real engine passes its probe
+
+
+class RealProcess:
+    """One real engine process for one pod: started in a session of its own, probed until it serves, and
+    stopped as a kubelet stops a container: SIGTERM to the first process, SIGKILL to all after the grace."""
+
+    def __init__(self, command: RealCommand, log_path: Path, probe_url: str, cwd: Path):
+        self.command, self.log_path, self.probe_url, self.cwd = command, log_path, probe_url, cwd
+        self.proc = None
+
+    async def start(self) -> None:
+        import asyncio
+        import subprocess
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.command.argv, env=self.command.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    async def serving(self, timeout: float) -> bool:
+        """Whether the engine answered its readiness probe within `timeout` (False if it exited)."""
+        import asyncio
+        import time
+
+        import aiohttp
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline and self.proc.returncode is None:
+                try:
+                    async with http.get(self.probe_url) as resp:
+                        if resp.status == 200:
+                            return True
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    pass
+                await asyncio.sleep(0.5)
+        return False
+
+    async def drain(self, grace: float) -> None:
+        import asyncio
+        import signal
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except asyncio.TimeoutError:
+            pass
+        await self.stop()
+
+    async def stop(self) -> None:
+        import os
+        import signal
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the engine's own children too (vLLM's engine core)
+        except ProcessLookupError:
+            pass
+        await self.proc.wait()
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def prepare_real(container: dict, host: str, workdir: Path) -> tuple[RealCommand, str]:
+    """Blocking (installs and builds on first use, then cached): the real command for a pod's rendered
+    container and the URL of its readiness probe. vLLM serves the tiny local Llama; Triton the test
+    model repository (tools/engines/triton-models), whichever model the pod asks for."""
+    import shutil
+    import subprocess
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [*container["command"], *container.get("args", [])]
+    probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
+    if argv[:2] == ["vllm", "serve"]:
+        prefix = subprocess.run([str(VLLM_ENV_SCRIPT), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                text=True, check=True).stdout.strip().splitlines()[-1]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tidal" / "models" / "tiny-llama-1"
+        subprocess.run([str(VLLM_ENV_SCRIPT), str(REPO / "tools" / "engines" / "tiny_model.py"), str(cache)],
+                       check=True, capture_output=True)
+        port = int(_flag_value(argv, "--port") or 8000)
+        command = vllm_command(container, cache, host, port, workdir, Path(prefix) / "bin")
+        return command, f"http://{host}:{port}{probe.get('path', '/health')}"
+    if argv[:1] == ["tritonserver"]:
+        repository = workdir / "repository"
+        shutil.copytree(REPO / "tools" / "engines" / "triton-models", repository, dirs_exist_ok=True)
+        backends = subprocess.run([str(TRITON_SCRIPT), "--print-backend-directory"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        ports = {kind: int(_flag_value(argv, f"--{kind}-port") or default)
+                 for kind, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002))}
+        command = triton_command(container, repository, host, ports, Path(backends))
+        return command, f"http://{host}:{ports['http']}{probe.get('path', '/v2/health/ready')}"
+    raise ValueError(f"no real engine for the command {argv[:2]}")

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
 from ..devcluster.pod_discovery import TargetsFile
 from .podspec import EngineSpec, engine_spec
+from .real import ENGINE_ANNOTATION, SERVING_ANNOTATION, RealProcess, prepare_real
 from .triton import TritonServer
 from .vllm import VllmServer
 
@@ -34,8 +38,8 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 class RunningPod:
     key: str
     ip: str
-    spec: EngineSpec
-    server: VllmServer | TritonServer
+    spec: EngineSpec | None  # None for a real engine
+    server: VllmServer | TritonServer | RealProcess
     runners: list[web.AppRunner] = field(default_factory=list)
     draining: bool = False
 
@@ -63,7 +67,8 @@ async def serve_engine(spec: EngineSpec, host: str) -> tuple[VllmServer | Triton
 
 
 class SimulatedRuntime:
-    def __init__(self, api_client, drain_timeout: float = 600, targets: TargetsFile | None = None):
+    def __init__(self, api_client, drain_timeout: float = 600, targets: TargetsFile | None = None,
+                 workdir: Path | None = None, real_start_timeout: float = 600):
         from kubernetes import client
         self.core = client.CoreV1Api(api_client)
         self.api_client = api_client
@@ -74,6 +79,8 @@ class SimulatedRuntime:
         self._locks: dict[str, asyncio.Lock] = {}
         self.grace: dict[str, tuple[str, str, int]] = {}  # pod uid -> (namespace, name, grace seconds)
         self.ready = threading.Event()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tidal-real-engines-"))  # real engines' files
+        self.real_start_timeout = real_start_timeout
 
     # ---- watch (in a thread: the kubernetes client is blocking) --------------------------------
     def _watch(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
@@ -147,7 +154,46 @@ class SimulatedRuntime:
                 # engine answers; nothing routes to it before it is Ready.
                 await self._start(pod)
 
+    async def _start_real(self, pod) -> None:
+        """The pod's own container command as a real process on the pod's IP (annotation
+        sim.tidal.dev/engine: real). KWOK marks the pod Ready once the runtime has seen the engine pass its
+        readiness probe and annotated the pod (sim.tidal.dev/serving), not after a fixed cold start."""
+        ns, name, ip = pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip
+        container = self.api_client.sanitize_for_serialization(pod.spec.containers[0])
+        workdir = self.workdir / pod.metadata.uid
+        try:
+            command, probe = await asyncio.to_thread(prepare_real, container, ip, workdir)
+        except (ValueError, OSError, subprocess.CalledProcessError) as err:
+            log.warning("pod %s/%s: cannot run its engine for real: %s", ns, name, err)
+            return
+        process = RealProcess(command, workdir / "engine.log", probe, workdir)
+        await process.start()
+        self.pods[pod.metadata.uid] = RunningPod(pod.metadata.uid, ip, None, process)
+        self.grace[pod.metadata.uid] = (ns, name, pod.spec.termination_grace_period_seconds or 30)
+        await asyncio.to_thread(self._finalizer, ns, name, add=True)
+        log.info("started the real engine of pod %s/%s on %s: %s (log %s)", ns, name, ip, " ".join(command.argv),
+                 workdir / "engine.log")
+        # Not under the pod's lock: a deletion while the model loads must be able to stop it.
+        asyncio.create_task(self._mark_serving(ns, name, process, probe, workdir))
+
+    async def _mark_serving(self, ns: str, name: str, process: RealProcess, probe: str, workdir: Path) -> None:
+        if await process.serving(timeout=self.real_start_timeout):
+            await asyncio.to_thread(self._annotate, ns, name, {SERVING_ANNOTATION: "true"})
+            log.info("real engine of pod %s/%s serves", ns, name)
+        else:
+            log.warning("real engine of pod %s/%s did not pass %s (see %s)", ns, name, probe, workdir / "engine.log")
+
+    def _annotate(self, namespace: str, name: str, annotations: dict) -> None:
+        from kubernetes.client.rest import ApiException
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as err:
+            if err.status != 404:
+                log.warning("pod %s/%s: cannot annotate: %s", namespace, name, err.reason)
+
     async def _start(self, pod) -> None:
+        if (pod.metadata.annotations or {}).get(ENGINE_ANNOTATION) == "real":
+            return await self._start_real(pod)
         container = pod.spec.containers[0].to_dict()
         container = {"command": container.get("command"), "args": container.get("args")}
         product = await asyncio.to_thread(self._gpu_product, pod.spec.node_name)
@@ -184,7 +230,10 @@ class SimulatedRuntime:
 
     async def _drain_then_release(self, key: str, running: RunningPod) -> None:
         namespace, name, grace = self.grace.get(key, (None, None, 30))
-        await running.server.engine.scheduler.drain(min(self.drain_timeout, grace))
+        if isinstance(running.server, RealProcess):
+            await running.server.drain(min(self.drain_timeout, grace))
+        else:
+            await running.server.engine.scheduler.drain(min(self.drain_timeout, grace))
         if namespace:
             await asyncio.to_thread(self._finalizer, namespace, name, add=False)
 
@@ -211,9 +260,11 @@ class SimulatedRuntime:
     async def _stop(self, key: str) -> None:
         running = self.pods.pop(key, None)
         if running:
+            if isinstance(running.server, RealProcess):
+                await running.server.stop()
             for runner in running.runners:
                 await runner.cleanup()
-            log.info("stopped %s server on %s", running.spec.engine, running.ip)
+            log.info("stopped %s server on %s", running.spec.engine if running.spec else "the real", running.ip)
 
     def _gpu_product(self, node_name: str | None) -> str | None:
         if not node_name:
