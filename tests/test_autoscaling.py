@@ -301,7 +301,7 @@ def test_a_surge_from_zero_gets_its_replicas_within_one_cold_start():
     replicas are ready; serving them within 10 s while 20/s keep coming takes (50 + 20) x 8 / 8 = 70,
     more than the 42 that hold them all (8 running + 4 queued each), so 42, capped at maxReplicas 20.
     Before, the surge got one replica and the rest one cold start after it was ready."""
-    held = Observation(current=0, ready=0, waiting=None, running=None, pending=100, held_rate=20,
+    held = Observation(current=0, ready=0, waiting=0, running=0, pending=100, held_rate=20,
                        cold_start_s=20, request_s=8)
     decisions = wake_until_steady(held)
     assert [d.reason for d in decisions] == ["ActivatorWake", "WakeForBacklog", "WakeForBacklog",
@@ -312,7 +312,7 @@ def test_a_surge_from_zero_gets_its_replicas_within_one_cold_start():
 
 def test_short_requests_at_a_low_rate_wake_one_replica():
     """One request held, 0.2/s, 4 s requests, a 60 s cold start, 48 slots: one replica serves it all."""
-    obs = Observation(current=0, ready=0, waiting=None, running=None, pending=1, held_rate=0.2,
+    obs = Observation(current=0, ready=0, waiting=0, running=0, pending=1, held_rate=0.2,
                       cold_start_s=60, request_s=4)
     decisions = wake_until_steady(obs, Policy(max_replicas=8, max_concurrency=48))
     assert [(d.replicas, d.reason) for d in decisions] == [(1, "ActivatorWake"), (1, "WaitingForFirstReplica")]
@@ -321,7 +321,7 @@ def test_short_requests_at_a_low_rate_wake_one_replica():
 def test_without_a_measured_request_time_the_wake_up_does_not_grow_on_the_backlog():
     """The first wake-up of a service: no request time yet, so the held requests say nothing about how
     fast they drain; the wake-up is sized for what is held when it is called, and waits for a replica."""
-    obs = Observation(current=0, ready=0, waiting=None, running=None, pending=30, held_rate=3, cold_start_s=10)
+    obs = Observation(current=0, ready=0, waiting=0, running=0, pending=30, held_rate=3, cold_start_s=10)
     # (30 + 3 x 10) / 12 = 5, and at most 4 from zero in one decision
     assert [d.replicas for d in wake_until_steady(obs)] == [4, 4]
     grown = decide(replace(obs, current=1, pending=600), ScalerState(), SMALL_BATCH, 10.0)
@@ -344,3 +344,15 @@ def test_a_wake_up_never_removes_starting_replicas(scenario):
     obs, state, policy, now = scenario
     obs = replace(obs, ready=0, pending=max(1.0, obs.pending))  # requests held, nothing serves yet
     assert decide(obs, state, policy, now).replicas >= max(1, obs.current)
+
+
+def test_while_metrics_are_missing_held_requests_wake_a_service_at_zero_but_never_resize_one_that_starts():
+    """A Prometheus outage must change nothing that exists: the wake-up call (which carries no metrics)
+    starts a service at zero, and growing the starting replicas waits for a tick that has metrics."""
+    at_zero = Observation(current=0, ready=0, waiting=None, running=None, pending=50, held_rate=10,
+                          cold_start_s=30, request_s=8)
+    assert decide(at_zero, ScalerState(), SMALL_BATCH, 10.0).reason == "ActivatorWake"
+    starting = replace(at_zero, current=1)
+    d = decide(starting, ScalerState(), SMALL_BATCH, 10.0)
+    assert (d.replicas, d.reason) == (1, "MetricsUnavailable")
+    assert decide(replace(starting, waiting=0, running=0), ScalerState(), SMALL_BATCH, 10.0).reason == "WakeForBacklog"
