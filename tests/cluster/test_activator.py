@@ -208,10 +208,12 @@ def test_a_surge_at_zero_wakes_replicas_for_the_surge_not_one(operator, activato
     """#18: the gateway's wake-up call says how many requests it holds, how fast they arrive and how
     long the service's requests took; the operator sizes the wake-up for the surge (4 slots + 2 queued
     per replica here, 1.4 s requests) instead of one replica and the rest after it serves."""
-    apply(kubectl, namespace, service("surge", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1,
-                                      maxReplicas=4))
+    surge = service("surge", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1, maxReplicas=4)
+    # A cold start long enough for the autoscaler's ticks to see the surge while the first replica loads.
+    surge["spec"]["placement"]["podAnnotations"] = {"sim.tidal.dev/cold-start": "8s"}
+    apply(kubectl, namespace, surge)
     url = f"{activator.url}/{namespace}/surge/v1/completions"
-    wait_for(lambda: replicas(kubectl, namespace, "surge") == 0, timeout=60, interval=0.5, what="scaled to zero")
+    wait_for(lambda: replicas(kubectl, namespace, "surge") == 0, timeout=90, interval=0.5, what="scaled to zero")
     warm = asyncio.run(burst(url, 3, max_tokens=200))  # it served before: the gateway knows its request time
     assert [s for s, _, _ in warm] == [200] * 3
     wait_for(lambda: replicas(kubectl, namespace, "surge") == 0, timeout=60, interval=0.5, what="back to zero")
