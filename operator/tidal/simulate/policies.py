@@ -77,7 +77,8 @@ class TidalPolicy(SimPolicy):
         return self._decide(view, waiting, view.scraped_running if view.ready else 0.0)
 
     def poke(self, view: View) -> int | None:
-        return self._decide(view, 0.0, 0.0) if view.ready == 0 else None
+        # The activator's wake-up call: no metrics with it (the operator's wake endpoint does not query).
+        return self._decide(view, None, None) if view.ready == 0 else None
 
 
 class KedaHpaPolicy(SimPolicy):
