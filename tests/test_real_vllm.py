@@ -7,7 +7,6 @@ shutdown`, with /health still 200) go to the other replica: no client sees an er
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
