@@ -303,8 +303,10 @@ class Autoscaler:
         key = (namespace, name)
         body = self.store.services.get(key)
         deployment = self.store.deployments.get(key)
-        if body is None or deployment is None or deployment.ready > 0:
+        if body is None or deployment is None or (deployment.replicas > 0 and deployment.ready > 0):
             return None  # serving (or not created yet): the regular tick handles it
+        # (At zero, the ready count may still show the last replica going: the scale to zero is written
+        # at once, the Deployment's status follows.)
         self._held[key] = (arrivals_per_s, request_s, time.monotonic())
         return await self._scale(key, body, None, prometheus_ok=False, extra_pending=pending)
 
