@@ -53,10 +53,13 @@ def test_a_real_vllm_service_scales_0_2_0_from_its_own_queue(operator, patient_a
                                                              dev_cluster):
     from openai import AsyncOpenAI
     activator = patient_activator
-    apply(kubectl, namespace, service())
-    # The first replica (created with the Deployment) starts vLLM for real; then the idle service goes to zero.
+    first = service()
+    first["spec"]["scaling"]["minReplicas"] = 1  # held up until Ready is seen (idle would take it to zero first)
+    apply(kubectl, namespace, first)
+    # The first replica starts vLLM for real; Ready comes from the operator asking that vLLM for its models.
     wait_for(lambda: (condition(get(kubectl, namespace, "inferenceservice", "real"), "Ready") or {}).get("reason")
              == "ModelReady", timeout=300, interval=2, what="Ready: ModelReady from the real vLLM")
+    apply(kubectl, namespace, service())  # minReplicas 0: the idle service goes to zero
     wait_for(lambda: replicas(kubectl, namespace, "real") == 0, timeout=240, interval=2, what="idle to zero")
 
     most, stop = [0], threading.Event()
