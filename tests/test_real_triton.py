@@ -11,13 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.static_gateway import static_gateway
 from tidal.api.v1alpha1 import parse_spec
 from tidal.clients.engine_health import triton_model_ready
 from tidal.devcluster.processes import free_port, http_ok
@@ -67,18 +67,9 @@ def triton(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gateway(triton, tmp_path_factory):
     ports, _ = triton
-    port, metrics = free_port(), free_port()
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
-                             "--metrics-port", str(metrics), "--api-keys", "off",
-                             f"--static-endpoint=ml/delay=127.0.0.30:{ports['http']}"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while not http_ok(f"http://127.0.0.1:{metrics}/healthz") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    with static_gateway([f"ml/delay=127.0.0.30:{ports['http']}"],
+                        tmp_path_factory.mktemp("gateway") / "gateway.log") as address:
+        yield address
 
 
 def test_tritonclient_infers_over_http_through_the_gateway_and_over_grpc(triton, gateway):
