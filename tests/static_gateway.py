@@ -7,14 +7,30 @@ import contextlib
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tidal.devcluster.processes import free_port, http_ok
 
 
+@dataclass
+class StaticGateway:
+    address: str  # host:port of the OpenAI endpoint
+    metrics_url: str
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One sample of the gateway's own metrics (0 when the series does not exist yet)."""
+        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 @contextlib.contextmanager
 def static_gateway(endpoints: list[str], log: Path):
-    """endpoints: `namespace/name[@served]=host:port` each; yields the gateway's host:port."""
+    """endpoints: `namespace/name[@served]=host:port` each."""
     port, metrics = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
                              "--metrics-port", str(metrics), "--api-keys", "off",
@@ -24,7 +40,7 @@ def static_gateway(endpoints: list[str], log: Path):
     while not http_ok(f"http://127.0.0.1:{metrics}/healthz") and time.monotonic() < deadline:
         time.sleep(0.1)
     try:
-        yield f"127.0.0.1:{port}"
+        yield StaticGateway(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics")
     finally:
         proc.terminate()
         proc.wait(10)

@@ -68,8 +68,8 @@ def triton(tmp_path_factory):
 def gateway(triton, tmp_path_factory):
     ports, _ = triton
     with static_gateway([f"ml/delay=127.0.0.30:{ports['http']}"],
-                        tmp_path_factory.mktemp("gateway") / "gateway.log") as address:
-        yield address
+                        tmp_path_factory.mktemp("gateway") / "gateway.log") as static:
+        yield static.address
 
 
 def test_tritonclient_infers_over_http_through_the_gateway_and_over_grpc(triton, gateway):

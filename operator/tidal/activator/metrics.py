@@ -32,6 +32,10 @@ class Metrics:
         self.cold_start = Histogram("tidal_gateway_cold_start_seconds", "From the first request held while the "
                                     "service had no replica to the first byte of an answer: the cold start as "
                                     "a client feels it.", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.retried = Counter("tidal_gateway_retried_requests", "Requests a replica gave back unprocessed and "
+                               "the gateway sent to another replica, by why: connection (refused or closed), "
+                               "draining (the engine's shutdown refusal, or 503), empty (aborted before its "
+                               "first token).", labels + ["why"], registry=r)
         self.hold_timeout = Gauge("tidal_gateway_hold_timeout_seconds", "Held requests are answered 503 after "
                                   "this long (--hold-timeout).", registry=r)
         self.hold_timeout.set(hold_timeout_s)

@@ -12,6 +12,7 @@ from ..engines.base import refusals
 from .call import Call
 from .endpoints import Endpoint
 from .errors import gateway_error as _error
+from .unprocessed import EMPTY, STREAM_HEAD_LIMIT, aborted_unprocessed, stream_verdict
 from .upstream import Refused
 from .usage import from_answer
 
@@ -44,26 +45,29 @@ class Proxying:
                                                         headers, body)
             except Refused as err:
                 log.info("%s/%s: %s", key[0], key[1], err)
+                self.metrics.retried.labels(*key, "connection").inc()
                 return None
             answer = None
-            if upstream.status == 500 and upstream.content_length is not None and upstream.content_length <= 4096:
-                answer = await upstream.read()  # small: an engine's error, perhaps its refusal while draining
-            if upstream.status == 503 or (answer is not None and any(r in answer for r in REFUSALS)):
-                # A replica shutting down (or not ready) refused it unprocessed: out of rotation for a
-                # moment, and the request goes to another replica, or is held and wakes the service.
-                endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
-                upstream.close()
-                return None
+            small = upstream.content_length is not None and upstream.content_length <= 1 << 20
+            if small:
+                answer = await upstream.read()  # a complete answer, or an engine's error (perhaps a refusal)
+            refused = upstream.status == 503 or (
+                upstream.status == 500 and answer is not None and any(r in answer for r in REFUSALS))
+            if refused or (upstream.status == 200 and answer is not None and aborted_unprocessed(answer)):
+                return self._given_back(key, endpoint, upstream, "draining" if refused else "empty")
+            chunks, head = upstream.iter_chunks(), b""
+            if upstream.status == 200 and answer is None and _event_stream(upstream):
+                head, _ = await _stream_head(chunks)
+                if stream_verdict(head) == EMPTY:
+                    return self._given_back(key, endpoint, upstream, "empty")
             self.metrics.answered(key, call.arrived, time.monotonic())
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
             # What the gateway did with the request, for clients and the playground to show.
             out_headers.append(("x-tidal-held-seconds", f"{call.held_s:.3f}"))
             if call.woke:
                 out_headers.append(("x-tidal-woke", "true"))
-            if upstream.content_length is not None and upstream.content_length <= 1 << 20:
+            if small:
                 # A small complete answer: one read, one write (most non-streamed completions).
-                if answer is None:
-                    answer = await upstream.read()
                 response = web.Response(status=upstream.status, body=answer)
                 for k, v in [*out_headers, *call.headers.items()]:
                     response.headers.add(k, v)
@@ -76,7 +80,11 @@ class Proxying:
                 response.headers.add(k, v)
             await response.prepare(request)
             meter = call.meter if upstream.status == 200 else None
-            async for chunk in upstream.iter_chunks():  # server-sent events pass through as they come
+            if head:
+                out = meter.feed(head) if meter else head
+                if out:
+                    await response.write(out)
+            async for chunk in chunks:  # server-sent events pass through as they come
                 out = meter.feed(chunk) if meter else chunk
                 if out:
                     await response.write(out)
@@ -96,3 +104,30 @@ class Proxying:
             endpoint.inflight -= 1
             inflight.dec()
             self._room_freed(key)
+
+    def _given_back(self, key, endpoint: Endpoint, upstream, why: str) -> None:
+        """The replica gave the request back unprocessed (shutting down, not ready, or aborted before its
+        first token): out of rotation for a moment, and the request goes to another replica, or is held and
+        wakes the service."""
+        log.info("%s/%s: %s:%s gave a request back unprocessed (%s): sent elsewhere", key[0], key[1],
+                 endpoint.host, endpoint.port, why)
+        self.metrics.retried.labels(*key, why).inc()
+        endpoint.unavailable_until = time.monotonic() + UNAVAILABLE_S
+        upstream.close()
+        return None
+
+
+def _event_stream(upstream) -> bool:
+    return any(k.lower() == "content-type" and v.lower().startswith("text/event-stream") for k, v in upstream.headers)
+
+
+async def _stream_head(chunks) -> tuple[bytes, bool]:
+    """A stream's first bytes, read until they show whether the replica is generating; and whether the
+    stream already ended."""
+    head = b""
+    while stream_verdict(head) is None and len(head) < STREAM_HEAD_LIMIT:
+        try:
+            head += await chunks.__anext__()
+        except StopAsyncIteration:
+            return head, True
+    return head, False
