@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 
@@ -41,6 +42,15 @@ def test_bodies_streams_keep_alive_and_refusals():
             missing = await pool.request("127.0.0.1", port, "GET", "/nope", [], b"")
             assert missing.status == 404
             await missing.read()
+            # Idle connections are closed after idle_s (a draining Triton waits for them to close).
+            (conn, _), = pool._idle[("127.0.0.1", port)]
+            pool.sweep(time.monotonic())
+            assert not conn[1].is_closing()
+            pool.sweep(time.monotonic() + pool.idle_s + 0.1)
+            assert conn[1].is_closing() and not pool._idle
+            again = await pool.request("127.0.0.1", port, "GET", "/health", [], b"")
+            assert again.status == 200  # a fresh connection
+            await again.read()
         finally:
             for r in runners:
                 await r.cleanup()

@@ -33,35 +33,49 @@ SPEC = {"engine": {"type": "triton", "drainSeconds": 30}, "model": {"uri": "s3:/
         "resources": {"gpus": 0, "cpu": "1"}}
 
 
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory):
-    work = tmp_path_factory.mktemp("triton")
-    repository = work / "repository"
-    shutil.copytree(ROOT / "tools" / "engines" / "triton-models", repository)
-    container = render_deployment("delay", "ml", "uid", parse_spec(SPEC), RenderSettings())["spec"]["template"][
-        "spec"]["containers"][0]
-    backends = Path(subprocess.run([str(TRITON_SCRIPT), "--print-backend-directory"], capture_output=True, text=True,
-                                   check=True).stdout.strip())
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    command = triton_command(container, repository, HOST, ports, backends)
-    log = work / "triton.log"
-    proc = subprocess.Popen(command.argv, env=command.env, cwd=work, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+class Triton:
+    """One tritonserver from the rendered command, on its own loopback address."""
+
+    def __init__(self, work: Path, host: str):
+        work.mkdir(parents=True, exist_ok=True)
+        repository = work / "repository"
+        shutil.copytree(ROOT / "tools" / "engines" / "triton-models", repository)
+        container = render_deployment("delay", "ml", "uid", parse_spec(SPEC), RenderSettings())["spec"][
+            "template"]["spec"]["containers"][0]
+        backends = Path(subprocess.run([str(TRITON_SCRIPT), "--print-backend-directory"], capture_output=True,
+                                       text=True, check=True).stdout.strip())
+        self.host, self.ports = host, {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        command = triton_command(container, repository, host, self.ports, backends)
+        self.log = work / "triton.log"
+        self.proc = subprocess.Popen(command.argv, env=command.env, cwd=work, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60  # ready in about 1.5 s; a stub that cannot find its libraries hangs
-        while not http_ok(f"http://{HOST}:{ports['http']}/v2/models/delay/ready"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        while not http_ok(f"http://{host}:{self.ports['http']}/v2/models/delay/ready"):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
             time.sleep(0.2)
-        yield ports, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.ports['http']}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
         for region in glob.glob("/dev/shm/triton_python_backend_shm_region_*"):  # left behind by a kill
             try:
                 os.unlink(region)
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    server = Triton(tmp_path_factory.mktemp("triton"), HOST)
+    try:
+        yield server.ports, server.proc
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +131,43 @@ def test_the_operators_readiness_check_and_the_pending_gauge_read_real_triton(tr
     assert seen >= 8, seen  # the queue Tidal scales Triton on, while one batch runs
     assert all(np.array_equal(r.as_numpy("OUTPUT0"), np.full((1, 4), 2, dtype=np.float32)) for r in results)
     assert pending() == 0
+
+
+def test_a_draining_triton_finishes_its_batches_and_new_requests_go_to_the_other_replica(tmp_path):
+    """SIGTERM (as the kubelet sends it) to one of two Triton replicas under load: Triton refuses new
+    connections, still answers on the ones it has, and waits up to --exit-timeout-secs for its
+    inferences and its HTTP connections to end. Every client gets its answer, and the drained replica
+    exits by itself, well before its exit timeout."""
+    import tritonclient.http.aio as aioclient
+    servers = [Triton(tmp_path / f"t{i}", f"127.0.0.{31 + i}") for i in range(2)]
+    try:
+        with static_gateway([f"ml/delay={s.endpoint}" for s in servers], tmp_path / "gateway.log") as static:
+            async def load():
+                client = aioclient.InferenceServerClient(static.address)
+
+                async def one(i: int):
+                    inp = aioclient.InferInput("INPUT0", [1, 4], "FP32")
+                    inp.set_data_from_numpy(np.full((1, 4), i, dtype=np.float32))
+                    return (await client.infer("delay", [inp])).as_numpy("OUTPUT0")
+
+                tasks = []
+                for i in range(120):  # 6 s of arrivals at 20 a second; each batch takes 0.2 s
+                    tasks.append(asyncio.create_task(one(i)))
+                    if i == 40:
+                        os.kill(servers[0].proc.pid, signal.SIGTERM)
+                    await asyncio.sleep(0.05)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                await client.close()
+                return results
+
+            results = asyncio.run(load())
+            errors = [r for r in results if isinstance(r, Exception)]
+            assert not errors, errors[:3]
+            assert all(np.array_equal(r, np.full((1, 4), 2 * i, dtype=np.float32)) for i, r in enumerate(results))
+            # Triton exits once no HTTP connection is open to it: the gateway closes idle ones after 4 s
+            # (before, its pooled connections kept Triton up for all of --exit-timeout-secs, and it exited 1).
+            assert servers[0].proc.wait(20) == 0, servers[0].log.read_text()[-3000:]
+            assert servers[1].proc.poll() is None
+    finally:
+        for server in servers:
+            server.stop()

@@ -63,6 +63,7 @@ class Gateway(Holding, Proxying):
         self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
         # Upstream replicas: keep-alive connections, no total timeout (a generation may stream for minutes).
         self._upstream = UpstreamPool()
+        self._upstream.start_sweeping()
 
     async def stop(self, app: web.Application) -> None:
         if self._http:

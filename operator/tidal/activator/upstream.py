@@ -7,6 +7,7 @@ measured, this hop was a quarter of the activator's CPU per request with aiohttp
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from typing import AsyncIterator
 
@@ -67,16 +68,46 @@ class Response:
         self._close()
 
 
+# An idle connection is closed after this long. A draining Triton waits for its HTTP connections to
+# close before it exits: with idle connections kept open it sat out its whole --exit-timeout-secs (30 s)
+# and exited 1. 4 s is also under uvicorn's 5 s keep-alive (vLLM's server), so a reused connection is
+# rarely one the replica is closing.
+IDLE_S = 4.0
+
+
 class UpstreamPool:
-    def __init__(self, max_idle_per_endpoint: int = 64, connect_timeout: float = 2.0):
-        self._idle: dict[tuple[str, int], list] = defaultdict(list)
+    def __init__(self, max_idle_per_endpoint: int = 64, connect_timeout: float = 2.0, idle_s: float = IDLE_S):
+        self._idle: dict[tuple[str, int], list] = defaultdict(list)  # (host, port) -> [(conn, idle since)]
         self.max_idle = max_idle_per_endpoint
         self.connect_timeout = connect_timeout
+        self.idle_s = idle_s
+        self._sweeper: asyncio.Task | None = None
+
+    def start_sweeping(self) -> None:
+        """Close connections idle longer than idle_s, every second, whether or not requests come."""
+        async def sweep_forever():
+            while True:
+                await asyncio.sleep(1.0)
+                self.sweep(time.monotonic())
+        self._sweeper = asyncio.get_running_loop().create_task(sweep_forever())
+
+    def sweep(self, now: float) -> None:
+        for key in list(self._idle):
+            fresh = []
+            for conn, since in self._idle[key]:
+                if now - since > self.idle_s:
+                    conn[1].close()
+                else:
+                    fresh.append((conn, since))
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]  # memory bounded by the replicas with idle connections
 
     def _put(self, conn) -> None:
         idle = self._idle[conn[2]]
         if len(idle) < self.max_idle and not conn[1].is_closing():
-            idle.append(conn)
+            idle.append((conn, time.monotonic()))
         else:
             conn[1].close()
 
@@ -92,10 +123,10 @@ class UpstreamPool:
         head = [f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers]
         payload = ("".join(head) + "\r\n").encode("latin-1") + body
-        idle = self._idle[(host, port)]
+        idle = self._idle.get((host, port), [])
         while True:
             reused = bool(idle)
-            conn = idle.pop() if reused else await self._connect(host, port)
+            conn = idle.pop()[0] if reused else await self._connect(host, port)
             reader, writer, _ = conn
             try:
                 writer.write(payload)
@@ -120,7 +151,9 @@ class UpstreamPool:
         return Response(int(status), reason[0] if reason else "", headers_out, reader, self, conn)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conns in self._idle.values():
-            for conn in conns:
+            for conn, _ in conns:
                 conn[1].close()
         self._idle.clear()
