@@ -70,9 +70,17 @@ def shot(driver, name: str, tmp_path: Path) -> Path:
 
 
 def text(driver, css: str) -> str:
+    """The element's text now. The models table is redrawn every few seconds: an element found just
+    before a redraw is gone when its text is read, so it is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    for _ in range(5):
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css}: redrawn five times while being read")
 
 
 def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
