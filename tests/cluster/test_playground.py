@@ -83,6 +83,19 @@ def text(driver, css: str) -> str:
     raise AssertionError(f"{css}: redrawn five times while being read")
 
 
+def click(driver, css: str) -> None:
+    """Click an element of the models table (looked up again if a redraw replaced it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    for _ in range(5):
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css}: redrawn five times while being clicked")
+
+
 def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
         browser, playground, kubectl, namespace, tmp_path):
     from selenium.webdriver.common.by import By
@@ -144,7 +157,7 @@ def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
     shot(browser, "chat", tmp_path)
 
     # The last hour of the awake model, from Prometheus.
-    browser.find_element(By.CSS_SELECTOR, f"#models tr[data-model='{awake}'] button").click()
+    click(browser, f"#models tr[data-model='{awake}'] button")
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#charts figure")) == 4, timeout=15,
              what=f"four charts ({text(browser, '#history-status')!r})")
     captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#charts figcaption")]
