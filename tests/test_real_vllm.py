@@ -163,9 +163,10 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     errors = [s for s in caught + short if isinstance(s, Exception)]
     assert not errors, errors[:3]
     assert long == [400] * 8 and caught == [8] * 6 and short == [8] * 40
-    # Both kinds of hand-back happened, and the gateway sent each request elsewhere.
+    # The silent hand-back happened (the paused engine core makes sure of it), and the gateway sent those
+    # requests elsewhere. (Whether HTTP 500 refusals come too depends on timing: after the first hand-back
+    # the gateway keeps replica 0 out of rotation for 5 s.)
     key = {"namespace": "ml", "tidal_dev_inferenceservice": "tiny"}
     assert gateway.sample("tidal_gateway_retried_requests_total", why="empty", **key) >= 1
-    assert gateway.sample("tidal_gateway_retried_requests_total", why="draining", **key) >= 1
     replicas[0].proc.wait(120)  # it drained and exited by itself (TimeoutExpired otherwise)
     assert replicas[1].proc.poll() is None

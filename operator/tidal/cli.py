@@ -64,12 +64,16 @@ def _sim_server(args: argparse.Namespace) -> int:
                  if getattr(args, f.name, None) is not None}
     latency = LatencyModel(**overrides)
     models = tuple(args.model)
-    spec = EngineSpec(args.engine, models, args.served_model_name, args.port,
-                      args.metrics_port if args.engine == "triton" else None, latency)
+    from .simserver.registry import simulated
+    if args.engine not in simulated():
+        print(f"--engine {args.engine!r}: not a simulated engine; known: {', '.join(sorted(simulated()))}",
+              file=sys.stderr)
+        return 2
+    spec = EngineSpec(args.engine, models, args.served_model_name, args.port, args.metrics_port, latency)
 
     async def serve():
-        await serve_engine(spec, args.host)
-        ports = f"{args.port}" + (f", metrics on {args.metrics_port}" if spec.metrics_port else "")
+        _, runners = await serve_engine(spec, args.host)
+        ports = ", ".join(str(address[1]) for runner in runners for address in runner.addresses)
         print(f"simulated {args.engine} serving {', '.join(models)} on {args.host}:{ports} ({latency})", flush=True)
         await asyncio.Event().wait()
 
@@ -450,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run_operator)
 
     sim = sub.add_parser("sim-server", help="run one simulated vLLM or Triton server (no GPU needed)")
-    sim.add_argument("--engine", choices=["vllm", "triton"], default="vllm")
+    sim.add_argument("--engine", default="vllm", help="the simulated engine (vllm, triton, ...)")
     sim.add_argument("--model", action="append", default=None,
                      help="model name (repeat for several Triton models)")
     sim.add_argument("--served-model-name")

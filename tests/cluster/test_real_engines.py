@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.cluster.test_autoscaler import apply, replicas
+from tests.cluster.test_autoscaler import apply, deployment, replicas
 from tests.cluster.test_operator import condition, events, get
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import start_activator
@@ -96,3 +96,79 @@ def test_a_real_vllm_service_scales_0_2_0_from_its_own_queue(operator, patient_a
                              f'max(max_over_time(vllm:num_requests_waiting{{model_name="{SERVED}"}}[10m]))')
     assert peak and float(peak[0]["value"][1]) >= 1, peak
     wait_for(lambda: replicas(kubectl, namespace, "real") == 0, timeout=240, interval=2, what="back to zero")
+
+
+def pods(kubectl, namespace: str, name: str) -> list[dict]:
+    return json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"tidal.dev/inferenceservice={name}",
+                              "-o", "json").stdout)["items"]
+
+
+def rolled_out(kubectl, namespace: str, name: str, count: int) -> bool:
+    """The Deployment's pods are all of its current template and Ready, and the old ones are gone."""
+    status = deployment(kubectl, namespace, name).get("status", {})
+    return (status.get("updatedReplicas") == count and status.get("readyReplicas") == count
+            and len(pods(kubectl, namespace, name)) == count)
+
+
+class SteadyLoad:
+    """Clients that each send a 100-token completion through the gateway, then pause a moment, until
+    stopped; every answer (or error) is kept. Light on purpose: two replicas under constant load take
+    both of this machine's cores, and a third one then needs minutes to start (measured: 6+ min)."""
+
+    def __init__(self, url: str, clients: int, max_tokens: int = 100, pause_s: float = 0.5):
+        from openai import AsyncOpenAI
+        self.results: list = []
+        self.max_tokens, self.pause_s = max_tokens, pause_s
+        self._stop = threading.Event()
+        self._client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(clients),), daemon=True)
+        self._thread.start()
+
+    async def _run(self, clients: int) -> None:
+        async def client(i: int) -> None:
+            while not self._stop.is_set():
+                try:
+                    answer = await self._client.completions.create(model=SERVED, prompt=f"tide {i}",
+                                                                   max_tokens=self.max_tokens,
+                                                                   extra_body={"ignore_eos": True})
+                    self.results.append(answer.usage.completion_tokens)
+                except Exception as err:  # noqa: BLE001 - every failure is what the test reports
+                    self.results.append(err)
+                await asyncio.sleep(self.pause_s)
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    def stop(self) -> list:
+        self._stop.set()
+        self._thread.join(600)
+        return self.results
+
+
+def test_rollout_and_scale_down_of_real_vllm_under_load_lose_nothing(operator, patient_activator, kubectl,
+                                                                    namespace):
+    """Two real vLLM replicas serve a steady load through the gateway while the service rolls out a new
+    template (a new pod starts, then each old one drains: SIGTERM, vLLM finishes what it runs) and then
+    scales down to one. No client sees an error, and every generation is complete."""
+    spec = service()
+    spec["metadata"]["name"] = "roll"
+    spec["spec"]["engine"]["args"] = ["--enforce-eager", "--max-num-seqs=4"]
+    spec["spec"]["scaling"].update(minReplicas=2, maxReplicas=2)
+    apply(kubectl, namespace, spec)
+    wait_for(lambda: rolled_out(kubectl, namespace, "roll", 2), timeout=400, interval=2, what="two real replicas")
+
+    load = SteadyLoad(f"{patient_activator.url}/{namespace}/roll/v1", clients=3)
+    try:
+        time.sleep(10)
+        first = {p["metadata"]["name"] for p in pods(kubectl, namespace, "roll")}
+        spec["spec"]["engine"]["args"] = ["--enforce-eager", "--max-num-seqs=5"]  # a new pod template
+        apply(kubectl, namespace, spec)
+        wait_for(lambda: rolled_out(kubectl, namespace, "roll", 2), timeout=600, interval=2, what="the rollout")
+        assert not first & {p["metadata"]["name"] for p in pods(kubectl, namespace, "roll")}
+        spec["spec"]["scaling"].update(minReplicas=1, maxReplicas=1)
+        apply(kubectl, namespace, spec)
+        wait_for(lambda: rolled_out(kubectl, namespace, "roll", 1), timeout=300, interval=2, what="the scale-down")
+        time.sleep(5)
+    finally:
+        results = load.stop()
+    errors = [r for r in results if not isinstance(r, int)]
+    assert not errors, errors[:3]
+    assert len(results) >= 20 and set(results) == {100}, sorted(set(results))

@@ -67,8 +67,8 @@ class SecretKeyRef(_Model):
 
 
 class Engine(_Model):
-    type: EngineType = Field(description="Model server: `vllm` (OpenAI-compatible API) or `triton` "
-                                         "(KServe v2 protocol).")
+    type: EngineType = Field(description="Model server: " + ", ".join(
+        f"`{name}` ({ENGINES[name].summary})" for name in sorted(ENGINES)) + ".")
     image: str | None = Field(None, description="Container image (without tag) to use instead of the "
                                                 "engine's default.", max_length=512,
                               pattern=r"^[a-z0-9][a-z0-9._\-/:]*$")

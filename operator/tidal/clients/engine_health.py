@@ -1,7 +1,8 @@
 """Ask a running engine whether it serves the model (beyond its pod being Ready).
 
-vLLM: the served name is listed by `GET /v1/models`. Triton: KServe v2's model-ready call
-(`GET /v2/models/{name}/ready`, what `tritonclient`'s is_model_ready sends).
+Each engine adapter names its check (`model_check`): "openai" — the served name is listed by
+`GET /v1/models` (vLLM, SGLang); "kserve-v2" — KServe v2's model-ready call
+(`GET /v2/models/{name}/ready`, what `tritonclient`'s is_model_ready sends; Triton).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import aiohttp
 TIMEOUT_S = 3.0
 
 
-async def vllm_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
+async def openai_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
     url = f"http://{host}:{port}/v1/models"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
@@ -23,7 +24,7 @@ async def vllm_model_ready(host: str, port: int, served_name: str) -> tuple[bool
         return False, f"GET {url} failed: {err or type(err).__name__}"
     if served_name in ids:
         return True, ""
-    return False, f"vLLM at {host}:{port} serves {ids}, not {served_name!r}"
+    return False, f"the engine at {host}:{port} serves {ids}, not {served_name!r}"
 
 
 async def triton_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
@@ -41,8 +42,9 @@ async def triton_model_ready(host: str, port: int, served_name: str) -> tuple[bo
         return False, f"Triton at {host}:{port} did not answer: {err or type(err).__name__}"
 
 
-CHECKS = {"vllm": vllm_model_ready, "triton": triton_model_ready}
+CHECKS = {"openai": openai_model_ready, "kserve-v2": triton_model_ready}
 
 
-async def model_ready(engine: str, host: str, port: int, served_name: str) -> tuple[bool, str]:
-    return await CHECKS[engine](host, port, served_name)
+async def model_ready(check: str, host: str, port: int, served_name: str) -> tuple[bool, str]:
+    """check: the engine adapter's `model_check`."""
+    return await CHECKS[check](host, port, served_name)

@@ -167,7 +167,7 @@ class Reconciler:
                             for c in (p.get("status") or {}).get("conditions") or [])]
         result: tuple[bool | None, str] = (None, "")
         for ip in [ip for ip in ready_ips if ip][:3]:  # one serving replica is enough to call it Ready
-            result = await model_ready(adapter.name, ip, adapter.api_port, spec.model.served_name)
+            result = await model_ready(adapter.model_check, ip, adapter.api_port, spec.model.served_name)
             if result[0]:
                 return result
         return result

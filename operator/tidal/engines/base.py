@@ -37,6 +37,7 @@ class Batch:
 @dataclass(frozen=True)
 class EngineAdapter:
     name: str
+    summary: str  # what clients speak to it, for `kubectl explain` (for example "OpenAI-compatible API")
     image: str
     tag: str
     # (name, port) pairs; the first one is the API port the Service routes to.
@@ -51,6 +52,9 @@ class EngineAdapter:
     readiness_probe: Probe
     liveness_probe: Probe
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # How to ask a running replica whether it serves the model (tidal.clients.engine_health): "openai"
+    # (the served name is listed by GET /v1/models) or "kserve-v2" (GET /v2/models/{name}/ready).
+    model_check: str = "openai"
     # Error answers (a fragment of the body) that mean the engine refused the request without processing
     # it, so that another replica may take it: how a draining engine says "not me".
     refusals: tuple[bytes, ...] = field(default_factory=tuple)

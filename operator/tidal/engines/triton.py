@@ -18,6 +18,7 @@ class TritonAdapter(EngineAdapter):
 
 TRITON = register(TritonAdapter(
     name="triton",
+    summary="KServe v2 protocol",
     image="nvcr.io/nvidia/tritonserver",
     tag="25.01-py3",
     ports=(("http", 8000), ("grpc", 8001), ("metrics", 8002)),
@@ -29,4 +30,5 @@ TRITON = register(TritonAdapter(
     startup_probe=Probe("/v2/health/ready"),
     readiness_probe=Probe("/v2/health/ready"),
     liveness_probe=Probe("/v2/health/live"),
+    model_check="kserve-v2",
 ))

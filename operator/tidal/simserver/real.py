@@ -53,6 +53,13 @@ def vllm_command(container: dict, model_dir: Path, host: str, port: int, workdir
         "VLLM_HOST_IP": host,  # else its internal queue binds the machine's external interface
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache on the CPU build
         "TMPDIR": str(workdir),  # vllm_dist_* and torchinductor_* files stay with the test
+        # One compute thread, unpinned, waiting without spinning. vLLM's default pins its OpenMP threads to
+        # core 0 and reserves core 1 on this 2-core machine: every replica on the same core, spinning —
+        # a third replica started beside two busy ones had not loaded after 5 minutes. On a real node each
+        # pod has CPUs of its own.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
     })
     return RealCommand([str(vllm_bin / "vllm"), *argv[1:]], env)
 

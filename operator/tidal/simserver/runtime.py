@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from aiohttp import web
@@ -23,8 +24,7 @@ from aiohttp import web
 from ..devcluster.pod_discovery import TargetsFile
 from .podspec import EngineSpec, engine_spec
 from .real import ENGINE_ANNOTATION, SERVING_ANNOTATION, RealProcess, prepare_real
-from .triton import TritonServer
-from .vllm import VllmServer
+from .registry import simulated
 
 log = logging.getLogger("tidal.sim-runtime")
 # While a simulated engine serves, its pod carries this finalizer: deleting the pod then waits, as a
@@ -39,19 +39,14 @@ class RunningPod:
     key: str
     ip: str
     spec: EngineSpec | None  # None for a real engine
-    server: VllmServer | TritonServer | RealProcess
+    server: Any  # a simulated engine's server, or the RealProcess of a real one
     runners: list[web.AppRunner] = field(default_factory=list)
     draining: bool = False
 
 
-async def serve_engine(spec: EngineSpec, host: str) -> tuple[VllmServer | TritonServer, list[web.AppRunner]]:
-    """Start a simulated engine on host:port (and its metrics port for Triton)."""
-    if spec.engine == "vllm":
-        server = VllmServer(spec.models[0], spec.served_name, spec.latency)
-        apps = [(server.app(), spec.port)]
-    else:
-        server = TritonServer(list(spec.models), spec.latency)
-        apps = [(server.app(), spec.port), (server.metrics_app(), spec.metrics_port)]
+async def serve_engine(spec: EngineSpec, host: str) -> tuple[Any, list[web.AppRunner]]:
+    """Start a simulated engine on host: its API on spec.port (and what else it listens on)."""
+    server, apps = simulated()[spec.engine].serve(spec)
     runners = []
     try:
         for app, port in apps:

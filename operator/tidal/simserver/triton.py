@@ -16,6 +16,8 @@ from aiohttp import web
 
 from .engine import Engine
 from .latency import LatencyModel
+from .podspec import EngineSpec, flag
+from .registry import SimulatedEngine, register
 from .scheduler import Draining
 
 DEFAULT_OUTPUT_TOKENS = 16
@@ -207,3 +209,21 @@ def _parse_infer_request(headers, raw: bytes) -> tuple[dict, dict[str, np.ndarra
             raise InferError(f"input {name}: data does not match shape {shape}: {err}") from err
         inputs[name] = array
     return header, inputs
+
+
+def parse(argv: list[str], words: list[str], latency: LatencyModel) -> EngineSpec | None:
+    """`tritonserver --load-model=X [--load-model=Y] --http-port=P --metrics-port=M`."""
+    if "tritonserver" not in words:
+        return None
+    models = tuple(flag(argv, "--load-model")) or ("model",)
+    port = int((flag(argv, "--http-port") or ["8000"])[0])
+    metrics_port = int((flag(argv, "--metrics-port") or ["8002"])[0])
+    return EngineSpec("triton", models, None, port, metrics_port, latency)
+
+
+def serve(spec: EngineSpec) -> tuple[TritonServer, list[tuple[web.Application, int]]]:
+    server = TritonServer(list(spec.models), spec.latency)
+    return server, [(server.app(), spec.port), (server.metrics_app(), spec.metrics_port or 8002)]
+
+
+register(SimulatedEngine("triton", parse, serve))

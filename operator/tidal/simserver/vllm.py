@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .engine import Engine
 from .latency import LatencyModel, prompt_tokens
+from .podspec import EngineSpec, flag
+from .registry import SimulatedEngine, register
 from .scheduler import Draining
 
 DEFAULT_MAX_TOKENS = 16
@@ -175,3 +178,25 @@ def _text(tokens: int) -> str:
 def _error(status: int, message: str, kind: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind, "code": status}, "object": "error"},
                              status=status)
+
+
+def parse(argv: list[str], words: list[str], latency: LatencyModel) -> EngineSpec | None:
+    """`vllm serve <model> --served-model-name X --port P [--max-num-seqs N]`."""
+    if not ("vllm" in words and "serve" in words):
+        return None
+    seqs = flag(argv, "--max-num-seqs")
+    if seqs and seqs[0].isdigit():  # the engine's own batch limit is the simulated concurrency
+        latency = replace(latency, max_concurrency=int(seqs[0]))
+    rest = argv[words.index("serve") + 1:]
+    model = rest[0] if rest and not rest[0].startswith("-") else (flag(argv, "--model") or ["model"])[0]
+    served = (flag(argv, "--served-model-name") or [model])[0]
+    port = int((flag(argv, "--port") or ["8000"])[0])
+    return EngineSpec("vllm", (model,), served, port, None, latency)
+
+
+def serve(spec: EngineSpec) -> tuple[VllmServer, list[tuple[web.Application, int]]]:
+    server = VllmServer(spec.models[0], spec.served_name, spec.latency)
+    return server, [(server.app(), spec.port)]
+
+
+register(SimulatedEngine("vllm", parse, serve))

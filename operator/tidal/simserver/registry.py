@@ -1,0 +1,45 @@
+"""The simulated engines, each in a module of its own: how it recognises its engine's command line and
+how it serves. The runtime, `engine_spec` and `tidal sim-server` know engines only through this registry,
+so a new simulated engine is one new module in this package that calls `register`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .latency import LatencyModel
+    from .podspec import EngineSpec
+
+# The package's modules that are not engines.
+INFRASTRUCTURE = {"engine", "latency", "podspec", "real", "registry", "runtime", "scheduler"}
+
+
+@dataclass(frozen=True)
+class SimulatedEngine:
+    name: str
+    # (argv, the argv words' basenames, latency) -> the spec, or None when the command is another engine's
+    parse: Callable[[list[str], list[str], "LatencyModel"], "EngineSpec | None"]
+    # spec -> (server, [(app, port)]): the apps to listen with, the API's first
+    serve: Callable[["EngineSpec"], tuple[Any, list[tuple["web.Application", int]]]]
+
+
+SIMULATED: dict[str, SimulatedEngine] = {}
+
+
+def register(engine: SimulatedEngine) -> SimulatedEngine:
+    SIMULATED[engine.name] = engine
+    return engine
+
+
+def simulated() -> dict[str, SimulatedEngine]:
+    """Every simulated engine (their modules are imported on first use)."""
+    for module in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        if module.name not in INFRASTRUCTURE:
+            importlib.import_module(f"{__package__}.{module.name}")
+    return SIMULATED
