@@ -1,7 +1,7 @@
 """Ask a running engine whether it serves the model (beyond its pod being Ready).
 
 Each engine adapter names its check (`model_check`): "openai" — the served name is listed by
-`GET /v1/models` (vLLM, SGLang); "kserve-v2" — KServe v2's model-ready call
+`GET /v1/models` (OpenAI-compatible servers); "kserve-v2" — KServe v2's model-ready call
 (`GET /v2/models/{name}/ready`, what `tritonclient`'s is_model_ready sends; Triton).
 """
 
