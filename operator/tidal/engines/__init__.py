@@ -1,7 +1,8 @@
 """Engine adapters: everything engine-specific (image, command, ports, probes, metric names).
 
 Each module in this package defines one adapter and registers it with `register`. Adding an engine
-(TGI, ...) is one new file here (and one in simserver/ for the local cluster); the API enum, the CRD and the renderers pick it up.
+(TGI, ...) is one new file here (and one in simserver/ for the local cluster); the API enum, the CRD,
+the renderers, the gateway and the sim-runtime pick it up.
 """
 
 from __future__ import annotations
