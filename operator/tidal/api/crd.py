@@ -11,6 +11,7 @@ import sys
 
 import yaml
 
+from ..engines import ENGINES
 from .status import InferenceServiceStatus
 from .v1alpha1 import CEL_RULES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, InferenceServiceSpec
 
@@ -82,8 +83,9 @@ def crd() -> dict:
     status["description"] = "Observed state, written by Tidal."
     root = {
         "type": "object",
-        "description": "An InferenceService runs one model on vLLM or Triton on a GPU node pool and scales "
-                       "it between minReplicas (possibly 0) and maxReplicas from its request queue.",
+        "description": "An InferenceService runs one model on a model server (" + ", ".join(sorted(ENGINES))
+                       + ") on a GPU node pool and scales it between minReplicas (possibly 0) and maxReplicas "
+                       "from its request queue.",
         "properties": {
             "apiVersion": {"type": "string", "description": "tidal.dev/v1alpha1"},
             "kind": {"type": "string", "description": "InferenceService"},
