@@ -131,7 +131,7 @@ def test_invalid_objects_are_rejected_at_apply_with_the_field_named(operator, ku
         return result.stderr
 
     schema = apply({"engine": {"type": "tgi"}, "model": {"uri": "ftp://x/y"}, "scaling": {"minReplicas": -1}})
-    assert 'spec.engine.type: Unsupported value: "tgi": supported values: "triton", "vllm"' in schema
+    assert 'spec.engine.type: Unsupported value: "tgi": supported values: "sglang", "triton", "vllm"' in schema
     assert 'spec.model.uri: Invalid value: "ftp://x/y"' in schema
     assert "spec.scaling.minReplicas: Invalid value: -1" in schema
     # cross-field rules (CEL) run once the fields themselves are well-formed
