@@ -8,7 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tidal.autoscaling import Observation, Policy, ScalerState, decide
-from tidal.autoscaling.limits import (clamp, expected_backlog, replicas_to_drain, limit_scale_down, limit_scale_up, recommend, stabilise_down,
+from tidal.autoscaling.limits import (adapted_idle_seconds, clamp, expected_backlog, limit_scale_down, limit_scale_up,
+                                      recommend, remember_gap, replicas_to_drain, stabilise_down, too_late_to_help,
                                       within_tolerance)
 
 POLICY = Policy(min_replicas=0, max_replicas=10, target_queue=4, max_concurrency=48, idle_seconds=120,
@@ -152,8 +153,10 @@ def scenarios(draw, metrics=st.booleans(), in_bounds=st.booleans(), unschedulabl
                       unschedulable=draw(unschedulable), pool_capacity=draw(capacity))
     now = draw(st.floats(1000, 2000))
     history = tuple(draw(st.lists(st.tuples(st.floats(now - 400, now), st.integers(0, 40)), max_size=20)))
+    gaps = tuple(draw(st.lists(st.sampled_from([30.0, 200.0, 900.0, 5000.0]), max_size=2)))
     state = ScalerState(last_active=draw(st.one_of(st.none(), st.floats(0, now))),
-                        observing_since=draw(st.one_of(st.none(), st.floats(0, now))), history=history)
+                        observing_since=draw(st.one_of(st.none(), st.floats(0, now))), history=history,
+                        idle_gaps=gaps)
     return obs, state, policy, now
 
 
@@ -172,7 +175,10 @@ def test_never_to_zero_while_work_exists_or_before_the_idle_period(scenario):
     if d.replicas == 0 and obs.current > 0:
         assert not obs.pending and obs.waiting == 0 and obs.running == 0
         active = state.last_active if state.last_active is not None else (state.observing_since or now)
-        assert now - active >= policy.idle_seconds
+        # the idle period as written, or as learned: never shorter than the scale-down window or a cold start
+        learned = min(policy.idle_seconds, max(policy.scale_down_window_s, obs.cold_start_s or 0.0))
+        assert now - active >= (policy.idle_seconds if not all(g > policy.idle_seconds for g in state.idle_gaps)
+                                or len(state.idle_gaps) < 2 else learned)
 
 
 @settings(max_examples=300)
@@ -356,3 +362,123 @@ def test_while_metrics_are_missing_held_requests_wake_a_service_at_zero_but_neve
     d = decide(starting, ScalerState(), SMALL_BATCH, 10.0)
     assert (d.replicas, d.reason) == (1, "MetricsUnavailable")
     assert decide(replace(starting, waiting=0, running=0), ScalerState(), SMALL_BATCH, 10.0).reason == "WakeForBacklog"
+
+
+# ---- the idle period learns from the service's quiet gaps ----------------------------------------
+def test_the_idle_period_shortens_only_after_two_gaps_that_outlasted_it():
+    assert adapted_idle_seconds((), 300, 60) == 300
+    assert adapted_idle_seconds((900.0,), 300, 60) == 300  # one long gap is not enough
+    assert adapted_idle_seconds((900.0, 880.0), 300, 60) == 60
+    assert adapted_idle_seconds((900.0, 200.0), 300, 60) == 300  # the last gap was bridged: back to 300
+    assert adapted_idle_seconds((900.0, 300.0), 300, 60) == 300  # a gap of exactly the idle period was bridged
+    assert adapted_idle_seconds((900.0, 900.0), 300, 400) == 300  # never longer than written
+    assert remember_gap((900.0, 880.0), 120.4) == (880.0, 120.0)  # the last two, whole seconds
+
+
+def quiet_then_busy(state: ScalerState, quiet_s: float, now: float, policy: Policy = POLICY):
+    """A service at zero since `now - quiet_s`: the activator's wake-up call, then its replica serving one
+    request and going quiet again. Returns the state and the time it went quiet."""
+    woke = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=1, cold_start_s=60),
+                  replace(state, last_active=now - quiet_s), policy, now)
+    assert woke.reason == "ActivatorWake"
+    starting = decide(Observation(current=1, ready=0, waiting=0, running=0, pending=1, cold_start_s=60), woke.state,
+                      policy, now + 30)  # a tick while the replica starts: the held request keeps it active
+    busy = decide(Observation(current=1, ready=1, waiting=0, running=1, cold_start_s=60), starting.state, policy,
+                  now + 70)
+    return busy.state, now + 70
+
+
+def idle_decisions(state: ScalerState, since: float, policy: Policy = POLICY) -> list:
+    """One idle replica observed every 2 s for 400 s; the Deployment follows each decision."""
+    out, current = [], 1
+    for i in range(1, 200):
+        d = decide(Observation(current=current, ready=current, waiting=0, running=0, cold_start_s=60), state,
+                   policy, since + 2 * i)
+        out.append((since + 2 * i, d))
+        state, current = d.state, d.replicas
+        if current == 0:
+            break
+    return out
+
+
+def first_zero_after(decisions, since: float) -> float:
+    return next(t for t, d in decisions if d.replicas == 0) - since
+
+
+def test_a_service_woken_after_long_gaps_goes_to_zero_after_a_cold_start_and_says_why():
+    """Idle period 120 s; gaps of 900 s. After the first, the replica still waits 120 s; after the second,
+    60 s (the scale-down window and the cold start), and the decision names the gaps."""
+    state = ScalerState(observing_since=0.0)
+    state, quiet_from = quiet_then_busy(state, 900, 10_000)
+    assert state.idle_gaps == (900.0,)
+    assert 120 <= first_zero_after(idle_decisions(state, quiet_from), quiet_from) < 124
+    state, quiet_from = quiet_then_busy(state, 900, 20_000)
+    assert state.idle_gaps == (900.0, 900.0)
+    decisions = idle_decisions(state, quiet_from)
+    assert 60 <= first_zero_after(decisions, quiet_from) < 64
+    zero = next(d for _, d in decisions if d.replicas == 0)
+    assert zero.reason == "IdleToZero" and "adapted from idleSecondsBeforeZero 120s" in zero.message
+    assert "900s, 900s" in zero.message
+    # a quiet of 100 s that the replica bridges is a gap too: the next wait is the full 120 s again
+    bridged = decide(Observation(current=1, ready=1, waiting=0, running=1, cold_start_s=60), state, POLICY,
+                     quiet_from + 100)
+    assert bridged.state.idle_gaps == (900.0, 100.0)
+    assert first_zero_after(idle_decisions(bridged.state, quiet_from + 100), quiet_from + 100) >= 120
+
+
+def test_fixed_idle_period_ignores_the_gaps():
+    fixed = replace(POLICY, adaptive_idle=False)
+    state = ScalerState(observing_since=0.0, last_active=1000.0, idle_gaps=(900.0, 900.0))
+    assert 120 <= first_zero_after(idle_decisions(state, 1000, fixed), 1000) < 124
+    assert 60 <= first_zero_after(idle_decisions(state, 1000), 1000) < 64
+
+
+def test_a_quiet_gap_from_before_a_restart_is_not_learned_while_replicas_ran():
+    """After a restart, a busy service's lastActiveTime can be minutes old (written sparsely): the first
+    busy tick must not read that as a quiet gap. At zero it is exact, and counts."""
+    restored = ScalerState(last_active=1000.0)
+    busy = decide(Observation(current=2, ready=2, waiting=5, running=40), restored, POLICY, 1150.0)
+    assert busy.state.idle_gaps == ()
+    woke = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=1), restored, POLICY, 1150.0)
+    assert woke.state.idle_gaps == (150.0,)
+
+
+def test_the_wake_size_holds_for_the_scale_down_window_after_the_replicas_are_ready():
+    """Woken to 3 for a backlog; once they are ready, the activator has handed the backlog over and the
+    engines have no queue series yet (0 waiting, 0 running): the replicas stay for the window."""
+    held = Observation(current=0, ready=0, waiting=0, running=0, pending=400, held_rate=10, cold_start_s=30,
+                       request_s=8)
+    woke = decide(held, ScalerState(observing_since=0.0), SMALL_BATCH, 100.0)
+    assert woke.replicas == 4
+    ready = decide(Observation(current=4, ready=4, waiting=0, running=0), woke.state, SMALL_BATCH, 131.0)
+    assert (ready.replicas, ready.reason) == (4, "Stabilising")
+    later = decide(Observation(current=4, ready=4, waiting=0, running=0), ready.state, SMALL_BATCH, 162.0)
+    assert later.replicas == 2  # the window has passed: halves, as any scale-down
+
+
+def test_a_replica_added_late_in_a_wake_would_only_arrive_after_the_backlog_is_gone():
+    # 2 replicas x 48 slots / 2 s = 48/s served, 20/s arriving: 671 waiting drain in 24 s
+    assert too_late_to_help(55, 671, 20, 2.0, 48, 2)
+    assert not too_late_to_help(5, 671, 20, 2.0, 48, 2)
+    assert not too_late_to_help(55, 671, 60, 2.0, 48, 2)  # arrivals outpace them: it never drains
+    assert not too_late_to_help(55, 671, 20, None, 48, 2)  # no request time: no verdict
+    policy = Policy(max_replicas=8, max_concurrency=48)
+    starting = Observation(current=2, ready=0, waiting=0, running=0, pending=671, held_rate=20, cold_start_s=60,
+                           request_s=2.0)
+    early = decide(starting, ScalerState(woke_at=1000.0), policy, 1005.0)
+    late = decide(starting, ScalerState(woke_at=1000.0), policy, 1055.0)
+    assert early.replicas > 2 and early.reason == "WakeForBacklog"
+    assert (late.replicas, late.reason) == (2, "WaitingForFirstReplica")
+    assert "would be ready after the starting ones have served the backlog" in late.message
+
+
+def test_the_gaps_survive_a_restart_in_status():
+    from tidal.planning.scaling_status import plan_scaling_status, restored_state
+
+    woke = decide(Observation(current=0, ready=0, waiting=None, running=None, pending=1),
+                  ScalerState(last_active=1000.0, idle_gaps=(900.0,)), POLICY, 1950.0)
+    status = plan_scaling_status({}, woke, 0, None, 1, 1950.0)
+    assert status["recentIdleGaps"] == [900, 950]
+    assert restored_state(status).idle_gaps == (900.0, 950.0)
+    again = decide(Observation(current=1, ready=1, waiting=0, running=3), woke.state, POLICY, 1960.0)
+    assert plan_scaling_status(status, again, 1, 0, 1, 1960.0)["recentIdleGaps"] == [900, 950]

@@ -215,7 +215,7 @@ def _simulate(args: argparse.Namespace) -> int:
                     seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     scale_down_window_s=args.scale_down_window)
+                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
     results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
     paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
                   clairvoyant_hours(requests, latency, args.cold_start))
@@ -241,7 +241,7 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
                     seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     scale_down_window_s=args.scale_down_window)
+                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
     bound = sum(clairvoyant_hours(t, latency, args.cold_start) for t in traces)
     print(f"{args.fleet} services, {sum(len(t) for t in traces):,} requests, a pool of {args.pool_gpus} GPUs")
     rows = []
@@ -366,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="waiting requests per replica (Tidal, HPA); default: the API's")
     sim.add_argument("--idle-seconds", type=float, default=_scaling_default("idleSecondsBeforeZero"),
                      help="Tidal's idle period before zero; default: the API's")
+    sim.add_argument("--fixed-idle", action="store_true",
+                     help="Tidal's idle period as written (spec.scaling.adaptIdlePeriod: false)")
     sim.add_argument("--scale-down-window", type=float, default=_scaling_default("scaleDownStabilizationSeconds"),
                      help="Tidal's scale-down window; default: the API's")
     sim.add_argument("--seed", type=int, default=0)

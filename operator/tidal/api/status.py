@@ -47,6 +47,9 @@ class InferenceServiceStatus(_Model):
     lastActiveTime: str | None = Field(None, description="Last time a request was waiting or running; "
                                                          "scale-to-zero counts idle time from here.")
     lastScaleTime: str | None = Field(None, description="Last time the autoscaler changed replicas.")
+    recentIdleGaps: list[int] | None = Field(None, description="The last quiet gaps in seconds (nothing waiting or "
+                                                               "running, until the next request), newest last: "
+                                                               "what spec.scaling.adaptIdlePeriod learns from.")
     batch: BatchStatus | None = Field(None, description="The batch one replica runs (vLLM: --max-num-seqs).")
     lastColdStartSeconds: float | None = Field(None, description="The last cold start, from the scale-from-zero "
                                                "decision to the first ready replica; sizes the next wake-up.")

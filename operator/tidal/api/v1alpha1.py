@@ -173,7 +173,14 @@ class Scaling(_Model):
                                                    "request waiting or running. Zero pays off only for gaps "
                                                    "longer than this plus a cold start (the wake-up costs a "
                                                    "cold start of GPU time and of waiting), so keep it several "
-                                                   "times the model's cold start.")
+                                                   "times the model's cold start. With adaptIdlePeriod this is "
+                                                   "the longest wait.")
+    adaptIdlePeriod: bool = Field(True, description="When each of the service's last two quiet gaps outlasted "
+                                                    "idleSecondsBeforeZero (every wait ended in a cold start "
+                                                    "anyway), scale to zero after the scale-down window or a "
+                                                    "cold start, whichever is longer; back to "
+                                                    "idleSecondsBeforeZero after a shorter gap. "
+                                                    "status.recentIdleGaps shows the gaps.")
     scaleDownStabilizationSeconds: int = Field(60, ge=0, le=3600,
                                                description="Scale down only to the highest replica count "
                                                            "wanted over this window.")

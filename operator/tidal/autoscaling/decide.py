@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .limits import (cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog, idle_long_enough,
-                     limit_scale_down, limit_scale_up, recommend, replicas_to_drain, stabilise_down, stabilise_up,
-                     within_tolerance)
+from .limits import (adapted_idle_seconds, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
+                     idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap, replicas_to_drain,
+                     stabilise_down, stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
 
 
@@ -30,9 +30,11 @@ class ScalerState:
     # Persisted in status, so a restarted operator decides the same way:
     last_active: float | None = None  # last time anything was waiting, running or held
     last_scale: float | None = None
+    idle_gaps: tuple[float, ...] = ()  # the last quiet gaps (seconds), which the idle period learns from
     # In memory only; after a restart it is empty, and scale-down waits for it to refill:
     history: tuple[tuple[float, int], ...] = field(default_factory=tuple)  # (time, recommendation)
     observing_since: float | None = None
+    woke_at: float | None = None  # when the last wake from zero began
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,47 @@ def _hold(obs: Observation, policy: Policy, state: ScalerState, reason: str, mes
     return Decision(clamp(obs.current, policy.min_replicas, policy.max_replicas), reason, message, state)
 
 
+def _remember(state: ScalerState, policy: Policy, now: float, recommended: int) -> ScalerState:
+    keep = max(policy.scale_down_window_s, policy.scale_up_window_s)
+    history = tuple((t, r) for t, r in state.history if now - t <= keep) + ((now, recommended),)
+    return replace(state, history=history)
+
+
+def _remaining(cold_start_s: float | None, elapsed_s: float) -> float | None:
+    return None if cold_start_s is None else max(0.0, cold_start_s - elapsed_s)
+
+
+def _shortest_idle(obs: Observation, policy: Policy) -> float:
+    """The idle period never adapts below the scale-down window or a cold start: a gap shorter than a
+    cold start costs less bridged than restarted, whatever came before."""
+    return min(policy.idle_seconds, max(policy.scale_down_window_s, obs.cold_start_s or 0.0))
+
+
+def _idle_seconds(obs: Observation, state: ScalerState, policy: Policy) -> float:
+    if not policy.adaptive_idle:
+        return policy.idle_seconds
+    return adapted_idle_seconds(state.idle_gaps, policy.idle_seconds, _shortest_idle(obs, policy))
+
+
+def _busy_again(obs: Observation, state: ScalerState, policy: Policy, now: float) -> ScalerState:
+    """Work arrived: if the service had been quiet for longer than the shortest idle period, remember
+    how long. Only a quiet this process saw begin counts, or one at zero (lastActiveTime is written
+    exactly when a service goes idle): after a restart, a busy service's stored time can be minutes old."""
+    last = state.last_active
+    if last is None or now - last < _shortest_idle(obs, policy):
+        return state
+    if obs.current > 0 and (state.observing_since is None or last < state.observing_since):
+        return state
+    return replace(state, idle_gaps=remember_gap(state.idle_gaps, now - last))
+
+
 def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> Decision:
     """Requests are held and nothing serves yet: act at once, metrics or not, and size the service for
     what will be waiting when the replicas are ready, so a surge from zero pays one cold start, not
     two (one replica first, the rest only once it serves and its queue shows)."""
-    backlog = expected_backlog(obs.pending, obs.held_rate, obs.cold_start_s)
+    # What arrives until the starting replicas are ready: the whole cold start at the wake, less as it goes.
+    started = state.woke_at if obs.current > 0 and state.woke_at is not None else now
+    backlog = expected_backlog(obs.pending, obs.held_rate, _remaining(obs.cold_start_s, now - started))
     # At most one slot (or target queue place) for every request expected...
     sized = recommend(backlog, 0, policy.target_queue, policy.max_concurrency)
     if not obs.request_s and obs.current > 0:
@@ -76,17 +114,23 @@ def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> D
            f"{backlog:.0f} expected when a replica is ready")
     if obs.request_s:
         why += f", {obs.request_s:.1f} s a request"
-    state = replace(state, last_active=now)
+    # The wake's size is a recommendation like any other: the scale-down window keeps it, so the replicas
+    # it started are not removed on the first tick after they are ready, when their queue has no series yet.
+    state = _remember(replace(_busy_again(obs, state, policy, now), last_active=now), policy, now, wanted)
     if obs.current == 0:
         # minReplicas is the user's floor and wins over the pool's size: the replicas beyond what the
         # pool holds stay Pending and say so (Unschedulable), which is what a cluster autoscaler adds
         # nodes for. The pool caps only what the autoscaler adds on its own account.
         wanted = max(1, policy.min_replicas, cap_at_pool_capacity(wanted, 0, obs.pool_capacity))
-        return Decision(wanted, "ActivatorWake", why, replace(state, last_scale=now), sized)
+        return Decision(wanted, "ActivatorWake", why, replace(state, last_scale=now, woke_at=now), sized)
     keep = clamp(obs.current, policy.min_replicas, policy.max_replicas)
     if wanted <= obs.current:
         return Decision(keep, "WaitingForFirstReplica", f"{why}; {obs.current} replica(s) starting are enough",
                         state, sized)
+    if too_late_to_help(now - started, backlog, obs.held_rate, obs.request_s, policy.max_concurrency, obs.current):
+        return Decision(keep, "WaitingForFirstReplica",
+                        f"{why}; a replica added {now - started:.0f}s into the wake would be ready after the "
+                        f"starting ones have served the backlog", state, sized)
     if capacity_exhausted(obs.unschedulable):
         return Decision(keep, "Unschedulable", f"{why}; {obs.unschedulable} replica(s) cannot be scheduled "
                                                "(the node pool is full), so no more are added", state, sized)
@@ -115,11 +159,9 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     waiting = obs.waiting + obs.pending
     busy = waiting > 0 or obs.running > 0
     if busy:
-        state = replace(state, last_active=now)
+        state = replace(_busy_again(obs, state, policy, now), last_active=now)
     recommended = recommend(waiting, obs.running, policy.target_queue, policy.max_concurrency)
-    keep = max(policy.scale_down_window_s, policy.scale_up_window_s)
-    history = tuple((t, r) for t, r in state.history if now - t <= keep) + ((now, recommended),)
-    state = replace(state, history=history)
+    state = _remember(state, policy, now, recommended)
     load = f"{waiting:g} waiting, {obs.running:g} running on {obs.ready}/{obs.current} ready"
 
     def result(replicas: int, reason: str, message: str) -> Decision:
@@ -141,7 +183,7 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
                           f"{load}; {obs.current} replica(s) starting; deciding on throughput once one serves")
         if within_tolerance(obs.current, recommended, policy.tolerance):
             return result(obs.current, "WithinTolerance", f"{load}; {recommended} wanted is within tolerance")
-        wanted = stabilise_up(recommended, history, now, policy.scale_up_window_s, obs.current)
+        wanted = stabilise_up(recommended, state.history, now, policy.scale_up_window_s, obs.current)
         wanted = limit_scale_up(obs.current, wanted, policy.scale_up_rate, policy.scale_up_step)
         reason = "ScaleFromZero" if obs.current == 0 else "QueueAboveTarget"
         fits = cap_at_pool_capacity(wanted, obs.current, obs.pool_capacity)
@@ -160,7 +202,7 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return result(obs.current, "WindowFilling",
                       f"{load}; observed for {now - since:.0f}s of the {policy.scale_down_window_s:g}s "
                       "scale-down window")
-    wanted = stabilise_down(recommended, history, now, policy.scale_down_window_s)
+    wanted = stabilise_down(recommended, state.history, now, policy.scale_down_window_s)
     wanted = limit_scale_down(obs.current, wanted, policy.scale_down_rate)
     if wanted >= obs.current:
         return result(obs.current, "Stabilising",
@@ -170,12 +212,21 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
             return result(policy.min_replicas, "QueueBelowTarget", f"{load}; down to minReplicas")
         # Never active since we started watching: count idle time from then.
         active = state.last_active if state.last_active is not None else since
-        if not idle_long_enough(active, now, policy.idle_seconds):
+        idle_s = _idle_seconds(obs, state, policy)
+        learned = _learned(state, policy, idle_s)
+        if not idle_long_enough(active, now, idle_s):
             idle_for = now - active
             if obs.current == 1:
                 return result(1, "WaitingForIdlePeriod",
-                              f"idle for {idle_for:.0f}s of {policy.idle_seconds:g}s before scaling to zero")
-            return result(1, "QueueBelowTarget", f"{load}; keeping one replica until idle for "
-                                                 f"{policy.idle_seconds:g}s")
-        return result(0, "IdleToZero", f"nothing waiting or running for {policy.idle_seconds:g}s")
+                              f"idle for {idle_for:.0f}s of {idle_s:g}s before scaling to zero{learned}")
+            return result(1, "QueueBelowTarget", f"{load}; keeping one replica until idle for {idle_s:g}s{learned}")
+        return result(0, "IdleToZero", f"nothing waiting or running for {idle_s:g}s{learned}")
     return result(wanted, "QueueBelowTarget", f"{load}; target {policy.target_queue:g} waiting per replica")
+
+
+def _learned(state: ScalerState, policy: Policy, idle_s: float) -> str:
+    if idle_s >= policy.idle_seconds:
+        return ""
+    gaps = ", ".join(f"{g:.0f}s" for g in state.idle_gaps)
+    return (f" (adapted from idleSecondsBeforeZero {policy.idle_seconds:g}s: the last quiet gaps, {gaps}, "
+            "were mostly longer than waiting pays for)")

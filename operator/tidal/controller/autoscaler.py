@@ -38,6 +38,7 @@ def policy_of(spec: InferenceServiceSpec, gpu: Gpu | None = None) -> Policy:
     concurrency = 0 if s.query or adapter.inflight_metric is None else adapter.batch_size(spec.engine.args, gpu)
     return Policy(min_replicas=s.minReplicas, max_replicas=s.maxReplicas, target_queue=s.targetQueueDepth,
                   max_concurrency=concurrency, idle_seconds=s.idleSecondsBeforeZero,
+                  adaptive_idle=s.adaptIdlePeriod,
                   scale_down_window_s=s.scaleDownStabilizationSeconds, scale_up_window_s=s.scaleUpStabilizationSeconds)
 
 

@@ -1,6 +1,6 @@
 """The autoscaler's part of an InferenceService's status.
 
-lastActiveTime and lastScaleTime are the autoscaler's memory that must survive a restart.
+lastActiveTime, lastScaleTime and recentIdleGaps are the autoscaler's memory that must survive a restart.
 lastActiveTime is written exactly when a service goes idle (what the idle-to-zero rule counts
 from), and while it stays busy only every max(15 s, idle period / 2): with 2,000 busy services and
 a 120 s idle period that is 33 writes/s instead of 1,000. An operator that crashes while a service
@@ -34,8 +34,9 @@ def from_iso(text: str | None) -> float | None:
 
 def restored_state(status: dict) -> ScalerState:
     """What a (re)started operator knows about a service: only what status carried."""
+    gaps = tuple(float(g) for g in status.get("recentIdleGaps") or () if isinstance(g, (int, float)))
     return ScalerState(last_active=from_iso(status.get("lastActiveTime")),
-                       last_scale=from_iso(status.get("lastScaleTime")))
+                       last_scale=from_iso(status.get("lastScaleTime")), idle_gaps=gaps)
 
 
 def plan_scaling_status(current: dict, decision: Decision, previous_replicas: int, queue: float | None,
@@ -54,6 +55,9 @@ def plan_scaling_status(current: dict, decision: Decision, previous_replicas: in
         stale = stored is None or active - stored >= max(ACTIVE_GRANULARITY_S, idle_seconds / 2)
         if went_idle or stale:
             out["lastActiveTime"] = to_iso(active)
+    gaps = [round(g) for g in decision.state.idle_gaps]
+    if gaps and current.get("recentIdleGaps") != gaps:  # changes at most once per quiet gap
+        out["recentIdleGaps"] = gaps
     if decision.replicas != previous_replicas:
         out["lastScaleTime"] = to_iso(now)
         out["lastDecision"] = {"time": to_iso(now), "replicas": decision.replicas,
