@@ -302,7 +302,7 @@ def _activator(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
                           static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace,
-                          args.playground == "on", args.prometheus_url))
+                          args.playground == "on", args.prometheus_url, args.batch_dir, args.batch_concurrency))
     except KeyboardInterrupt:
         pass
     return 0
@@ -404,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the playground page at /playground/ (default on; it uses the API with the key the "
                           "user types)")
     act.add_argument("--prometheus-url", help="for the playground's last-hour pictures of each model")
+    act.add_argument("--batch-dir", default=os.environ.get("TIDAL_BATCH_DIR"),
+                     help="serve /v1/files and /v1/batches, keeping files and batch progress in this directory "
+                          "(a PersistentVolume in a cluster; default $TIDAL_BATCH_DIR; unset: those APIs are off)")
+    act.add_argument("--batch-concurrency", type=int, default=16,
+                     help="batch requests in flight at once, all batches together")
     act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-endpoint", action="append",

@@ -8,6 +8,7 @@ Where a request goes: a Host naming a service (`<name>.<namespace>`), else a pat
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from .ratelimits import RateLimiter
 from .routing import API_PREFIXES, route
 from .upstream import UpstreamPool
 from .usage import StreamMeter, ask_for_stream_usage
+from ..batches.sender import ON_BEHALF_HEADER
 
 log = logging.getLogger("tidal.activator")
 __all__ = ["Gateway", "Limits", "UNKNOWN_FOR_S"]
@@ -58,6 +60,8 @@ class Gateway(Holding, Proxying):
         # once instead of being held for the whole hold timeout. Forgotten after UNKNOWN_FOR_S.
         self._unknown: dict[tuple[str, str], float] = {}
         self._http: aiohttp.ClientSession | None = None
+        # The batch runner's token (batches/sender.py): with it, a request acts as the key it names.
+        self.internal_token: str | None = None
 
     async def start(self, app: web.Application) -> None:
         self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
@@ -112,10 +116,13 @@ class Gateway(Holding, Proxying):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
-        key = None
+        key, internal = None, self._internal(request)
         if self.keys is not None:
             header = request.headers.get("Authorization")
-            key = self.keys.authenticate(header)
+            if internal:  # the batch runner, acting as the batch's owner (revoked: its requests fail)
+                key = self.keys.get(request.headers.get(ON_BEHALF_HEADER, ""))
+            else:
+                key = self.keys.authenticate(header)
             if key is None:
                 return errors.missing_key() if not header else errors.wrong_key()
         target = route(request.path, request.headers.get("Host"), self.own)
@@ -126,7 +133,7 @@ class Gateway(Holding, Proxying):
         call = self._resolve(request, target, body, key)
         if isinstance(call, web.Response):
             return call
-        if key is not None:
+        if key is not None and not internal:  # a batch paces itself; its tokens still count
             verdict = self.limiter.admit(key, time.monotonic())
             if not verdict.admitted:
                 limit = verdict.headers[f"x-ratelimit-limit-{verdict.which}"]
@@ -136,6 +143,11 @@ class Gateway(Holding, Proxying):
         response = await self._serve(request, call)
         self._account(call, response)
         return response
+
+    def _internal(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        return (self.internal_token is not None and header[:7].lower() == "bearer "
+                and hmac.compare_digest(header[7:].strip().encode(), self.internal_token.encode()))
 
     def _resolve(self, request: web.Request, target, body: bytes, key: ApiKey | None) -> Call | web.Response:
         """Which service a request is for, whether its key may use it, and what to send upstream."""

@@ -112,6 +112,9 @@ class KeyRing:
     def names(self) -> list[str]:
         return list(self._by_secret)
 
+    def get(self, secret_name: str) -> ApiKey | None:
+        return self._by_secret.get(secret_name)
+
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         """The key an `Authorization: Bearer <token>` header presents, or None."""
         if not authorization or not authorization[:7].lower() == "bearer ":

@@ -38,9 +38,11 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
                 limits: Limits, static: Static | None = None,
                 namespaces: list[str] | None = None, drain_seconds: float = 5.0,
                 key_namespace: str | None = "tidal-system", playground: bool = True,
-                prometheus_url: str | None = None) -> None:
+                prometheus_url: str | None = None, batch_dir: str | None = None,
+                batch_concurrency: int = 16) -> None:
     """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only).
-    playground: serve the playground page at /playground/ (its history needs prometheus_url)."""
+    playground: serve the playground page at /playground/ (its history needs prometheus_url).
+    batch_dir: serve /v1/files and /v1/batches, kept in this directory."""
     endpoints, catalog = Endpoints(), Catalog()
     keys = KeyRing() if key_namespace else None
     gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
@@ -78,12 +80,22 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
             _watch(watch_keys, core, keys, loop, key_namespace, lambda: listed(("keys", None)),
                    gateway.limiter.forget)
     runners = []
-    mount = None
+    mounts = []
     if playground:
         from ..clients.prometheus import Prometheus
         from ..playground import add_routes
         prometheus = Prometheus(prometheus_url, timeout=10) if prometheus_url else None
-        mount = lambda app: add_routes(app, gateway, prometheus)  # noqa: E731
+        mounts.append(lambda app: add_routes(app, gateway, prometheus))
+    batches = None
+    if batch_dir:
+        from ..batches.service import BatchService
+        front_door = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        batches = BatchService(gateway, batch_dir, front_door, batch_concurrency)
+        mounts.append(batches.add_routes)
+
+    def mount(app):
+        for add in mounts:
+            add(app)
     for app, p in ((gateway.app(mount), port), (gateway.metrics_app(), metrics_port)):
         if p is None:
             continue
@@ -93,8 +105,11 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         await runner.setup()
         await web.TCPSite(runner, host, p, backlog=1024, reuse_address=True).start()
         runners.append(runner)
+    if batches is not None:
+        batches.start()
     print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else "")
-          + (f"; API keys from Secrets in namespace {key_namespace}" if keys is not None else "; API keys OFF"),
+          + (f"; API keys from Secrets in namespace {key_namespace}" if keys is not None else "; API keys OFF")
+          + (f"; files and batches in {batch_dir}" if batches is not None else ""),
           flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,6 +119,8 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     # serving for drain_seconds (answers close their connections), then stop listening and let every
     # request in flight finish before exiting.
     gateway.draining = True
+    if batches is not None:  # its requests in flight are dropped unwritten: a restart sends them again
+        await batches.close()
     print(f"draining for {drain_seconds:g} s", flush=True)
     await asyncio.sleep(drain_seconds)
     for runner in runners:

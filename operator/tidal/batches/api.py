@@ -1,0 +1,189 @@
+"""`/v1/files` and `/v1/batches` on the gateway, as OpenAI serves them, for the gateway's API keys: a key
+sees only its own files and batches (another key's id answers 404, as one that never existed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..activator import errors
+from .files import MAX_FILE_BYTES, FileStore
+from .inputs import ENDPOINTS
+from .records import WINDOW_S, BatchStore
+from .runner import BatchRunner
+
+UPLOAD_PURPOSES = ("batch",)
+ANONYMOUS = "-"  # the owner of everything when API keys are off
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> web.Response:
+    return errors.openai_error(400, message, "invalid_request_error", code, param)
+
+
+def _missing(what: str, object_id: str) -> web.Response:
+    return errors.openai_error(404, f"No such {what}: '{object_id}'.", "invalid_request_error", None, "id")
+
+
+def _page(request: web.Request, objects: list[dict]) -> web.Response:
+    """OpenAI's list shape, newest first unless `order=asc`, after `after`, at most `limit`."""
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        return _bad(f"limit must be an integer from 1 to 10000, not {request.query['limit']!r}", "limit")
+    if not 1 <= limit <= 10_000:
+        return _bad(f"limit must be from 1 to 10000, not {limit}", "limit")
+    objects = objects if request.query.get("order") == "asc" else objects[::-1]
+    after = request.query.get("after")
+    if after:
+        ids = [o["id"] for o in objects]
+        objects = objects[ids.index(after) + 1:] if after in ids else []
+    page = objects[:limit]
+    return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                              "last_id": page[-1]["id"] if page else None, "has_more": len(objects) > limit})
+
+
+class BatchApi:
+    def __init__(self, gateway, files: FileStore, batches: BatchStore, runner: BatchRunner):
+        self.gateway, self.files, self.batches, self.runner = gateway, files, batches, runner
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/files", self.upload)
+        app.router.add_get("/v1/files", self.list_files)
+        app.router.add_get("/v1/files/{id}", self.get_file)
+        app.router.add_get("/v1/files/{id}/content", self.file_content)
+        app.router.add_delete("/v1/files/{id}", self.delete_file)
+        app.router.add_post("/v1/batches", self.create_batch)
+        app.router.add_get("/v1/batches", self.list_batches)
+        app.router.add_get("/v1/batches/{id}", self.get_batch)
+        app.router.add_post("/v1/batches/{id}/cancel", self.cancel_batch)
+
+    def _owner(self, request: web.Request) -> str | web.Response:
+        keys = self.gateway.keys
+        if keys is None:
+            return ANONYMOUS
+        header = request.headers.get("Authorization")
+        key = keys.authenticate(header)
+        if key is None:
+            return errors.missing_key() if not header else errors.wrong_key()
+        return key.id
+
+    # ---- files ---------------------------------------------------------------------------------------
+    async def upload(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        if not request.content_type.startswith("multipart/"):
+            return _bad("upload a file as multipart/form-data with fields 'file' and 'purpose'", "file")
+        reader = await request.multipart()
+        purpose, filename, data = None, None, None
+        async for part in reader:
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file":
+                filename = part.filename or "upload.jsonl"
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_FILE_BYTES:
+                        return _bad(f"the file is larger than {MAX_FILE_BYTES // (1 << 20)} MB, the most a batch "
+                                    "input may be", "file")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+        if data is None:
+            return _bad("no 'file' field in the upload", "file")
+        if purpose not in UPLOAD_PURPOSES:
+            return _bad(f"purpose {purpose!r} is not supported here; supported: {', '.join(UPLOAD_PURPOSES)}",
+                        "purpose")
+        obj = await asyncio.to_thread(self.files.create, owner, filename, purpose, data)
+        return web.json_response(obj)
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        return _page(request, await asyncio.to_thread(self.files.list, owner, request.query.get("purpose")))
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        obj = await asyncio.to_thread(self.files.get, owner, request.match_info["id"])
+        return web.json_response(obj) if obj else _missing("file", request.match_info["id"])
+
+    async def file_content(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        data = await asyncio.to_thread(self.files.content, owner, request.match_info["id"])
+        if data is None:
+            return _missing("file", request.match_info["id"])
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        file_id = request.match_info["id"]
+        if not await asyncio.to_thread(self.files.delete, owner, file_id):
+            return _missing("file", file_id)
+        return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+    # ---- batches -------------------------------------------------------------------------------------
+    async def create_batch(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        try:
+            spec = await request.json()
+        except ValueError:
+            return _bad("the request body must be a JSON object")
+        if not isinstance(spec, dict):
+            return _bad("the request body must be a JSON object")
+        endpoint, window = spec.get("endpoint"), spec.get("completion_window")
+        if endpoint not in ENDPOINTS:
+            return _bad(f"endpoint {endpoint!r} is not supported; supported: {', '.join(ENDPOINTS)}", "endpoint")
+        if window not in WINDOW_S:
+            return _bad(f"completion_window {window!r} is not supported; supported: {', '.join(WINDOW_S)}",
+                        "completion_window")
+        metadata = spec.get("metadata")
+        if metadata is not None and not (isinstance(metadata, dict) and len(metadata) <= 16 and all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+                for k, v in metadata.items())):
+            return _bad("metadata must be at most 16 string pairs (keys up to 64, values up to 512 characters)",
+                        "metadata")
+        file_id = spec.get("input_file_id")
+        found = await asyncio.to_thread(self.files.get, owner, file_id) if isinstance(file_id, str) else None
+        if found is None:
+            return _missing("file", str(file_id))
+        if found["purpose"] != "batch":
+            return _bad(f"file {file_id} has purpose {found['purpose']!r}; a batch's input needs purpose 'batch'",
+                        "input_file_id")
+        batch = await asyncio.to_thread(self.batches.create, owner, file_id, endpoint, window, metadata)
+        self.runner.kick()
+        return web.json_response(batch)
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        return _page(request, await asyncio.to_thread(self.batches.list, owner))
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        batch = await asyncio.to_thread(self.batches.get, owner, request.match_info["id"])
+        return web.json_response(batch) if batch else _missing("batch", request.match_info["id"])
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        batch = await asyncio.to_thread(self.batches.get, owner, request.match_info["id"])
+        if batch is None:
+            return _missing("batch", request.match_info["id"])
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return errors.openai_error(409, f"Cannot cancel a batch with status {batch['status']!r}.",
+                                       "invalid_request_error", None, "id")
+        return web.json_response(await self.runner.cancel(owner, batch))

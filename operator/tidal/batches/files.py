@@ -1,0 +1,61 @@
+"""OpenAI File objects kept in a storage backend, each visible only to the API key that uploaded it (or,
+for output files, that owns the batch). `files/<id>.json` is the object, `files/<id>.data` its bytes."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from .storage import DirectoryStorage
+
+MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for a batch input file
+PURPOSES = ("batch", "batch_output")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class FileStore:
+    def __init__(self, storage: DirectoryStorage, clock=time.time):
+        self.storage, self.clock = storage, clock
+
+    def create(self, owner: str, filename: str, purpose: str, data: bytes) -> dict:
+        file_id = new_id("file")
+        obj = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(self.clock()),
+               "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None}
+        self.storage.put(f"files/{file_id}.data", data)
+        self.storage.put(f"files/{file_id}.json", json.dumps({**obj, "owner": owner}).encode())
+        return obj
+
+    def _record(self, file_id: str) -> dict | None:
+        if not file_id.startswith("file-") or "/" in file_id:
+            return None
+        raw = self.storage.get(f"files/{file_id}.json")
+        return json.loads(raw) if raw else None
+
+    def get(self, owner: str, file_id: str) -> dict | None:
+        record = self._record(file_id)
+        if record is None or record.pop("owner") != owner:
+            return None  # another key's file does not exist for this one
+        return record
+
+    def content(self, owner: str, file_id: str) -> bytes | None:
+        return self.storage.get(f"files/{file_id}.data") if self.get(owner, file_id) else None
+
+    def list(self, owner: str, purpose: str | None = None) -> list[dict]:
+        out = []
+        for name in self.storage.names("files"):
+            if name.endswith(".json"):
+                record = json.loads(self.storage.get(name) or b"{}")
+                if record.get("owner") == owner and (purpose is None or record.get("purpose") == purpose):
+                    record.pop("owner")
+                    out.append(record)
+        return sorted(out, key=lambda f: (f["created_at"], f["id"]))
+
+    def delete(self, owner: str, file_id: str) -> bool:
+        if self.get(owner, file_id) is None:
+            return False
+        self.storage.delete(f"files/{file_id}.data")
+        return self.storage.delete(f"files/{file_id}.json")

@@ -1,0 +1,207 @@
+"""Runs batches: validates each new one, sends its requests through the gateway, writes each answer as it
+comes (the checkpoint), retries what failed for a reason that may pass, and finalises the output and error
+files. Restarted, it resumes every batch that is not final from its checkpoint.
+
+Sending goes through `send(owner, url, body) -> (status, body bytes, request id)`: the gateway's own front
+door, as the batch's owner, so a batch for a service at zero holds and wakes it like any request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+
+from .files import FileStore
+from .inputs import Item, parse_input
+from .records import FINAL, BatchStore
+
+log = logging.getLogger("tidal.batches")
+RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
+SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
+
+
+class BatchRunner:
+    def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
+                 backoff_s: float = 1.0, clock=time.time):
+        self.files, self.batches, self.send = files, batches, send
+        self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
+        self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
+        self._kick = asyncio.Event()
+        self._cancelled: set[str] = set()
+        self._running: dict[str, asyncio.Task] = {}
+        self._live: dict[str, dict] = {}  # the batches being run: the runner alone writes them
+
+    def kick(self) -> None:
+        """Look at the batches now (one was created or cancelled)."""
+        self._kick.set()
+
+    async def cancel(self, owner: str, batch: dict) -> dict:
+        """Cancel a batch that is not final: it stops sending at once, its requests in flight are dropped,
+        and what was answered goes to its output file (status cancelling, then cancelled)."""
+        batch = self._live.get(batch["id"], batch)
+        if batch["status"] in FINAL or batch["status"] == "cancelling":
+            return batch
+        self._cancelled.add(batch["id"])
+        batch.update(status="cancelling", cancelling_at=int(self.clock()))
+        await asyncio.to_thread(self.batches.save, owner, batch)
+        self.kick()
+        return batch
+
+    async def run_forever(self, poll_s: float = 5.0) -> None:
+        while True:
+            self._kick.clear()
+            for owner, batch in await asyncio.to_thread(self.batches.all):
+                if batch["status"] not in FINAL and batch["id"] not in self._running:
+                    self._running[batch["id"]] = asyncio.create_task(self._run(owner, batch))
+            try:
+                await asyncio.wait_for(self._kick.wait(), poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _run(self, owner: str, batch: dict) -> None:
+        self._live[batch["id"]] = batch
+        try:
+            await self._advance(owner, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one broken batch must not stop the others: it fails, and says why in the log
+            log.exception("batch %s failed", batch["id"])
+            batch.update(status="failed", failed_at=int(self.clock()),
+                         errors={"object": "list", "data": [{"code": "internal_error", "line": None, "param": None,
+                                                             "message": "the batch runner failed; see its log"}]})
+            await asyncio.to_thread(self.batches.save, owner, batch)
+        finally:
+            self._running.pop(batch["id"], None)
+            self._live.pop(batch["id"], None)
+
+    async def _advance(self, owner: str, batch: dict) -> None:
+        data = await asyncio.to_thread(self.files.content, owner, batch["input_file_id"])
+        items, problems = parse_input(data or b"", batch["endpoint"])
+        if data is None:
+            problems = [{"code": "file_not_found", "line": None, "param": "input_file_id",
+                         "message": f"the input file {batch['input_file_id']} no longer exists"}]
+        if batch["status"] == "validating":
+            if problems:
+                batch.update(status="failed", failed_at=int(self.clock()), errors={"object": "list", "data": problems})
+                await asyncio.to_thread(self.batches.save, owner, batch)
+                return
+            models = {i.body["model"] for i in items}
+            batch.update(status="in_progress", in_progress_at=int(self.clock()),
+                         model=models.pop() if len(models) == 1 else None,
+                         request_counts={"total": len(items), "completed": 0, "failed": 0})
+            await asyncio.to_thread(self.batches.save, owner, batch)
+        if batch["status"] == "cancelling":
+            self._cancelled.add(batch["id"])  # cancelled before a restart: finish cancelling
+        if batch["status"] == "in_progress" and batch["id"] not in self._cancelled:
+            await self._send_all(owner, batch, items)
+        await self._finalise(owner, batch, items)
+
+    async def _send_all(self, owner: str, batch: dict, items: list[Item]) -> None:
+        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
+        done = {line["custom_id"] for line in output + errors}
+        counts = batch["request_counts"]
+        counts.update(completed=len(output), failed=len(errors))
+        todo = [i for i in items if i.custom_id not in done]
+        stop = asyncio.Event()
+        saver = asyncio.create_task(self._save_counts(owner, batch, stop))
+
+        async def one(item: Item) -> None:
+            async with self.slots:
+                if self._stopping(batch):
+                    return
+                line, failed = await self._attempt(owner, item, batch)
+                if line is None:
+                    return
+                await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
+                counts["failed" if failed else "completed"] += 1
+
+        tasks = [asyncio.create_task(one(i)) for i in todo]
+        try:
+            while tasks:
+                finished, pending = await asyncio.wait(tasks, timeout=0.5)
+                tasks = list(pending)
+                if self._stopping(batch):  # cancel takes effect now, not after the requests in flight
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    break
+        finally:
+            stop.set()
+            await saver
+
+    def _stopping(self, batch: dict) -> bool:
+        return batch["id"] in self._cancelled or self.clock() >= batch["expires_at"]
+
+    async def _attempt(self, owner: str, item: Item, batch: dict) -> tuple[dict | None, bool]:
+        """The result line for one request and whether it failed; (None, _) if the batch stopped first."""
+        why = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))  # 1, 2, 4 s
+                if self._stopping(batch):
+                    return None, True
+            try:
+                status, body, request_id = await self.send(owner, item.url, item.body)
+            except (OSError, asyncio.TimeoutError) as err:
+                why = f"the request could not be sent: {err or type(err).__name__}"
+                continue
+            if status in RETRIED_STATUSES and attempt + 1 < self.attempts:
+                continue
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = {"error": {"message": body[:1000].decode(errors="replace"), "type": "server_error"}}
+            response = {"status_code": status, "request_id": request_id, "body": parsed}
+            return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": response,
+                    "error": None}, status >= 400
+        error = {"code": "request_failed", "message": f"{why} ({self.attempts} attempts)"}
+        return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": None,
+                "error": error}, True
+
+    async def _save_counts(self, owner: str, batch: dict, stop: asyncio.Event) -> None:
+        saved = None
+        while True:
+            now_counts = dict(batch["request_counts"])
+            if now_counts != saved:
+                await asyncio.to_thread(self.batches.save, owner, batch)
+                saved = now_counts
+            if stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), SAVE_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _finalise(self, owner: str, batch: dict, items: list[Item]) -> None:
+        now = int(self.clock())
+        cancelled = batch["id"] in self._cancelled or batch["status"] == "cancelling"
+        expired = not cancelled and now >= batch["expires_at"]
+        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
+        if expired:  # what never ran is reported, each on its own line
+            done = {line["custom_id"] for line in output + errors}
+            for item in items:
+                if item.custom_id not in done:
+                    line = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": None,
+                            "error": {"code": "batch_expired", "message": "the batch expired before this request ran"}}
+                    await asyncio.to_thread(self.batches.add_result, batch["id"], line, True)
+        batch.update(status="finalizing", finalizing_at=batch.get("finalizing_at") or now)
+        await asyncio.to_thread(self.batches.save, owner, batch)
+        for which, field in (("output", "output_file_id"), ("errors", "error_file_id")):
+            data = await asyncio.to_thread(self.batches.result_bytes, batch["id"], which)
+            if data and not batch.get(field):
+                name = f"{batch['id']}_{'output' if which == 'output' else 'error'}.jsonl"
+                batch[field] = (await asyncio.to_thread(self.files.create, owner, name, "batch_output", data))["id"]
+        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
+        batch["request_counts"].update(completed=len(output), failed=len(errors))
+        final = "cancelled" if cancelled else "expired" if expired else "completed"
+        batch.update(status=final, **{f"{final}_at": int(self.clock())})
+        await asyncio.to_thread(self.batches.save, owner, batch)
+        self._cancelled.discard(batch["id"])
+        log.info("batch %s %s: %d completed, %d failed", batch["id"], final, len(output), len(errors))

@@ -1,0 +1,60 @@
+"""Where files and batch progress live: a directory (on a PersistentVolume in a cluster). Objects are named
+by slash-separated keys; a write is atomic (a temporary file renamed over the name), an append is flushed
+to disk before it returns, so a result line written is a result line kept after a kill.
+
+The methods block: callers on the event loop run them in a thread (`asyncio.to_thread`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class DirectoryStorage:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"bad object name {name!r}")
+        return self.root / name
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def append(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def names(self, prefix: str) -> list[str]:
+        """Object names directly under `prefix` (a folder), sorted."""
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in folder.iterdir()
+                      if p.is_file() and not p.name.startswith("."))
+
+    def delete(self, name: str) -> bool:
+        try:
+            self._path(name).unlink()
+            return True
+        except FileNotFoundError:
+            return False

@@ -1,0 +1,271 @@
+"""OpenAI's Files and Batch APIs on the gateway, with the official `openai` client: the real gateway on
+loopback with API keys, in front of simulated vLLM engines, a batch directory in the test's tmp dir.
+(The batch on the local cluster, a service at zero and the SIGKILLed runner are in
+tests/cluster/test_batches.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import openai
+import pytest
+from aiohttp import web
+
+from tests.test_gateway_openai import FULL, ONLY_A, Stack, free_port
+from tidal.batches.service import BatchService
+
+
+class BatchStack(Stack):
+    """Two models behind the gateway, with /v1/files and /v1/batches kept in `directory`."""
+
+    def __init__(self, directory, concurrency=16):
+        self.directory, self.concurrency = directory, concurrency
+
+    async def __aenter__(self):
+        await super().__aenter__()
+        # a second front door for the same gateway with the batch routes: the app must be built with them
+        port = free_port()
+        self.batches = BatchService(self.gateway, self.directory, f"http://127.0.0.1:{port}", self.concurrency)
+        runner = web.AppRunner(self.gateway.app(self.batches.add_routes), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self.runners.append(runner)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.batches.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.batches.close()
+        await super().__aexit__(*exc)
+
+
+def chat_line(i, model="model-a", **extra):
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 5,
+                     **extra}}
+
+
+def jsonl(lines) -> bytes:
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
+
+
+async def until_final(client, batch_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        seen.append(batch.status)
+        if batch.status in ("completed", "failed", "expired", "cancelled"):
+            return batch, seen
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} not final after {timeout}s: {seen[-5:]}")
+
+
+async def read_lines(client, file_id):
+    return [json.loads(line) for line in (await client.files.content(file_id)).read().splitlines()]
+
+
+def test_a_batch_of_chat_requests_completes_with_one_line_per_custom_id(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            client = stack.client(FULL)
+            lines = [chat_line(i, "model-a" if i % 2 else "model-b") for i in range(300)]
+            uploaded = await client.files.create(file=("requests.jsonl", jsonl(lines)), purpose="batch")
+            assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines))
+            assert uploaded.filename == "requests.jsonl"
+            batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                completion_window="24h", metadata={"team": "a"})
+            assert batch.status == "validating" and batch.metadata == {"team": "a"}
+            done, seen = await until_final(client, batch.id)
+            assert done.status == "completed" and "in_progress" in seen
+            assert done.request_counts.total == 300 and done.request_counts.completed == 300
+            assert done.request_counts.failed == 0 and done.error_file_id is None
+            assert done.completed_at >= done.in_progress_at >= done.created_at
+            output = await read_lines(client, done.output_file_id)
+            assert sorted(o["custom_id"] for o in output) == sorted(f"req-{i}" for i in range(300))
+            for o in output:
+                assert o["error"] is None and o["response"]["status_code"] == 200
+                assert o["response"]["body"]["model"] == ("model-a" if int(o["custom_id"][4:]) % 2 else "model-b")
+                assert o["response"]["body"]["usage"]["completion_tokens"] == 5
+            out_file = await client.files.retrieve(done.output_file_id)
+            assert out_file.purpose == "batch_output"
+            # the batch's tokens are metered under the key that created it, like any request
+            assert stack.counter("tidal_gateway_completion_tokens_total", key="full", model="model-a") == 150 * 5
+            listed = await client.batches.list()
+            assert [b.id for b in listed.data] == [batch.id]
+    asyncio.run(scenario())
+
+
+def test_malformed_lines_fail_validation_naming_each_line(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            client = stack.client(FULL)
+            lines = [chat_line(0), "{not json", chat_line(0), {**chat_line(3), "url": "/v1/completions"},
+                     {**chat_line(4), "method": "GET"}, {"custom_id": "req-5", "method": "POST",
+                                                         "url": "/v1/chat/completions", "body": {"messages": []}}]
+            uploaded = await client.files.create(file=("bad.jsonl", jsonl(lines)), purpose="batch")
+            batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                completion_window="24h")
+            done, _ = await until_final(client, batch.id)
+            assert done.status == "failed" and done.failed_at
+            by_line = {e.line: e for e in done.errors.data}
+            assert sorted(by_line) == [2, 3, 4, 5, 6]
+            assert "not valid JSON" in by_line[2].message
+            assert "'req-0' is also on line 1" in by_line[3].message and by_line[3].param == "custom_id"
+            assert by_line[4].param == "url" and "'/v1/completions'" in by_line[4].message
+            assert by_line[5].param == "method" and by_line[6].param == "body.model"
+            assert done.output_file_id is None  # nothing ran
+    asyncio.run(scenario())
+
+
+def test_a_line_for_an_unknown_or_forbidden_model_gets_its_own_error_line_and_the_rest_completes(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            client = stack.client(ONLY_A)  # may use model-a only
+            lines = [chat_line(0), chat_line(1, "no-such-model"), chat_line(2, "model-b"), chat_line(3)]
+            uploaded = await client.files.create(file=("mixed.jsonl", jsonl(lines)), purpose="batch")
+            done, _ = await until_final(client, (await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")).id)
+            assert done.status == "completed"
+            assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
+            assert sorted(o["custom_id"] for o in await read_lines(client, done.output_file_id)) == ["req-0", "req-3"]
+            errors = {e["custom_id"]: e["response"] for e in await read_lines(client, done.error_file_id)}
+            assert errors["req-1"]["status_code"] == 403  # this key may not learn whether it exists
+            assert errors["req-2"]["body"]["error"]["code"] == "model_not_permitted"
+    asyncio.run(scenario())
+
+
+def test_a_key_sees_only_its_own_files_and_batches_and_bad_requests_name_the_field(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            mine, other = stack.client(FULL), stack.client(ONLY_A)
+            uploaded = await mine.files.create(file=("a.jsonl", jsonl([chat_line(0)])), purpose="batch")
+            batch = await mine.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+            with pytest.raises(openai.NotFoundError):
+                await other.files.retrieve(uploaded.id)
+            with pytest.raises(openai.NotFoundError):
+                await other.batches.retrieve(batch.id)
+            with pytest.raises(openai.NotFoundError):  # nor may it run a batch on someone else's file
+                await other.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+            assert (await other.files.list()).data == [] and (await other.batches.list()).data == []
+            assert [f.id for f in (await mine.files.list(purpose="batch")).data] == [uploaded.id]
+            with pytest.raises(openai.BadRequestError) as err:
+                await mine.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                          completion_window="1h")
+            assert err.value.param == "completion_window" and "'1h'" in err.value.message
+            with pytest.raises(openai.BadRequestError) as err:
+                await mine.files.create(file=("a.jsonl", b"{}"), purpose="fine-tune")
+            assert err.value.param == "purpose" and "supported: batch" in err.value.message
+            with pytest.raises(openai.AuthenticationError):
+                await stack.client("wrong-" + "q" * 20).files.list()
+            deleted = await mine.files.delete(uploaded.id)
+            assert deleted.deleted and deleted.id == uploaded.id
+            with pytest.raises(openai.NotFoundError):
+                await mine.files.retrieve(uploaded.id)
+    asyncio.run(scenario())
+
+
+# ---- a gateway process, killed and restarted ----------------------------------------------------------
+class Processes:
+    """A simulated vLLM (`tidal sim-server`, 8 slots, 50 ms a token) and `tidal activator` with a batch
+    directory, as separate processes, so the gateway can be SIGKILLed mid-batch and started again."""
+
+    def __init__(self, tmp_path):
+        import subprocess
+        import sys
+        self.tmp, self.sys, self.subprocess = tmp_path, sys, subprocess
+        self.engine_port, self.port, self.metrics = free_port(), free_port(), free_port()
+        self.engine = subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--model", "m",
+                                        "--port", str(self.engine_port), "--max-concurrency", "8",
+                                        "--decode-s-per-token", "0.05", "--overhead-s", "0"],
+                                       stdout=open(tmp_path / "engine.log", "w"), stderr=self.subprocess.STDOUT)
+        self.gateway = None
+
+    def start_gateway(self):
+        from tidal.devcluster.processes import http_ok
+        self.gateway = self.subprocess.Popen(
+            [self.sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(self.port),
+             "--metrics-port", str(self.metrics), "--api-keys", "off", "--playground", "off",
+             f"--static-endpoint=ns/m=127.0.0.1:{self.engine_port}", "--batch-dir", str(self.tmp / "batches"),
+             "--batch-concurrency", "8"],
+            stdout=open(self.tmp / "gateway.log", "a"), stderr=self.subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not (http_ok(f"http://127.0.0.1:{self.metrics}/healthz")
+                   and http_ok(f"http://127.0.0.1:{self.engine_port}/health")):
+            assert time.monotonic() < deadline, (self.tmp / "gateway.log").read_text()[-2000:]
+            time.sleep(0.1)
+
+    def client(self):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="unused", max_retries=0,
+                             timeout=20)
+
+    def close(self):
+        for proc in (self.gateway, self.engine):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+
+
+def poll(client, batch_id, until, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if until(batch):
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id}: {batch.status} {batch.request_counts}")
+
+
+def test_a_gateway_killed_mid_batch_resumes_and_every_custom_id_appears_exactly_once(tmp_path):
+    import signal
+    procs = Processes(tmp_path)
+    try:
+        procs.start_gateway()
+        client = procs.client()
+        lines = [{**chat_line(i, "m"), "body": {**chat_line(i, "m")["body"], "max_tokens": 4}} for i in range(240)]
+        uploaded = client.files.create(file=("r.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        # 8 at a time, 0.2 s each: about 40 a second; kill it a third of the way through
+        midway = poll(client, batch.id, lambda b: b.request_counts and b.request_counts.completed >= 80)
+        assert midway.status == "in_progress"
+        procs.gateway.send_signal(signal.SIGKILL)
+        procs.gateway.wait(10)
+        procs.start_gateway()
+        done = poll(client, batch.id, lambda b: b.status in ("completed", "failed"))
+        assert done.status == "completed" and done.request_counts.completed == 240, done
+        output = [json.loads(x) for x in client.files.content(done.output_file_id).read().splitlines()]
+        ids = [o["custom_id"] for o in output]
+        assert len(ids) == 240 and sorted(ids) == sorted(f"req-{i}" for i in range(240))
+        assert all(o["response"]["status_code"] == 200 for o in output)
+    finally:
+        procs.close()
+
+
+def test_cancel_stops_a_batch_within_seconds_and_keeps_what_was_answered(tmp_path):
+    procs = Processes(tmp_path)
+    try:
+        procs.start_gateway()
+        client = procs.client()
+        lines = [{**chat_line(i, "m"), "body": {**chat_line(i, "m")["body"], "max_tokens": 20}} for i in range(400)]
+        uploaded = client.files.create(file=("r.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        poll(client, batch.id, lambda b: b.request_counts and b.request_counts.completed >= 8)
+        asked = time.monotonic()
+        cancelling = client.batches.cancel(batch.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        done = poll(client, batch.id, lambda b: b.status == "cancelled", timeout=10)
+        took = time.monotonic() - asked
+        assert took < 5, took  # requests in flight (1 s each) are dropped, not waited for
+        output = [json.loads(x) for x in client.files.content(done.output_file_id).read().splitlines()]
+        assert 8 <= len(output) < 400 and len({o["custom_id"] for o in output}) == len(output)
+        assert done.request_counts.completed == len(output)
+        time.sleep(1.5)  # and nothing more is sent or written after it
+        assert client.batches.retrieve(batch.id).request_counts.completed == len(output)
+    finally:
+        procs.close()
