@@ -26,7 +26,7 @@ def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everythi
         state_file = state_dir / "state.json"
         state = json.loads(state_file.read_text())
         assert {"operator_url", "gateway_url", "gateway_metrics_url", "api_key", "prometheus_url",
-                "playground_url"} <= set(state)
+                "playground_url", "files_url", "batches_url"} <= set(state)
         import urllib.request
         page = urllib.request.urlopen(state["playground_url"], timeout=10).read().decode()
         assert "<title>Tidal playground</title>" in page
@@ -40,6 +40,17 @@ def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everythi
                  what="the example listed")
         answer = client.completions.create(model="llama-3.1-8b", prompt="hello", max_tokens=4)
         assert answer.usage.completion_tokens == 4
+        # the Files and Batch APIs on the same endpoint, with the same key
+        assert state["batches_url"] == state["gateway_url"] + "/v1/batches"
+        lines = "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+                                    "body": {"model": "llama-3.1-8b", "prompt": "hi", "max_tokens": 2}}) + "\n"
+                        for i in range(3))
+        batch = client.batches.create(input_file_id=client.files.create(file=("b.jsonl", lines.encode()),
+                                                                        purpose="batch").id,
+                                      endpoint="/v1/completions", completion_window="24h")
+        wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=60, what="the batch")
+        output = client.files.content(client.batches.retrieve(batch.id).output_file_id).read().splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in output) == ["c0", "c1", "c2"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=state["gateway_url"] + "/v1", api_key="not-the-key-000000000",
                           max_retries=0).models.list()

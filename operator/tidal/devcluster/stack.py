@@ -2,7 +2,8 @@
 
 Up: the cluster (reused when running), the CRD, the operator (autoscaling on), the gateway with API
 keys on, and a bootstrap API key (a Secret in tidal-system). Their URLs and the key go into
-`.tidal/state.json` (`operator_url`, `gateway_url`, `gateway_metrics_url`, `api_key`, `playground_url`), which is
+`.tidal/state.json` (`operator_url`, `gateway_url`, `gateway_metrics_url`, `api_key`, `playground_url`,
+`files_url`, `batches_url`), which is
 readable by its owner only. Running it twice reuses what is running.
 """
 
@@ -81,7 +82,7 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     gateway = _start(state_dir, "gateway", [
         "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
         "--port", str(gw_port), "--metrics-port", str(gw_metrics), "--api-key-namespace", KEYS_NAMESPACE,
-        "--prometheus-url", info.prometheus_url],
+        "--prometheus-url", info.prometheus_url, "--batch-dir", str(state_dir / "batches")],
         f"http://127.0.0.1:{gw_metrics}/healthz",
         {"url": f"http://127.0.0.1:{gw_port}", "metrics": f"127.0.0.1:{gw_metrics}"})
     # Prometheus scrapes the gateway (its held-request gauge is part of the autoscaler's query) and the
@@ -93,7 +94,9 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     info = cluster.info()
     info.extra.update({"operator_url": operator["url"], "gateway_url": gateway["url"],
                        "gateway_metrics_url": f"http://{gateway['metrics']}", "api_key": token,
-                       "playground_url": f"{gateway['url']}/playground/"})
+                       "playground_url": f"{gateway['url']}/playground/",
+                       # OpenAI's Files and Batch APIs on the same endpoint, kept in .tidal/batches
+                       "files_url": f"{gateway['url']}/v1/files", "batches_url": f"{gateway['url']}/v1/batches"})
     cluster.save(info)
     return info
 
