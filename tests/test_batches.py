@@ -269,3 +269,37 @@ def test_cancel_stops_a_batch_within_seconds_and_keeps_what_was_answered(tmp_pat
         assert client.batches.retrieve(batch.id).request_counts.completed == len(output)
     finally:
         procs.close()
+
+
+def test_prefer_respond_async_answers_202_and_the_polled_result_equals_the_synchronous_answer(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            client = stack.client(FULL)
+            ask = dict(model="model-a", messages=[{"role": "user", "content": "same question"}], max_tokens=6)
+            raw = await client.chat.completions.with_raw_response.create(
+                **ask, extra_headers={"Prefer": "respond-async, wait=0"})
+            assert raw.status_code == 202 and raw.headers["preference-applied"] == "respond-async"
+            accepted = json.loads(raw.content)
+            assert raw.headers["location"] == f"/v1/async/{accepted['id']}"
+            assert accepted["status"] == "queued" and accepted["model"] == "model-a"
+            import aiohttp
+            where = stack.base_url.removesuffix("/v1") + raw.headers["location"]
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {FULL}"}) as http:
+                for _ in range(100):
+                    async with http.get(where) as r:
+                        polled = await r.json()
+                    if polled["status"] not in ("queued", "in_progress"):
+                        break
+                    await asyncio.sleep(0.1)
+                async with http.get(where, headers={"Authorization": f"Bearer {ONLY_A}"}) as other:
+                    assert other.status == 404  # another key's request does not exist for it
+            assert polled["status"] == "completed" and polled["expires_at"] >= polled["completed_at"] + 86_400 - 1
+            deferred = openai.types.chat.ChatCompletion.model_validate(polled["response"]["body"]).model_dump()
+            direct = (await client.chat.completions.create(**ask)).model_dump()
+            assert polled["response"]["status_code"] == 200
+            for field in ("object", "model", "choices", "usage"):
+                assert deferred[field] == direct[field], field
+            with pytest.raises(openai.NotFoundError):  # the model is checked before a 202 is given
+                await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}],
+                                                     extra_headers={"Prefer": "respond-async"})
+    asyncio.run(scenario())

@@ -39,6 +39,12 @@ log = logging.getLogger("tidal.activator")
 __all__ = ["Gateway", "Limits", "UNKNOWN_FOR_S"]
 
 
+def _prefers_async(request: web.Request) -> bool:
+    """RFC 7240: `Prefer: respond-async` (among other preferences, any case)."""
+    return any(p.split("=")[0].strip().lower() == "respond-async"
+               for value in request.headers.getall("Prefer", []) for p in value.split(","))
+
+
 class Gateway(Holding, Proxying):
     def __init__(self, endpoints: Endpoints, operator_url: str | None, limits: Limits = Limits(),
                  own: tuple[str, str] | None = None, catalog: Catalog | None = None, keys: KeyRing | None = None):
@@ -62,6 +68,8 @@ class Gateway(Holding, Proxying):
         self._http: aiohttp.ClientSession | None = None
         # The batch runner's token (batches/sender.py): with it, a request acts as the key it names.
         self.internal_token: str | None = None
+        # Accepts `Prefer: respond-async` requests (batches/api.py); None: they are served synchronously.
+        self.defer = None
 
     async def start(self, app: web.Application) -> None:
         self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
@@ -139,6 +147,8 @@ class Gateway(Holding, Proxying):
                 limit = verdict.headers[f"x-ratelimit-limit-{verdict.which}"]
                 return errors.rate_limited(verdict.which, limit, verdict.retry_after_s, verdict.headers)
             call.headers = verdict.headers
+        if self.defer is not None and not internal and _prefers_async(request) and request.method == "POST":
+            return await self.defer(key.id if key else "-", call.path, call.body)
         call.arrived = arrived
         response = await self._serve(request, call)
         self._account(call, response)

@@ -4,10 +4,12 @@ sees only its own files and batches (another key's id answers 404, as one that n
 from __future__ import annotations
 
 import asyncio
+import json
 
 from aiohttp import web
 
 from ..activator import errors
+from .deferred import DeferredStore
 from .files import MAX_FILE_BYTES, FileStore
 from .inputs import ENDPOINTS
 from .records import WINDOW_S, BatchStore
@@ -44,8 +46,10 @@ def _page(request: web.Request, objects: list[dict]) -> web.Response:
 
 
 class BatchApi:
-    def __init__(self, gateway, files: FileStore, batches: BatchStore, runner: BatchRunner):
+    def __init__(self, gateway, files: FileStore, batches: BatchStore, runner: BatchRunner,
+                 deferred: DeferredStore | None = None):
         self.gateway, self.files, self.batches, self.runner = gateway, files, batches, runner
+        self.deferred = deferred
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self.upload)
@@ -57,6 +61,7 @@ class BatchApi:
         app.router.add_get("/v1/batches", self.list_batches)
         app.router.add_get("/v1/batches/{id}", self.get_batch)
         app.router.add_post("/v1/batches/{id}/cancel", self.cancel_batch)
+        app.router.add_get("/v1/async/{id}", self.get_deferred)
 
     def _owner(self, request: web.Request) -> str | web.Response:
         keys = self.gateway.keys
@@ -187,3 +192,28 @@ class BatchApi:
             return errors.openai_error(409, f"Cannot cancel a batch with status {batch['status']!r}.",
                                        "invalid_request_error", None, "id")
         return web.json_response(await self.runner.cancel(owner, batch))
+
+    # ---- Prefer: respond-async -----------------------------------------------------------------------
+    async def defer(self, owner: str, path: str, body: bytes) -> web.Response:
+        """Accept a request the gateway has authenticated, authorised and admitted: 202 and where to poll."""
+        if not path.startswith("/v1/"):
+            return _bad("only OpenAI requests (/v1/...) can be answered asynchronously")
+        payload = json.loads(body)
+        if payload.get("stream"):
+            return _bad("a streamed request cannot be answered asynchronously; leave out 'stream' or "
+                        "'Prefer: respond-async'", "stream")
+        record = await asyncio.to_thread(self.deferred.create, owner, path, payload)
+        self.runner.kick()
+        location = f"/v1/async/{record['id']}"
+        return web.json_response(record, status=202, headers={"Location": location, "Retry-After": "1",
+                                                              "Preference-Applied": "respond-async"})
+
+    async def get_deferred(self, request: web.Request) -> web.Response:
+        owner = self._owner(request)
+        if isinstance(owner, web.Response):
+            return owner
+        record = await asyncio.to_thread(self.deferred.get, owner, request.match_info["id"])
+        if record is None:
+            return _missing("async request", request.match_info["id"])
+        headers = {"Retry-After": "1"} if record["status"] in ("queued", "in_progress") else None
+        return web.json_response(record, headers=headers)

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 
+from .deferred import DeferredStore
 from .files import FileStore
 from .inputs import Item, parse_input
 from .records import FINAL, BatchStore
@@ -24,8 +25,8 @@ SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
 
 class BatchRunner:
     def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
-                 backoff_s: float = 1.0, clock=time.time):
-        self.files, self.batches, self.send = files, batches, send
+                 backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None):
+        self.files, self.batches, self.send, self.deferred = files, batches, send, deferred
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
         self._kick = asyncio.Event()
@@ -55,6 +56,11 @@ class BatchRunner:
             for owner, batch in await asyncio.to_thread(self.batches.all):
                 if batch["status"] not in FINAL and batch["id"] not in self._running:
                     self._running[batch["id"]] = asyncio.create_task(self._run(owner, batch))
+            if self.deferred is not None:
+                for owner, record, body in await asyncio.to_thread(self.deferred.open_requests):
+                    if record["id"] not in self._running:
+                        self._running[record["id"]] = asyncio.create_task(self._run_deferred(owner, record, body))
+                await asyncio.to_thread(self.deferred.forget_expired)
             try:
                 await asyncio.wait_for(self._kick.wait(), poll_s)
             except asyncio.TimeoutError:
@@ -80,6 +86,19 @@ class BatchRunner:
         finally:
             self._running.pop(batch["id"], None)
             self._live.pop(batch["id"], None)
+
+    async def _run_deferred(self, owner: str, record: dict, body: dict) -> None:
+        """One `Prefer: respond-async` request: sent like a batch line, its answer kept for polling."""
+        try:
+            async with self.slots:
+                item = Item(0, record["id"], record["url"], body)
+                line, _ = await self._attempt(owner, item, lambda: False)
+            response = line["response"] or {"status_code": 502, "request_id": None,
+                                             "body": {"error": {**line["error"], "type": "server_error"}}}
+            await asyncio.to_thread(self.deferred.answered, owner, record, response["status_code"], response["body"],
+                                    response["request_id"])
+        finally:
+            self._running.pop(record["id"], None)
 
     async def _advance(self, owner: str, batch: dict) -> None:
         data = await asyncio.to_thread(self.files.content, owner, batch["input_file_id"])
@@ -116,7 +135,7 @@ class BatchRunner:
             async with self.slots:
                 if self._stopping(batch):
                     return
-                line, failed = await self._attempt(owner, item, batch)
+                line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
                 if line is None:
                     return
                 await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
@@ -139,13 +158,13 @@ class BatchRunner:
     def _stopping(self, batch: dict) -> bool:
         return batch["id"] in self._cancelled or self.clock() >= batch["expires_at"]
 
-    async def _attempt(self, owner: str, item: Item, batch: dict) -> tuple[dict | None, bool]:
-        """The result line for one request and whether it failed; (None, _) if the batch stopped first."""
+    async def _attempt(self, owner: str, item: Item, stopping) -> tuple[dict | None, bool]:
+        """The result line for one request and whether it failed; (None, _) if stopping() first."""
         why = ""
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))  # 1, 2, 4 s
-                if self._stopping(batch):
+                if stopping():
                     return None, True
             try:
                 status, body, request_id = await self.send(owner, item.url, item.body)

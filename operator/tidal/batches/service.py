@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .api import BatchApi
+from .deferred import DeferredStore
 from .files import FileStore
 from .records import BatchStore
 from .runner import BatchRunner
@@ -22,8 +23,11 @@ class BatchService:
         self.files, self.batches = FileStore(storage), BatchStore(storage)
         self.sender = GatewaySender(front_door)
         gateway.internal_token = self.sender.token
-        self.runner = BatchRunner(self.files, self.batches, self.sender, concurrency=concurrency)
-        self.api = BatchApi(gateway, self.files, self.batches, self.runner)
+        self.deferred = DeferredStore(storage)
+        self.runner = BatchRunner(self.files, self.batches, self.sender, concurrency=concurrency,
+                                  deferred=self.deferred)
+        self.api = BatchApi(gateway, self.files, self.batches, self.runner, self.deferred)
+        gateway.defer = self.api.defer  # `Prefer: respond-async` requests are accepted here
         self._task: asyncio.Task | None = None
 
     def add_routes(self, app: web.Application) -> None:
