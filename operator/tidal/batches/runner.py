@@ -27,6 +27,7 @@ class BatchRunner:
     def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
                  backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None):
         self.files, self.batches, self.send, self.deferred = files, batches, send, deferred
+        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
         self._kick = asyncio.Event()
@@ -102,7 +103,8 @@ class BatchRunner:
 
     async def _advance(self, owner: str, batch: dict) -> None:
         data = await asyncio.to_thread(self.files.content, owner, batch["input_file_id"])
-        items, problems = parse_input(data or b"", batch["endpoint"])
+        # 50,000 lines take a while to parse: not on the event loop, which serves the online requests
+        items, problems = await asyncio.to_thread(parse_input, data or b"", batch["endpoint"])
         if data is None:
             problems = [{"code": "file_not_found", "line": None, "param": "input_file_id",
                          "message": f"the input file {batch['input_file_id']} no longer exists"}]
@@ -130,26 +132,28 @@ class BatchRunner:
         todo = [i for i in items if i.custom_id not in done]
         stop = asyncio.Event()
         saver = asyncio.create_task(self._save_counts(owner, batch, stop))
+        queue = iter(todo)
 
-        async def one(item: Item) -> None:
-            async with self.slots:
-                if self._stopping(batch):
-                    return
-                line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
+        async def worker() -> None:  # a few workers, not a task per line: 50,000 lines stay one list
+            for item in queue:
+                async with self.slots:
+                    if self._stopping(batch):
+                        return
+                    line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
                 if line is None:
                     return
                 await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
                 counts["failed" if failed else "completed"] += 1
 
-        tasks = [asyncio.create_task(one(i)) for i in todo]
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
         try:
-            while tasks:
-                finished, pending = await asyncio.wait(tasks, timeout=0.5)
-                tasks = list(pending)
+            while workers:
+                _, pending = await asyncio.wait(workers, timeout=0.5)
+                workers = list(pending)
                 if self._stopping(batch):  # cancel takes effect now, not after the requests in flight
-                    for task in tasks:
+                    for task in workers:
                         task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await asyncio.gather(*workers, return_exceptions=True)
                     break
         finally:
             stop.set()
