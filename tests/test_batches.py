@@ -303,3 +303,41 @@ def test_prefer_respond_async_answers_202_and_the_polled_result_equals_the_synch
                 await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}],
                                                      extra_headers={"Prefer": "respond-async"})
     asyncio.run(scenario())
+
+
+def test_online_requests_are_not_held_behind_a_running_batch(tmp_path):
+    """One replica of 8 places (the capacity annotation's number) at 20 ms a token: a batch of 120
+    20-token requests takes at most 7 places (one in eight kept for online requests), so online requests
+    sent meanwhile go straight to the replica, never into the gateway's line."""
+    async def scenario():
+        async with BatchStack(tmp_path, concurrency=32) as stack:
+            from tidal.activator.endpoints import Endpoint
+            endpoint = stack.gateway.endpoints.get(("ns-a", "model-a"))[0]
+            slow_port = free_port()
+            from tidal.simserver.latency import LatencyModel
+            from tidal.simserver.podspec import EngineSpec
+            from tidal.simserver.runtime import serve_engine
+            latency = LatencyModel(prefill_s_per_token=0, decode_s_per_token=0.02, overhead_s=0, max_concurrency=8)
+            _, runners = await serve_engine(EngineSpec("vllm", ("model-a",), "model-a", slow_port, None, latency),
+                                            "127.0.0.1")
+            stack.runners += runners
+            stack.gateway.endpoints.update(("ns-a", "model-a"), "pod", Endpoint("127.0.0.1", slow_port, capacity=8))
+            assert endpoint is not stack.gateway.endpoints.get(("ns-a", "model-a"))[0]
+            client = stack.client(FULL)
+            lines = [{**chat_line(i), "body": {**chat_line(i)["body"], "max_tokens": 20}} for i in range(120)]
+            uploaded = await client.files.create(file=("b.jsonl", jsonl(lines)), purpose="batch")
+            batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                completion_window="24h")
+            peak, held = 0, []
+            runner = stack.batches.runner
+            while (await client.batches.retrieve(batch.id)).status not in ("completed", "failed"):
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="model-a", messages=[{"role": "user", "content": "online"}], max_tokens=2)
+                held.append(float(raw.headers["x-tidal-held-seconds"]))
+                peak = max(peak, runner._mine.get("model-a", 0))
+                await asyncio.sleep(0.05)
+            done = await client.batches.retrieve(batch.id)
+            assert done.status == "completed" and done.request_counts.completed == 120
+            assert len(held) >= 10 and max(held) == 0.0, held  # no online request waited in the line
+            assert peak == 7  # the batch used every place but the reserve
+    asyncio.run(scenario())

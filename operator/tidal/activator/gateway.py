@@ -70,6 +70,7 @@ class Gateway(Holding, Proxying):
         self.internal_token: str | None = None
         # Accepts `Prefer: respond-async` requests (batches/api.py); None: they are served synchronously.
         self.defer = None
+        self._batch_inflight: dict[tuple[str, str], int] = {}  # the batch runner's requests, per service
 
     async def start(self, app: web.Application) -> None:
         self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
@@ -150,7 +151,13 @@ class Gateway(Holding, Proxying):
         if self.defer is not None and not internal and _prefers_async(request) and request.method == "POST":
             return await self.defer(key.id if key else "-", call.path, call.body)
         call.arrived = arrived
-        response = await self._serve(request, call)
+        if internal:
+            self._batch_inflight[call.service] = self._batch_inflight.get(call.service, 0) + 1
+        try:
+            response = await self._serve(request, call)
+        finally:
+            if internal:
+                self._batch_inflight[call.service] -= 1
         self._account(call, response)
         return response
 
@@ -192,6 +199,20 @@ class Gateway(Holding, Proxying):
                 body = json.dumps(payload).encode()
             meter = StreamMeter(strip)
         return Call((namespace, service), path, body, key, model or "-", {}, meter)
+
+    def batch_places(self, model: str) -> int | None:
+        """How many requests batches may have in flight on a model without making an online request wait:
+        the capacity of its ready replicas, less the online requests in flight and held, less a reserve of
+        one place in eight (at least one) for online requests arriving meanwhile. Two replicas of 8 with 5
+        online requests in flight and none held: 16 - 5 - 2 = 9. None: no capacity is known (no ready
+        replica, or replicas without the capacity annotation): the batch runner's own limit applies."""
+        entry = self.catalog.model(model)
+        ready = self.endpoints.get(entry.key) if entry else []
+        if not ready or any(e.capacity is None for e in ready):
+            return None
+        total = sum(e.capacity for e in ready)
+        online = sum(e.inflight for e in ready) - self._batch_inflight.get(entry.key, 0)
+        return max(0, total - max(0, online) - self._pending.get(entry.key, 0) - max(1, total // 8))
 
     def model_for_key(self, authorization: str | None, model: str) -> Entry | web.Response:
         """The model's entry if the presented key may use it; else the error the API would give."""

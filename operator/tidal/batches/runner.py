@@ -25,8 +25,12 @@ SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
 
 class BatchRunner:
     def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
-                 backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None):
+                 backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None, places=None):
         self.files, self.batches, self.send, self.deferred = files, batches, send, deferred
+        # places(model) -> batch requests the model may have in flight now, None when unknown
+        # (gateway.batch_places); `_mine` counts ours, from the moment one is decided to its answer
+        self.places = places or (lambda model: None)
+        self._mine: dict[str, int] = {}
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
@@ -136,10 +140,16 @@ class BatchRunner:
 
         async def worker() -> None:  # a few workers, not a task per line: 50,000 lines stay one list
             for item in queue:
-                async with self.slots:
-                    if self._stopping(batch):
-                        return
-                    line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
+                model = item.body["model"]
+                await self._room_for(model, batch)
+                self._mine[model] = self._mine.get(model, 0) + 1  # no await since the check: no overtaking
+                try:
+                    async with self.slots:
+                        if self._stopping(batch):
+                            return
+                        line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
+                finally:
+                    self._mine[model] -= 1
                 if line is None:
                     return
                 await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
@@ -158,6 +168,15 @@ class BatchRunner:
         finally:
             stop.set()
             await saver
+
+    async def _room_for(self, model: str, batch: dict) -> None:
+        """Online first: a batch request goes out only into a place no online request needs (polled every
+        50 ms; a place frees when any request on the model finishes)."""
+        while not self._stopping(batch):
+            allowed = self.places(model)
+            if allowed is None or self._mine.get(model, 0) < allowed:
+                return
+            await asyncio.sleep(0.05)
 
     def _stopping(self, batch: dict) -> bool:
         return batch["id"] in self._cancelled or self.clock() >= batch["expires_at"]

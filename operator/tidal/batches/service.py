@@ -25,7 +25,7 @@ class BatchService:
         gateway.internal_token = self.sender.token
         self.deferred = DeferredStore(storage)
         self.runner = BatchRunner(self.files, self.batches, self.sender, concurrency=concurrency,
-                                  deferred=self.deferred)
+                                  deferred=self.deferred, places=gateway.batch_places)
         self.api = BatchApi(gateway, self.files, self.batches, self.runner, self.deferred)
         gateway.defer = self.api.defer  # `Prefer: respond-async` requests are accepted here
         self._task: asyncio.Task | None = None
