@@ -54,6 +54,8 @@ cluster-status:
 crds:
 	$(PYTHON) -m tidal.api.crd > crds/tidal.dev_inferenceservices.yaml
 	$(PYTHON) -m tidal.api.crd --helm > charts/tidal/templates/crd.yaml
+	$(PYTHON) -m tidal.api.crd --batch > crds/tidal.dev_inferencebatches.yaml
+	$(PYTHON) -m tidal.api.crd --batch --helm > charts/tidal/templates/crd-inferencebatch.yaml
 	$(PYTHON) -m tidal.api.chart_values > charts/tidal/values.schema.json
 	$(PYTHON) -m tidal.api.reference > docs/crd-reference.md
 

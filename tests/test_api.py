@@ -17,7 +17,9 @@ MINIMAL = {"engine": {"type": "vllm"}, "model": {"uri": "hf://meta-llama/Llama-3
 
 
 def test_committed_crd_is_the_generated_one():
+    from tidal.api.crd import batch_crd
     assert CRD_FILE.read_text() == render(), "crds/ is stale: run `make crds`"
+    assert (ROOT / "crds" / "tidal.dev_inferencebatches.yaml").read_text() == render(batch_crd), "run `make crds`"
 
 
 def test_the_chart_carries_the_generated_crd_and_values_schema():
@@ -25,6 +27,8 @@ def test_the_chart_carries_the_generated_crd_and_values_schema():
     from tidal.api.crd import render_helm_template
     chart = ROOT / "charts" / "tidal"
     assert (chart / "templates" / "crd.yaml").read_text() == render_helm_template(), "run `make crds`"
+    from tidal.api.crd import batch_crd
+    assert (chart / "templates" / "crd-inferencebatch.yaml").read_text() == render_helm_template(batch_crd)
     assert (chart / "values.schema.json").read_text() == generate(), "values.schema.json is stale: run `make crds`"
 
 

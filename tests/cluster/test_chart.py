@@ -88,9 +88,12 @@ def test_chart_lints_and_renders_least_privilege():
     assert granted(docs, OPERATOR_SA) == set(OPERATOR_PERMISSIONS)
     assert granted(docs, ACTIVATOR_SA) == set(ACTIVATOR_PERMISSIONS)
     # The chart's CRD is the generated one, behind crds.enabled and kept on uninstall by default.
-    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
-    assert crd["spec"] == yaml.safe_load((CHART.parents[1] / "crds" / "tidal.dev_inferenceservices.yaml").read_text())["spec"]
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert sorted(crds) == ["inferencebatches.tidal.dev", "inferenceservices.tidal.dev"]
+    for name, file in (("inferenceservices.tidal.dev", "tidal.dev_inferenceservices.yaml"),
+                       ("inferencebatches.tidal.dev", "tidal.dev_inferencebatches.yaml")):
+        assert crds[name]["spec"] == yaml.safe_load((CHART.parents[1] / "crds" / file).read_text())["spec"]
+        assert crds[name]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not [d for d in template("--set", "crds.enabled=false") if d["kind"] == "CustomResourceDefinition"]
     # Limited to namespaces: Roles there, and only nodes (cluster-scoped) through a ClusterRole.
     scoped = template("--set", "watchNamespaces={team-a,team-b}")

@@ -51,6 +51,31 @@ def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everythi
         wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", timeout=60, what="the batch")
         output = client.files.content(client.batches.retrieve(batch.id).output_file_id).read().splitlines()
         assert sorted(json.loads(line)["custom_id"] for line in output) == ["c0", "c1", "c2"]
+        # ...each batch is an InferenceBatch beside the keys, with its progress in the printer columns
+        get = [*kubectl, "get", "inferencebatches", "-n", "tidal-system"]
+        wait_for(lambda: "completed" in subprocess.run([*get, batch.id], capture_output=True, text=True).stdout,
+                 timeout=20, what="the InferenceBatch of the API batch")
+        row = subprocess.run([*get, batch.id], capture_output=True, text=True, check=True).stdout.splitlines()
+        assert row[0].split() == ["NAME", "STATE", "MODEL", "TOTAL", "COMPLETED", "FAILED", "AGE"]
+        assert row[1].split()[:6] == [batch.id, "completed", "llama-3.1-8b", "3", "3", "0"]
+        # ...and one created with kubectl runs as the key it names, on a file that key uploaded
+        file_id = client.batches.retrieve(batch.id).input_file_id
+        for name, key_secret in (("nightly", "tidal-bootstrap-key"), ("nobody", "no-such-key")):
+            made = {"apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceBatch", "metadata": {"name": name},
+                    "spec": {"inputFileId": file_id, "endpoint": "/v1/completions", "apiKeySecret": key_secret}}
+            subprocess.run([*kubectl, "apply", "-n", "tidal-system", "-f", "-"], input=json.dumps(made),
+                           text=True, check=True, capture_output=True)
+
+        def status(name):
+            out = subprocess.run([*get, name, "-o", "json"], capture_output=True, text=True, check=True).stdout
+            return json.loads(out).get("status") or {}
+        wait_for(lambda: status("nightly").get("state") == "completed", timeout=60, what="the kubectl batch")
+        nightly = status("nightly")
+        assert (nightly["total"], nightly["completed"]) == (3, 3)
+        assert client.batches.retrieve(nightly["batchId"]).status == "completed"  # the key sees it in the API
+        assert len(client.files.content(nightly["outputFileId"]).read().splitlines()) == 3
+        wait_for(lambda: status("nobody").get("state") == "failed", timeout=20, what="the refused batch")
+        assert "spec.apiKeySecret" in status("nobody")["message"] and "no-such-key" in status("nobody")["message"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=state["gateway_url"] + "/v1", api_key="not-the-key-000000000",
                           max_retries=0).models.list()

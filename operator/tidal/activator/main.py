@@ -90,7 +90,11 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     if batch_dir:
         from ..batches.service import BatchService
         front_door = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
-        batches = BatchService(gateway, batch_dir, front_door, batch_concurrency)
+        mirror = None
+        if not static and key_namespace:  # batches appear as InferenceBatch objects beside the keys
+            from ..batches.mirror import KubeMirror
+            mirror = KubeMirror(custom, key_namespace)
+        batches = BatchService(gateway, batch_dir, front_door, batch_concurrency, mirror)
         mounts.append(batches.add_routes)
 
     def mount(app):

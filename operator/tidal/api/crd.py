@@ -12,6 +12,7 @@ import sys
 import yaml
 
 from ..engines import ENGINES
+from . import batch
 from .status import InferenceServiceStatus
 from .v1alpha1 import CEL_RULES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, InferenceServiceSpec
 
@@ -45,6 +46,8 @@ def structural(schema: dict, defs: dict) -> dict:
             out["items"] = structural(value, defs)
             if "description" not in out["items"] and schema.get("description"):
                 out["items"]["description"] = f"One item of: {schema['description']}"
+        elif key == "const":  # Literal["24h"]: OpenAPI v3.0 has no const, a one-value enum says the same
+            out["enum"] = [value]
         elif key == "exclusiveMinimum":  # JSON Schema's number form to OpenAPI v3.0's boolean form
             out["minimum"], out["exclusiveMinimum"] = value, True
         else:
@@ -107,14 +110,47 @@ def crd() -> dict:
         ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', "Why (not) ready"),
         ("Age", "date", ".metadata.creationTimestamp", ""),
     ]
+    return _definition(KIND, PLURAL, SINGULAR, SHORT_NAMES, root, columns)
+
+
+def batch_crd() -> dict:
+    spec = _schema_of(batch.InferenceBatchSpec)
+    spec["description"] = "The input file, its endpoint, and the API key the batch runs as."
+    status = _schema_of(batch.InferenceBatchStatus)
+    status["description"] = "Progress, written by the gateway."
+    root = {
+        "type": "object",
+        "description": "An InferenceBatch is an OpenAI batch (POST /v1/batches) as a Kubernetes object: its "
+                       "progress in status, and one created with kubectl runs too.",
+        "properties": {
+            "apiVersion": {"type": "string", "description": "tidal.dev/v1alpha1"},
+            "kind": {"type": "string", "description": batch.KIND},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+    columns = [
+        ("State", "string", ".status.state", "validating, in_progress, finalizing, completed, failed, ..."),
+        ("Model", "string", ".status.model", "The model the requests name"),
+        ("Total", "integer", ".status.total", "Requests in the input"),
+        ("Completed", "integer", ".status.completed", "Answered successfully"),
+        ("Failed", "integer", ".status.failed", "Failed"),
+        ("Age", "date", ".metadata.creationTimestamp", ""),
+    ]
+    return _definition(batch.KIND, batch.PLURAL, batch.SINGULAR, batch.SHORT_NAMES, root, columns)
+
+
+def _definition(kind: str, plural: str, singular: str, short_names: list[str], root: dict, columns) -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": ["tidal"]},
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": short_names, "categories": ["tidal"]},
             "scope": "Namespaced",
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
@@ -128,15 +164,15 @@ def crd() -> dict:
     }
 
 
-def render() -> str:
+def render(make=crd) -> str:
     header = "# Generated from operator/tidal/api by `make crds`. Do not edit.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+    return header + yaml.safe_dump(make(), sort_keys=False, width=120)
 
 
-def render_helm_template() -> str:
+def render_helm_template(make=crd) -> str:
     """The same CRD as a Helm chart template: behind crds.enabled, optionally kept on uninstall
     (deleting a CRD deletes every InferenceService with it)."""
-    obj = crd()
+    obj = make()
     head = (
         "{{- if .Values.crds.enabled }}\n"
         "# Generated from operator/tidal/api by `make crds`. Do not edit.\n"
@@ -150,4 +186,5 @@ def render_helm_template() -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render_helm_template() if "--helm" in sys.argv else render())
+    which = batch_crd if "--batch" in sys.argv else crd
+    sys.stdout.write(render_helm_template(which) if "--helm" in sys.argv else render(which))

@@ -25,12 +25,15 @@ SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
 
 class BatchRunner:
     def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
-                 backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None, places=None):
+                 backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None, places=None,
+                 published=None):
         self.files, self.batches, self.send, self.deferred = files, batches, send, deferred
         # places(model) -> batch requests the model may have in flight now, None when unknown
         # (gateway.batch_places); `_mine` counts ours, from the moment one is decided to its answer
         self.places = places or (lambda model: None)
         self._mine: dict[str, int] = {}
+        # published(owner, batch), blocking, after every save: the InferenceBatch mirror (mirror.py)
+        self.published = published
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
@@ -51,7 +54,7 @@ class BatchRunner:
             return batch
         self._cancelled.add(batch["id"])
         batch.update(status="cancelling", cancelling_at=int(self.clock()))
-        await asyncio.to_thread(self.batches.save, owner, batch)
+        await self._save(owner, batch)
         self.kick()
         return batch
 
@@ -76,6 +79,11 @@ class BatchRunner:
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
+    async def _save(self, owner: str, batch: dict) -> None:
+        await asyncio.to_thread(self.batches.save, owner, batch)
+        if self.published is not None:
+            await asyncio.to_thread(self.published, owner, batch)
+
     async def _run(self, owner: str, batch: dict) -> None:
         self._live[batch["id"]] = batch
         try:
@@ -87,7 +95,7 @@ class BatchRunner:
             batch.update(status="failed", failed_at=int(self.clock()),
                          errors={"object": "list", "data": [{"code": "internal_error", "line": None, "param": None,
                                                              "message": "the batch runner failed; see its log"}]})
-            await asyncio.to_thread(self.batches.save, owner, batch)
+            await self._save(owner, batch)
         finally:
             self._running.pop(batch["id"], None)
             self._live.pop(batch["id"], None)
@@ -115,13 +123,13 @@ class BatchRunner:
         if batch["status"] == "validating":
             if problems:
                 batch.update(status="failed", failed_at=int(self.clock()), errors={"object": "list", "data": problems})
-                await asyncio.to_thread(self.batches.save, owner, batch)
+                await self._save(owner, batch)
                 return
             models = {i.body["model"] for i in items}
             batch.update(status="in_progress", in_progress_at=int(self.clock()),
                          model=models.pop() if len(models) == 1 else None,
                          request_counts={"total": len(items), "completed": 0, "failed": 0})
-            await asyncio.to_thread(self.batches.save, owner, batch)
+            await self._save(owner, batch)
         if batch["status"] == "cancelling":
             self._cancelled.add(batch["id"])  # cancelled before a restart: finish cancelling
         if batch["status"] == "in_progress" and batch["id"] not in self._cancelled:
@@ -212,7 +220,7 @@ class BatchRunner:
         while True:
             now_counts = dict(batch["request_counts"])
             if now_counts != saved:
-                await asyncio.to_thread(self.batches.save, owner, batch)
+                await self._save(owner, batch)
                 saved = now_counts
             if stop.is_set():
                 return
@@ -234,7 +242,7 @@ class BatchRunner:
                             "error": {"code": "batch_expired", "message": "the batch expired before this request ran"}}
                     await asyncio.to_thread(self.batches.add_result, batch["id"], line, True)
         batch.update(status="finalizing", finalizing_at=batch.get("finalizing_at") or now)
-        await asyncio.to_thread(self.batches.save, owner, batch)
+        await self._save(owner, batch)
         for which, field in (("output", "output_file_id"), ("errors", "error_file_id")):
             data = await asyncio.to_thread(self.batches.result_bytes, batch["id"], which)
             if data and not batch.get(field):
@@ -244,6 +252,6 @@ class BatchRunner:
         batch["request_counts"].update(completed=len(output), failed=len(errors))
         final = "cancelled" if cancelled else "expired" if expired else "completed"
         batch.update(status=final, **{f"{final}_at": int(self.clock())})
-        await asyncio.to_thread(self.batches.save, owner, batch)
+        await self._save(owner, batch)
         self._cancelled.discard(batch["id"])
         log.info("batch %s %s: %d completed, %d failed", batch["id"], final, len(output), len(errors))
