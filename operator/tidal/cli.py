@@ -274,7 +274,7 @@ def _activator(args: argparse.Namespace) -> int:
     from .activator.main import Static, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    static = Static()
+    static = Static(capacity=args.static_capacity)
     for item in args.static_endpoint or []:
         try:
             svc, addr = item.split("=", 1)
@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch requests in flight at once, all batches together")
     act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
+    act.add_argument("--static-capacity", type=int,
+                     help="with --static-endpoint: requests each endpoint holds at most (its engine's batch)")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)

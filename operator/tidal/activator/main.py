@@ -21,6 +21,7 @@ class Static:
     endpoints: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
     served: dict[tuple[str, str], str] = field(default_factory=dict)
     keys: list[ApiKey] = field(default_factory=list)
+    capacity: int | None = None  # requests each endpoint holds at most (as a pod's capacity annotation says)
 
     def add_endpoint(self, service: tuple[str, str], served_name: str, host: str, port: int) -> None:
         self.endpoints.setdefault(service, []).append((host, port))
@@ -51,7 +52,7 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         for key, addrs in static.endpoints.items():
             catalog.put(Entry(key, static.served[key], "static", ""))
             for i, (h, p) in enumerate(addrs):
-                endpoints.update(key, f"static-{i}", Endpoint(h, p))
+                endpoints.update(key, f"static-{i}", Endpoint(h, p, capacity=static.capacity))
         for api_key in static.keys if keys is not None else []:
             keys.put(api_key)
         endpoints.ready.set()
