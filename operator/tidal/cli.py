@@ -408,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /v1/files and /v1/batches, keeping files and batch progress in this directory "
                           "(a PersistentVolume in a cluster; default $TIDAL_BATCH_DIR; unset: those APIs are off)")
     act.add_argument("--batch-concurrency", type=int, default=16,
-                     help="batch requests in flight at once, all batches together")
+                     help="batch requests in flight at once, all batches together, for models whose capacity "
+                          "is not known (where it is, batches take the places online requests leave free)")
     act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-capacity", type=int,

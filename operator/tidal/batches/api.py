@@ -52,16 +52,22 @@ class BatchApi:
         self.deferred = deferred
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/files", self.upload)
-        app.router.add_get("/v1/files", self.list_files)
-        app.router.add_get("/v1/files/{id}", self.get_file)
-        app.router.add_get("/v1/files/{id}/content", self.file_content)
-        app.router.add_delete("/v1/files/{id}", self.delete_file)
-        app.router.add_post("/v1/batches", self.create_batch)
-        app.router.add_get("/v1/batches", self.list_batches)
-        app.router.add_get("/v1/batches/{id}", self.get_batch)
-        app.router.add_post("/v1/batches/{id}/cancel", self.cancel_batch)
-        app.router.add_get("/v1/async/{id}", self.get_deferred)
+        for method, path, handler in (
+                ("POST", "/v1/files", self.upload), ("GET", "/v1/files", self.list_files),
+                ("GET", "/v1/files/{id}", self.get_file), ("GET", "/v1/files/{id}/content", self.file_content),
+                ("DELETE", "/v1/files/{id}", self.delete_file), ("POST", "/v1/batches", self.create_batch),
+                ("GET", "/v1/batches", self.list_batches), ("GET", "/v1/batches/{id}", self.get_batch),
+                ("POST", "/v1/batches/{id}/cancel", self.cancel_batch), ("GET", "/v1/async/{id}", self.get_deferred)):
+            app.router.add_route(method, path, self._as_owner(handler))
+
+    def _as_owner(self, handler):
+        """The handler, called with the API key's name once the request's key is checked."""
+        async def route(request: web.Request) -> web.Response:
+            owner = self._owner(request)
+            if isinstance(owner, web.Response):
+                return owner
+            return await handler(request, owner)
+        return route
 
     def _owner(self, request: web.Request) -> str | web.Response:
         keys = self.gateway.keys
@@ -74,10 +80,7 @@ class BatchApi:
         return key.id
 
     # ---- files ---------------------------------------------------------------------------------------
-    async def upload(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def upload(self, request: web.Request, owner: str) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             return _bad("upload a file as multipart/form-data with fields 'file' and 'purpose'", "file")
         reader = await request.multipart()
@@ -103,42 +106,27 @@ class BatchApi:
         obj = await asyncio.to_thread(self.files.create, owner, filename, purpose, data)
         return web.json_response(obj)
 
-    async def list_files(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def list_files(self, request: web.Request, owner: str) -> web.Response:
         return _page(request, await asyncio.to_thread(self.files.list, owner, request.query.get("purpose")))
 
-    async def get_file(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def get_file(self, request: web.Request, owner: str) -> web.Response:
         obj = await asyncio.to_thread(self.files.get, owner, request.match_info["id"])
         return web.json_response(obj) if obj else _missing("file", request.match_info["id"])
 
-    async def file_content(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def file_content(self, request: web.Request, owner: str) -> web.Response:
         data = await asyncio.to_thread(self.files.content, owner, request.match_info["id"])
         if data is None:
             return _missing("file", request.match_info["id"])
         return web.Response(body=data, content_type="application/octet-stream")
 
-    async def delete_file(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def delete_file(self, request: web.Request, owner: str) -> web.Response:
         file_id = request.match_info["id"]
         if not await asyncio.to_thread(self.files.delete, owner, file_id):
             return _missing("file", file_id)
         return web.json_response({"id": file_id, "object": "file", "deleted": True})
 
     # ---- batches -------------------------------------------------------------------------------------
-    async def create_batch(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def create_batch(self, request: web.Request, owner: str) -> web.Response:
         try:
             spec = await request.json()
         except ValueError:
@@ -168,23 +156,14 @@ class BatchApi:
         self.runner.kick()
         return web.json_response(batch)
 
-    async def list_batches(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def list_batches(self, request: web.Request, owner: str) -> web.Response:
         return _page(request, await asyncio.to_thread(self.batches.list, owner))
 
-    async def get_batch(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def get_batch(self, request: web.Request, owner: str) -> web.Response:
         batch = await asyncio.to_thread(self.batches.get, owner, request.match_info["id"])
         return web.json_response(batch) if batch else _missing("batch", request.match_info["id"])
 
-    async def cancel_batch(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def cancel_batch(self, request: web.Request, owner: str) -> web.Response:
         batch = await asyncio.to_thread(self.batches.get, owner, request.match_info["id"])
         if batch is None:
             return _missing("batch", request.match_info["id"])
@@ -208,10 +187,7 @@ class BatchApi:
         return web.json_response(record, status=202, headers={"Location": location, "Retry-After": "1",
                                                               "Preference-Applied": "respond-async"})
 
-    async def get_deferred(self, request: web.Request) -> web.Response:
-        owner = self._owner(request)
-        if isinstance(owner, web.Response):
-            return owner
+    async def get_deferred(self, request: web.Request, owner: str) -> web.Response:
         record = await asyncio.to_thread(self.deferred.get, owner, request.match_info["id"])
         if record is None:
             return _missing("async request", request.match_info["id"])

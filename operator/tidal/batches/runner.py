@@ -8,6 +8,7 @@ door, as the batch's owner, so a batch for a service at zero holds and wakes it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -21,6 +22,7 @@ from .records import FINAL, BatchStore
 log = logging.getLogger("tidal.batches")
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
+MAX_WORKERS = 512  # requests one batch may have in flight, at most (a few replicas' worth of places)
 
 
 class BatchRunner:
@@ -34,7 +36,6 @@ class BatchRunner:
         self._mine: dict[str, int] = {}
         # published(owner, batch), blocking, after every save: the InferenceBatch mirror (mirror.py)
         self.published = published
-        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
         self._kick = asyncio.Event()
@@ -151,8 +152,10 @@ class BatchRunner:
                 model = item.body["model"]
                 await self._room_for(model, batch)
                 self._mine[model] = self._mine.get(model, 0) + 1  # no await since the check: no overtaking
+                # Where the model's capacity is known, its free places are the limit; else --batch-concurrency.
+                limit = self.slots if self.places(model) is None else contextlib.nullcontext()
                 try:
-                    async with self.slots:
+                    async with limit:
                         if self._stopping(batch):
                             return
                         line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
@@ -163,7 +166,7 @@ class BatchRunner:
                 await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
                 counts["failed" if failed else "completed"] += 1
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+        workers = [asyncio.create_task(worker()) for _ in range(min(MAX_WORKERS, len(todo)))]
         try:
             while workers:
                 _, pending = await asyncio.wait(workers, timeout=0.5)
