@@ -60,7 +60,13 @@ def test_one_base_url_lists_wakes_and_serves_two_models_under_api_keys(keyed, ku
 
     async def scenario():
         client = openai.AsyncOpenAI(base_url=base, api_key=full, max_retries=0, timeout=90)
-        models = {m.id: m.model_extra["tidal"] for m in (await client.models.list()).data}
+        # The Deployment is at zero a moment before the service's status says so (the autoscaler scales,
+        # then writes status.desiredReplicas, which the gateway's watch then sees): the listing follows.
+        for _ in range(100):
+            models = {m.id: m.model_extra["tidal"] for m in (await client.models.list()).data}
+            if models[f"{namespace}-a"]["state"] == "scaled_to_zero":
+                break
+            await asyncio.sleep(0.1)
         assert models[f"{namespace}-a"]["state"] == "scaled_to_zero" and models[f"{namespace}-a"]["name"] == "sleepy"
         assert models[f"{namespace}-b"]["state"] == "ready" and models[f"{namespace}-b"]["ready_replicas"] == 1
         seen = {}
