@@ -12,7 +12,7 @@ from ..activator import errors
 from .deferred import DeferredStore
 from .files import MAX_FILE_BYTES, FileStore
 from .inputs import ENDPOINTS
-from .records import WINDOW_S, BatchStore
+from .records import FINAL, WINDOW_S, BatchStore
 from .runner import BatchRunner
 
 UPLOAD_PURPOSES = ("batch",)
@@ -167,7 +167,7 @@ class BatchApi:
         batch = await asyncio.to_thread(self.batches.get, owner, request.match_info["id"])
         if batch is None:
             return _missing("batch", request.match_info["id"])
-        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+        if batch["status"] in FINAL:
             return errors.openai_error(409, f"Cannot cancel a batch with status {batch['status']!r}.",
                                        "invalid_request_error", None, "id")
         return web.json_response(await self.runner.cancel(owner, batch))
