@@ -120,9 +120,9 @@ def engine_core(server_pid: int) -> int:
 def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error(gateway, replicas):
     """Three kinds of request meet replica 0's drain: 400-token generations it is running (they finish
     there); requests its API server took just before the SIGTERM but its engine core saw just after (vLLM
-    answers them 200 with no token, `finish_reason: "abort"` — its engine core is paused for a moment so
-    that this window, seen at random in CI, is hit every time); and requests arriving during the drain
-    (HTTP 500 `cannot schedule new futures after shutdown`). The gateway sends the last two kinds to
+    may answer them 200 with no token, `finish_reason: "abort"`; its engine core is paused for a moment to
+    widen that window, but whether vLLM hands them back or runs them still depends on timing); and
+    requests arriving during the drain (HTTP 500 `cannot schedule new futures after shutdown`). The gateway sends the last two kinds to
     replica 1: every client gets its full answer, streamed or not."""
     from openai import AsyncOpenAI
     client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=300)
@@ -163,10 +163,14 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     errors = [s for s in caught + short if isinstance(s, Exception)]
     assert not errors, errors[:3]
     assert long == [400] * 8 and caught == [8] * 6 and short == [8] * 40
-    # The silent hand-back happened (the paused engine core makes sure of it), and the gateway sent those
-    # requests elsewhere. (Whether HTTP 500 refusals come too depends on timing: after the first hand-back
-    # the gateway keeps replica 0 out of rotation for 5 s.)
+    # Replica 0 gave requests back and the gateway sent them elsewhere. Which kind it gave back depends on
+    # timing (CI saw runs where vLLM's engine core still ran the caught requests after the SIGTERM): the
+    # silent hand-back ("empty"), or the draining 500 ("draining") once the caught requests are done and
+    # the two replicas tie on in-flight generations (4 each), when the first replica gets the next one.
     key = {"namespace": "ml", "tidal_dev_inferenceservice": "tiny"}
-    assert gateway.sample("tidal_gateway_retried_requests_total", why="empty", **key) >= 1
+    given_back = {why: gateway.sample("tidal_gateway_retried_requests_total", why=why, **key)
+                  for why in ("empty", "draining", "connection")}
+    print("requests replica 0 gave back, by kind:", given_back)
+    assert sum(given_back.values()) >= 1, given_back
     replicas[0].proc.wait(120)  # it drained and exited by itself (TimeoutExpired otherwise)
     assert replicas[1].proc.poll() is None
