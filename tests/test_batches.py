@@ -174,10 +174,13 @@ class Processes:
     """A simulated vLLM (`tidal sim-server`, 8 slots, 50 ms a token) and `tidal activator` with a batch
     directory, as separate processes, so the gateway can be SIGKILLed mid-batch and started again."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, storage=None, env=None):
+        """storage: where the gateway keeps batches (default: a directory in tmp_path); env: its extra
+        environment (an S3 server's address and key)."""
         import subprocess
         import sys
         self.tmp, self.sys, self.subprocess = tmp_path, sys, subprocess
+        self.storage, self.env = storage or str(tmp_path / "batches"), env or {}
         self.engine_port, self.port, self.metrics = free_port(), free_port(), free_port()
         self.engine = subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--model", "m",
                                         "--port", str(self.engine_port), "--max-concurrency", "8",
@@ -190,9 +193,10 @@ class Processes:
         self.gateway = self.subprocess.Popen(
             [self.sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics), "--api-keys", "off", "--playground", "off",
-             f"--static-endpoint=ns/m=127.0.0.1:{self.engine_port}", "--batch-dir", str(self.tmp / "batches"),
+             f"--static-endpoint=ns/m=127.0.0.1:{self.engine_port}", "--batch-storage", self.storage,
              "--batch-concurrency", "8"],
-            stdout=open(self.tmp / "gateway.log", "a"), stderr=self.subprocess.STDOUT)
+            stdout=open(self.tmp / "gateway.log", "a"), stderr=self.subprocess.STDOUT,
+            env={**__import__("os").environ, **self.env})
         deadline = time.monotonic() + 20
         while not (http_ok(f"http://127.0.0.1:{self.metrics}/healthz")
                    and http_ok(f"http://127.0.0.1:{self.engine_port}/health")):
@@ -221,26 +225,29 @@ def poll(client, batch_id, until, timeout=90):
 
 
 def test_a_gateway_killed_mid_batch_resumes_and_every_custom_id_appears_exactly_once(tmp_path):
+    killed_mid_batch_resumes(Processes(tmp_path))
+
+
+def killed_mid_batch_resumes(procs, count=240):
     import signal
-    procs = Processes(tmp_path)
     try:
         procs.start_gateway()
         client = procs.client()
-        lines = [{**chat_line(i, "m"), "body": {**chat_line(i, "m")["body"], "max_tokens": 4}} for i in range(240)]
+        lines = [{**chat_line(i, "m"), "body": {**chat_line(i, "m")["body"], "max_tokens": 4}} for i in range(count)]
         uploaded = client.files.create(file=("r.jsonl", jsonl(lines)), purpose="batch")
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
         # 8 at a time, 0.2 s each: about 40 a second; kill it a third of the way through
-        midway = poll(client, batch.id, lambda b: b.request_counts and b.request_counts.completed >= 80)
+        midway = poll(client, batch.id, lambda b: b.request_counts and b.request_counts.completed >= count // 3)
         assert midway.status == "in_progress"
         procs.gateway.send_signal(signal.SIGKILL)
         procs.gateway.wait(10)
         procs.start_gateway()
         done = poll(client, batch.id, lambda b: b.status in ("completed", "failed"))
-        assert done.status == "completed" and done.request_counts.completed == 240, done
+        assert done.status == "completed" and done.request_counts.completed == count, done
         output = [json.loads(x) for x in client.files.content(done.output_file_id).read().splitlines()]
         ids = [o["custom_id"] for o in output]
-        assert len(ids) == 240 and sorted(ids) == sorted(f"req-{i}" for i in range(240))
+        assert len(ids) == count and sorted(ids) == sorted(f"req-{i}" for i in range(count))
         assert all(o["response"]["status_code"] == 200 for o in output)
     finally:
         procs.close()

@@ -302,7 +302,7 @@ def _activator(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
                           static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace,
-                          args.playground == "on", args.prometheus_url, args.batch_dir, args.batch_concurrency))
+                          args.playground == "on", args.prometheus_url, args.batch_storage, args.batch_concurrency))
     except KeyboardInterrupt:
         pass
     return 0
@@ -404,9 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the playground page at /playground/ (default on; it uses the API with the key the "
                           "user types)")
     act.add_argument("--prometheus-url", help="for the playground's last-hour pictures of each model")
-    act.add_argument("--batch-dir", default=os.environ.get("TIDAL_BATCH_DIR"),
-                     help="serve /v1/files and /v1/batches, keeping files and batch progress in this directory "
-                          "(a PersistentVolume in a cluster; default $TIDAL_BATCH_DIR; unset: those APIs are off)")
+    act.add_argument("--batch-storage", "--batch-dir", dest="batch_storage",
+                     default=os.environ.get("TIDAL_BATCH_STORAGE") or os.environ.get("TIDAL_BATCH_DIR"),
+                     help="serve /v1/files and /v1/batches, keeping files and batch progress in this directory (a "
+                          "PersistentVolume in a cluster) or S3-compatible bucket (s3://bucket[/prefix]; endpoint "
+                          "and credentials from the AWS_* variables); default $TIDAL_BATCH_STORAGE; unset: those "
+                          "APIs are off")
     act.add_argument("--batch-concurrency", type=int, default=16,
                      help="batch requests in flight at once, all batches together, for models whose capacity "
                           "is not known (where it is, batches take the places online requests leave free)")

@@ -66,6 +66,13 @@ ACTIVATOR_PERMISSIONS = {
     ("", "secrets", "list"): "API keys (Secrets labelled tidal.dev/api-key in the release namespace only)",
     ("", "secrets", "watch"): "a revoked key stops working within a second",
 }
+# With activator.batches.enabled (the install below has it): each batch is an InferenceBatch.
+BATCH_PERMISSIONS = {
+    ("tidal.dev", "inferencebatches", "list"): "InferenceBatches created with kubectl, to run them",
+    ("tidal.dev", "inferencebatches", "watch"): "",
+    ("tidal.dev", "inferencebatches", "create"): "one InferenceBatch per batch created through the API",
+    ("tidal.dev", "inferencebatches/status", "patch"): "the batch's progress, for kubectl get",
+}
 
 
 def test_chart_lints_and_renders_least_privilege():
@@ -100,6 +107,25 @@ def test_chart_lints_and_renders_least_privilege():
     roles = [(d["kind"], d["metadata"].get("namespace")) for d in scoped if d["kind"] in ("Role", "ClusterRole")]
     assert ("Role", "team-a") in roles and ("Role", "team-b") in roles
     assert [d["metadata"]["name"] for d in scoped if d["kind"] == "ClusterRole"] == ["tidal-operator-cluster-reads"]
+    # Batches: on one activator replica, with a claim for files and progress (or a bucket, its key by reference).
+    batches = template("--set", "activator.batches.enabled=true", "--set", "activator.replicas=1")
+    assert granted(batches, ACTIVATOR_SA) == set(ACTIVATOR_PERMISSIONS) | set(BATCH_PERMISSIONS)
+    claim = next(d for d in batches if d["kind"] == "PersistentVolumeClaim")
+    pod = next(d for d in batches if d["metadata"]["name"] == "tidal-activator" and d["kind"] == "Deployment")
+    pod = pod["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "batches", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
+    assert "--batch-storage=/var/lib/tidal/batches" in pod["containers"][0]["args"]
+    on_s3 = template("--set", "activator.batches.enabled=true", "--set", "activator.replicas=1",
+                     "--set", "activator.batches.s3.url=s3://tidal-files/prod",
+                     "--set", "activator.batches.s3.credentialsSecret=s3-key")
+    assert not [d for d in on_s3 if d["kind"] == "PersistentVolumeClaim"]
+    container = next(d for d in on_s3 if d["metadata"]["name"] == "tidal-activator" and d["kind"] == "Deployment")
+    container = container["spec"]["template"]["spec"]["containers"][0]
+    assert "--batch-storage=s3://tidal-files/prod" in container["args"]
+    assert {"name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-key", "key": "AWS_SECRET_ACCESS_KEY"}}} in container["env"]
+    two = helm(None, "template", "t", str(CHART), "--set", "activator.batches.enabled=true", check=False)
+    assert two.returncode != 0 and "activator.replicas is 2: set it to 1" in two.stderr
     monitors = template("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.serviceMonitor.enabled=true")
     assert {"PodMonitor", "ServiceMonitor"} <= {d["kind"] for d in monitors}
 
@@ -150,7 +176,14 @@ def installed(chart_cluster, tmp_path_factory):
     values.write_text(yaml.safe_dump({
         "prometheus": {"url": info.prometheus_url},
         "operator": {"leaderElection": {"leaseDurationSeconds": 6}, "autoscaleIntervalSeconds": 1,
-                     "metricsGraceSeconds": 8, "resyncSeconds": 5}}))
+                     "metricsGraceSeconds": 8, "resyncSeconds": 5},
+        "activator": {"replicas": 1, "batches": {"enabled": True}}}))
+    # The batches' claim binds to this volume (the local cluster has no provisioner); the activator
+    # process below keeps its files in the same directory, as the pod would through the mount.
+    kubectl("apply", "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "tidal-batches-test"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": str(workdir / "batches")}}}))
     helm(info, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), "--wait",
          "--timeout", "2m")
     state = Installed(info, kubectl, workdir)
@@ -160,9 +193,12 @@ def installed(chart_cluster, tmp_path_factory):
     wait_for(first.ready, timeout=20, what="the first operator to lead")
     state.start_operator("operator-b").wait_healthy()  # a standby: alive, not ready
     act_kubeconfig = sa_kubeconfig(info, kubectl, NS, ACTIVATOR_SA, workdir / "activator.kubeconfig")
+    state.gateway_port = free_port()
     state.activator = ChartProcess("activator", deployment_args(kubectl, NS, "tidal-activator"), act_kubeconfig,
-                                   workdir, "--metrics-port", {}, extra={"--host": "127.0.0.1", "--port": str(free_port()),
-                                                                         "--operator-url": first.url})
+                                   workdir, "--metrics-port", {},
+                                   extra={"--host": "127.0.0.1", "--port": str(state.gateway_port),
+                                          "--operator-url": first.url,
+                                          "--batch-storage": str(workdir / "batches")})  # the claim's mount
     state.activator.wait_healthy()
     yield state
     for proc in [*state.operators, state.activator]:
@@ -228,6 +264,39 @@ def test_every_example_runs_its_lifecycle_under_the_charts_service_account(insta
         # A refusal reads "Forbidden" or "(403)"; a bare "403" also matched a pid (operator-a_24038) and the
         # milliseconds of a log time (16:01:32,403), and failed CI runs at random.
         assert "Forbidden" not in proc.log() and "(403)" not in proc.log(), proc.log()
+
+
+def test_a_batch_is_an_inferencebatch_under_the_charts_service_account(installed):
+    """A key's batch through the chart's activator: the InferenceBatch appears and follows it (its one line
+    names a model that does not exist, so it completes with one error line; no engine is needed)."""
+    import openai
+    kubectl, token = installed.kubectl, "tk-batch-" + "c" * 24
+    kubectl("create", "secret", "generic", "batch-team", "-n", NS, f"--from-literal=key={token}")
+    kubectl("label", "secret", "batch-team", "-n", NS, "tidal.dev/api-key=true")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{installed.gateway_port}/v1", api_key=token, max_retries=0)
+
+    def key_works():
+        try:
+            return client.files.list() is not None
+        except openai.AuthenticationError:
+            return False
+    wait_for(key_works, timeout=20, what="the new key accepted")
+    line = {"custom_id": "only", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}}
+    uploaded = client.files.create(file=("one.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    done = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b,
+                    timeout=60, what="the batch final")
+    assert done.status == "completed" and done.request_counts.failed == 1
+
+    def published():
+        items = json.loads(kubectl("get", "inferencebatches", "-n", NS, "-o", "json").stdout)["items"]
+        status = (items[0].get("status") or {}) if items else {}
+        return status if status.get("state") == "completed" else None
+    status = wait_for(published, timeout=20, what="the InferenceBatch completed")
+    assert status["batchId"] == batch.id and status["total"] == 1 and status["failed"] == 1
+    assert "Forbidden" not in installed.activator.log() and "(403)" not in installed.activator.log()
 
 
 def test_the_standby_takes_over_when_the_leader_is_killed(installed):
@@ -306,7 +375,8 @@ def test_helm_uninstall_leaves_nothing_behind(installed):
 
 def test_rbac_grants_exactly_what_the_operator_and_activator_use(chart_cluster, installed):
     cluster, _ = chart_cluster
-    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS), (ACTIVATOR_SA, ACTIVATOR_PERMISSIONS)):
+    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS),
+                              (ACTIVATOR_SA, {**ACTIVATOR_PERMISSIONS, **BATCH_PERMISSIONS})):
         events = audit_events(cluster.audit_log_path, f"system:serviceaccount:{NS}:{account}")
         assert events, f"no audited requests from {account}"
         refused = sorted({(e["verb"], e["requestURI"]) for e in events

@@ -39,11 +39,11 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
                 limits: Limits, static: Static | None = None,
                 namespaces: list[str] | None = None, drain_seconds: float = 5.0,
                 key_namespace: str | None = "tidal-system", playground: bool = True,
-                prometheus_url: str | None = None, batch_dir: str | None = None,
+                prometheus_url: str | None = None, batch_storage: str | None = None,
                 batch_concurrency: int = 16) -> None:
     """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only).
     playground: serve the playground page at /playground/ (its history needs prometheus_url).
-    batch_dir: serve /v1/files and /v1/batches, kept in this directory."""
+    batch_storage: serve /v1/files and /v1/batches, kept in this directory or s3://bucket[/prefix]."""
     endpoints, catalog = Endpoints(), Catalog()
     keys = KeyRing() if key_namespace else None
     gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
@@ -88,14 +88,14 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         prometheus = Prometheus(prometheus_url, timeout=10) if prometheus_url else None
         mounts.append(lambda app: add_routes(app, gateway, prometheus))
     batches = None
-    if batch_dir:
+    if batch_storage:
         from ..batches.service import BatchService
         front_door = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
         mirror = None
         if not static and key_namespace:  # batches appear as InferenceBatch objects beside the keys
             from ..batches.mirror import KubeMirror
             mirror = KubeMirror(custom, key_namespace)
-        batches = BatchService(gateway, batch_dir, front_door, batch_concurrency, mirror)
+        batches = BatchService(gateway, batch_storage, front_door, batch_concurrency, mirror)
         mounts.append(batches.add_routes)
 
     def mount(app):
@@ -114,7 +114,7 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
         batches.start()
     print(f"activator listening on {host}:{port}" + (f", metrics on {metrics_port}" if metrics_port else "")
           + (f"; API keys from Secrets in namespace {key_namespace}" if keys is not None else "; API keys OFF")
-          + (f"; files and batches in {batch_dir}" if batches is not None else ""),
+          + (f"; files and batches in {batch_storage}" if batches is not None else ""),
           flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

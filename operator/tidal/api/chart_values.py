@@ -45,6 +45,10 @@ CONSTRAINTS: dict[str, dict] = {
     "activator.terminationGracePeriodSeconds": {"minimum": 0},
     "activator.service.type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
     "activator.service.port": {"minimum": 1, "maximum": 65535},
+    "activator.batches.concurrency": {"minimum": 1},
+    "activator.batches.volume.size": {"pattern": r"^[0-9]+(\.[0-9]+)?([EPTGMk]i?)?$"},
+    "activator.batches.s3.url": {"pattern": r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)?$"},
+    "activator.batches.s3.endpointUrl": {"pattern": r"^(https?://.+)?$"},
     "monitoring.interval": {"pattern": r"^[0-9]+(ms|s|m|h)$"},
 }
 FREE_FORM_KEYS = {"resources", "podAnnotations", "nodeSelector", "affinity", "podSecurityContext",

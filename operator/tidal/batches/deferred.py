@@ -10,14 +10,14 @@ import json
 import time
 
 from .files import new_id
-from .storage import DirectoryStorage
+from .storage import Storage
 
 KEEP_S = 24 * 3600  # an answer is kept this long after it is ready, then deleted
 OPEN = ("queued", "in_progress")
 
 
 class DeferredStore:
-    def __init__(self, storage: DirectoryStorage, clock=time.time):
+    def __init__(self, storage: Storage, clock=time.time):
         self.storage, self.clock = storage, clock
 
     def create(self, owner: str, url: str, body: dict) -> dict:

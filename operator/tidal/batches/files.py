@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 
-from .storage import DirectoryStorage
+from .storage import Storage
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for a batch input file
 PURPOSES = ("batch", "batch_output")
@@ -18,7 +18,7 @@ def new_id(prefix: str) -> str:
 
 
 class FileStore:
-    def __init__(self, storage: DirectoryStorage, clock=time.time):
+    def __init__(self, storage: Storage, clock=time.time):
         self.storage, self.clock = storage, clock
 
     def create(self, owner: str, filename: str, purpose: str, data: bytes) -> dict:

@@ -12,7 +12,7 @@ import json
 import time
 
 from .files import new_id
-from .storage import DirectoryStorage
+from .storage import Storage
 
 WINDOW_S = {"24h": 24 * 3600}
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -37,7 +37,7 @@ def _lines(data: bytes | None) -> tuple[list[dict], bytes | None]:
 
 
 class BatchStore:
-    def __init__(self, storage: DirectoryStorage, clock=time.time):
+    def __init__(self, storage: Storage, clock=time.time):
         self.storage, self.clock = storage, clock
 
     def create(self, owner: str, input_file_id: str, endpoint: str, window: str, metadata: dict | None) -> dict:

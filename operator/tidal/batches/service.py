@@ -15,16 +15,16 @@ from .files import FileStore
 from .records import BatchStore
 from .runner import BatchRunner
 from .sender import GatewaySender
-from .storage import DirectoryStorage
+from .storage import open_storage
 
 log = logging.getLogger("tidal.batches")
 
 
 class BatchService:
-    def __init__(self, gateway, directory: str | Path, front_door: str, concurrency: int = 16, mirror=None):
-        """mirror: a KubeMirror (mirror.py) to publish batches as InferenceBatch objects and run those
-        created with kubectl; None without a cluster."""
-        storage = DirectoryStorage(directory)
+    def __init__(self, gateway, storage: str | Path, front_door: str, concurrency: int = 16, mirror=None):
+        """storage: a directory or s3://bucket[/prefix]. mirror: a KubeMirror (mirror.py) to publish batches
+        as InferenceBatch objects and run those created with kubectl; None without a cluster."""
+        storage = open_storage(storage)
         self.files, self.batches = FileStore(storage), BatchStore(storage)
         self.sender = GatewaySender(front_door)
         gateway.internal_token = self.sender.token

@@ -1,4 +1,5 @@
-"""Where files and batch progress live: a directory (on a PersistentVolume in a cluster). Objects are named
+"""Where files and batch progress live: a directory (on a PersistentVolume in a cluster), or an S3-compatible
+bucket (clients/s3.py, the same five operations). Objects are named
 by slash-separated keys; a write is atomic (a temporary file renamed over the name), an append is flushed
 to disk before it returns, so a result line written is a result line kept after a kill.
 
@@ -8,6 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
+
+
+class Storage(Protocol):
+    def put(self, name: str, data: bytes) -> None: ...
+    def append(self, name: str, data: bytes) -> None: ...
+    def get(self, name: str) -> bytes | None: ...
+    def names(self, prefix: str) -> list[str]: ...
+    def delete(self, name: str) -> bool: ...
 
 
 class DirectoryStorage:
@@ -58,3 +68,11 @@ class DirectoryStorage:
             return True
         except FileNotFoundError:
             return False
+
+
+def open_storage(where: str | Path):
+    """A directory path, or `s3://bucket[/prefix]`."""
+    if str(where).startswith("s3://"):
+        from ..clients.s3 import S3Storage
+        return S3Storage(str(where))
+    return DirectoryStorage(where)
