@@ -146,6 +146,60 @@ def test_operator_killed_mid_scale_up_converges_without_a_scale_down_or_a_failed
     assert failures == [] and ok > 50
 
 
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def test_operator_killed_mid_batch_the_batch_completes_each_custom_id_once(faulty, tmp_path):
+    """OpenAI's Batch API through a gateway with a batch directory, for a model at zero: the operator is
+    SIGKILLed once the batch has woken the model and is under way, and restarted 5 s later. The batch
+    completes, each custom_id once in the output, and the model returns to zero after it."""
+    import openai
+    kubectl, ns = faulty["kubectl"], "faults"
+    nightly = service("nightly", maxReplicas=3, idleSecondsBeforeZero=5, scaleDownStabilizationSeconds=3)
+    nightly["spec"]["model"]["servedName"] = "nightly"
+    apply(kubectl, ns, nightly)
+    wait_for(lambda: replicas(kubectl, ns, "nightly") == 0, timeout=60, interval=0.5, what="nightly at zero")
+    gateway = start_activator(faulty["info"], faulty["operator"], "--hold-timeout", "120",
+                              "--batch-storage", str(tmp_path / "batches"))
+    try:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        count = 800
+        lines = "".join(json.dumps({"custom_id": f"n{i}", "method": "POST", "url": "/v1/completions",
+                                    "body": {"model": "nightly", "prompt": f"p{i}", "max_tokens": 3}}) + "\n"
+                        for i in range(count))
+        uploaded = client.files.create(file=("nightly.jsonl", lines.encode()), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
+                                      completion_window="24h")
+
+        def under_way():
+            b = client.batches.retrieve(batch.id)
+            counts = b.request_counts
+            return b if (counts and (counts.completed >= count // 8 or counts.failed)) or b.status in FINAL else None
+        seen = wait_for(under_way, timeout=180, interval=0.5, what="the batch under way")
+        assert seen.status == "in_progress" and seen.request_counts.failed == 0, seen
+        faulty["operator"].proc.kill()  # SIGKILL: no cleanup, no goodbye
+        faulty["operator"].proc.wait(10)
+        at_kill = client.batches.retrieve(batch.id).request_counts.completed
+        time.sleep(5)
+        faulty["operator"] = start_operator(faulty["info"], faulty["logs"] / "operator.log",
+                                            port=int(faulty["operator"].url.rsplit(":", 1)[1]))
+        done = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b,
+                        timeout=300, interval=0.5, what="the batch final")
+        print(f"completed at the kill: {at_kill} of {count}")
+        assert at_kill < count, "the kill should land mid-batch"
+        assert done.status == "completed" and done.request_counts.completed == count, done
+        output = [json.loads(x) for x in client.files.content(done.output_file_id).read().splitlines()]
+        ids = [o["custom_id"] for o in output]
+        assert len(ids) == count and sorted(ids) == sorted(f"n{i}" for i in range(count))
+        assert all(o["response"]["status_code"] == 200 for o in output)
+        wait_for(lambda: replicas(kubectl, ns, "nightly") == 0, timeout=90, interval=0.5,
+                 what="nightly back at zero after the batch")
+    finally:
+        gateway.proc.terminate()
+        gateway.proc.wait(10)
+        kubectl("delete", "tis", "nightly", "-n", ns, "--wait=false")
+
+
 def _new_service_serves(faulty, name):
     """The operator reconciles a service created now, and the activator routes to its new pods."""
     kubectl = faulty["kubectl"]
