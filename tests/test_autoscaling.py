@@ -482,3 +482,19 @@ def test_the_gaps_survive_a_restart_in_status():
     assert restored_state(status).idle_gaps == (900.0, 950.0)
     again = decide(Observation(current=1, ready=1, waiting=0, running=3), woke.state, POLICY, 1960.0)
     assert plan_scaling_status(status, again, 1, 0, 1, 1960.0)["recentIdleGaps"] == [900, 950]
+
+
+def test_a_batch_backlog_is_demand_and_its_end_lets_the_service_idle_to_zero():
+    """One replica busy with a batch's places full (48 running, none waiting in the engine) and 1,800 of
+    its requests not sent yet: the backlog asks for more replicas, up to maxReplicas. When the backlog is
+    sent and answered, the service idles to zero like any other."""
+    busy = Observation(current=1, ready=1, waiting=0, running=48, batch_backlog=1800)
+    d = decide(busy, ScalerState(last_active=0.0), POLICY, now=10.0)
+    assert d.replicas > 1 and "1800 of a batch" in d.message, d
+    alone = decide(replace(busy, batch_backlog=0), ScalerState(last_active=0.0), POLICY, now=10.0)
+    assert alone.replicas == 1  # the same replica without the backlog: its batch is enough
+    state, current = d.state, d.replicas
+    for t in range(12, 400, 2):
+        d = decide(Observation(current=current, ready=current, waiting=0, running=0), state, POLICY, now=float(t))
+        state, current = d.state, d.replicas
+    assert current == 0

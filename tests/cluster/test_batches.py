@@ -1,6 +1,6 @@
 """A batch on the local cluster, with the official `openai` client: 2,000 chat requests for a model at
-zero, through a gateway with API keys and a batch directory; the model wakes for the batch and returns
-to zero after it, and `kubectl get inferencebatches` shows the progress while it runs."""
+zero, through a gateway with API keys and a batch directory; the model wakes for the batch, grows for
+its backlog and returns to zero after it, and `kubectl get inferencebatches` shows the progress while it runs."""
 
 from __future__ import annotations
 
@@ -42,18 +42,21 @@ def test_a_batch_of_2000_wakes_a_model_at_zero_completes_and_lets_it_return_to_z
         uploaded = client.files.create(file=("bulk.jsonl", lines.encode()), purpose="batch")
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
-        seen_rows, woke = [], False
+        seen_rows, peak = [], 0
         deadline = time.monotonic() + 300
         while client.batches.retrieve(batch.id).status not in ("completed", "failed"):
             assert time.monotonic() < deadline, seen_rows[-3:]
             row = kubectl("get", "inferencebatches", batch.id, "-n", keys_ns, "--no-headers", check=False).stdout
             if row.strip():
                 seen_rows.append(row.split()[1:5])  # state, model, total, completed
-            woke = woke or replicas(kubectl, namespace, "bulk") > 0
+            peak = max(peak, replicas(kubectl, namespace, "bulk") or 0)
             time.sleep(0.5)
         done = client.batches.retrieve(batch.id)
         assert done.status == "completed" and done.request_counts.completed == 2000, done
-        assert woke
+        # The unsent requests are demand (tidal_gateway_batch_backlog_requests): more than the one replica
+        # a wake for the first held requests gives, up to maxReplicas (4).
+        print(f"replicas at the peak of the batch: {peak}")
+        assert peak > 1, peak
         running = [r for r in seen_rows if r[0] == "in_progress"]
         assert running and all(r[1] == f"{namespace}-bulk" and r[2] == "2000" for r in running)
         assert any(0 < int(r[3]) < 2000 for r in running), seen_rows  # progress was visible mid-way

@@ -19,6 +19,8 @@ class Metrics:
         labels = ["namespace", "tidal_dev_inferenceservice"]
         self.pending = Gauge("tidal_activator_pending_requests", "Requests held: the service has no ready "
                              "replica, or every ready replica has its capacity in flight.", labels, registry=r)
+        self.batch_backlog = Gauge("tidal_gateway_batch_backlog_requests", "Requests of running batches not "
+                                   "sent yet: demand the autoscaler adds to the queue.", labels, registry=r)
         self.inflight = Gauge("tidal_activator_inflight_requests", "Requests being proxied.", labels, registry=r)
         self.responses = Counter("tidal_activator_responses", "Responses by status class.", labels + ["code"],
                                  registry=r)

@@ -17,6 +17,7 @@ class Observation:
     waiting: float | None  # requests queued in the engines; None when the metrics are unavailable
     running: float | None  # requests being generated; None when unavailable
     pending: float = 0.0  # requests the activator holds for this service (it is at zero or waking)
+    batch_backlog: float = 0.0  # batch requests the gateway has not sent yet: a queue like `waiting`
     held_rate: float = 0.0  # held requests arriving per second (the activator's count over a few seconds)
     cold_start_s: float | None = None  # this service's last measured cold start; None: never woke yet
     request_s: float | None = None  # how long a request keeps a slot, recently (the activator's average)
@@ -156,13 +157,16 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
                          f"spec.scaling.query failed: {obs.query_error[:400]}; keeping the current replicas")
         return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
 
-    waiting = obs.waiting + obs.pending
+    # A batch's unsent requests are demand too: 2,000 of them with a target queue of 2 ask for every
+    # replica maxReplicas allows, so the batch finishes in hours rather than on one replica's spare places.
+    waiting = obs.waiting + obs.pending + obs.batch_backlog
     busy = waiting > 0 or obs.running > 0
     if busy:
         state = replace(_busy_again(obs, state, policy, now), last_active=now)
     recommended = recommend(waiting, obs.running, policy.target_queue, policy.max_concurrency)
     state = _remember(state, policy, now, recommended)
-    load = f"{waiting:g} waiting, {obs.running:g} running on {obs.ready}/{obs.current} ready"
+    load = (f"{waiting:g} waiting" + (f" ({obs.batch_backlog:g} of a batch)" if obs.batch_backlog else "")
+            + f", {obs.running:g} running on {obs.ready}/{obs.current} ready")
 
     def result(replicas: int, reason: str, message: str) -> Decision:
         replicas = clamp(replicas, policy.min_replicas, policy.max_replicas)

@@ -42,6 +42,17 @@ class BatchRunner:
         self._cancelled: set[str] = set()
         self._running: dict[str, asyncio.Task] = {}
         self._live: dict[str, dict] = {}  # the batches being run: the runner alone writes them
+        self._unsent: dict[str, dict[str, int]] = {}  # batch id -> model -> requests not sent yet
+
+    def backlog(self) -> dict[str, int]:
+        """Requests of running batches not yet sent, by model: demand the autoscaler sees (the gateway
+        exports it), so a long batch gets the replicas to finish instead of one replica's spare places."""
+        out: dict[str, int] = {}
+        for per_model in self._unsent.values():
+            for model, n in per_model.items():
+                if n > 0:
+                    out[model] = out.get(model, 0) + n
+        return out
 
     def kick(self) -> None:
         """Look at the batches now (one was created or cancelled)."""
@@ -146,11 +157,15 @@ class BatchRunner:
         stop = asyncio.Event()
         saver = asyncio.create_task(self._save_counts(owner, batch, stop))
         queue = iter(todo)
+        unsent = self._unsent[batch["id"]] = {}
+        for item in todo:
+            unsent[item.body["model"]] = unsent.get(item.body["model"], 0) + 1
 
         async def worker() -> None:  # a few workers, not a task per line: 50,000 lines stay one list
             for item in queue:
                 model = item.body["model"]
                 await self._room_for(model, batch)
+                unsent[model] -= 1
                 self._mine[model] = self._mine.get(model, 0) + 1  # no await since the check: no overtaking
                 # Where the model's capacity is known, its free places are the limit; else --batch-concurrency.
                 limit = self.slots if self.places(model) is None else contextlib.nullcontext()
@@ -177,6 +192,7 @@ class BatchRunner:
                     await asyncio.gather(*workers, return_exceptions=True)
                     break
         finally:
+            self._unsent.pop(batch["id"], None)
             stop.set()
             await saver
 

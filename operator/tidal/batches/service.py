@@ -37,12 +37,14 @@ class BatchService:
         self.api = BatchApi(gateway, self.files, self.batches, self.runner, self.deferred)
         gateway.defer = self.api.defer  # `Prefer: respond-async` requests are accepted here
         self._task: asyncio.Task | None = None
+        self._backlog_task: asyncio.Task | None = None
 
     def add_routes(self, app: web.Application) -> None:
         self.api.add_routes(app)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.runner.run_forever())
+        self._backlog_task = asyncio.create_task(self._export_backlog())
         if self.mirror is not None:
             import threading
             loop = asyncio.get_running_loop()
@@ -86,9 +88,27 @@ class BatchService:
         await asyncio.to_thread(self.mirror.publish, owner, batch)
         self.runner.kick()
 
+    async def _export_backlog(self, every_s: float = 1.0) -> None:
+        """The runner's unsent requests as the gateway's gauge, per service (a model the catalog does not
+        know has no service to scale). A service whose batches are done is dropped from the gauge."""
+        gauge, shown = self.gateway.metrics.batch_backlog, set()
+        while True:
+            now = {}
+            for model, n in self.runner.backlog().items():
+                entry = self.gateway.catalog.model(model)
+                if entry is not None:
+                    now[entry.key] = now.get(entry.key, 0) + n
+            for key in shown - set(now):
+                gauge.remove(*key)
+            for key, n in now.items():
+                gauge.labels(*key).set(n)
+            shown = set(now)
+            await asyncio.sleep(every_s)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._backlog_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.runner.close()
         await self.sender.close()

@@ -26,6 +26,8 @@ from ..engines import ENGINES
 
 # The activator's gauge of requests it holds for a service that is at zero or waking.
 ACTIVATOR_PENDING = "tidal_activator_pending_requests"
+# The gateway's gauge of batch requests not sent yet (a queue the engines do not see yet).
+BATCH_BACKLOG = "tidal_gateway_batch_backlog_requests"
 
 
 class PrometheusError(RuntimeError):
@@ -37,6 +39,7 @@ class ServiceLoad:
     waiting: float = 0.0
     running: float = 0.0
     pending: float = 0.0
+    batch_backlog: float = 0.0
     targets_up: float = 0.0
     unknown: bool = False  # a NaN/Inf sample: the numbers above cannot be trusted
     seen: set[str] = field(default_factory=set)  # metric names present
@@ -53,7 +56,7 @@ def batched_query(service_label: str) -> str:
     """Summed per pod, not per service: the autoscaler must be able to leave out a pod that is gone
     (see `service_loads`). 2,000 services of 2 pods and 4 series each is 16,000 small samples."""
     waiting, running = signal_metrics()
-    names = "|".join(sorted(waiting | running | {ACTIVATOR_PENDING, "up"}))
+    names = "|".join(sorted(waiting | running | {ACTIVATOR_PENDING, BATCH_BACKLOG, "up"}))
     return f'sum by (namespace, {service_label}, pod, __name__) ({{__name__=~"{names}", {service_label}!=""}})'
 
 
@@ -122,6 +125,8 @@ class Prometheus:
                 load.running += value
             elif name == ACTIVATOR_PENDING:
                 load.pending += value
+            elif name == BATCH_BACKLOG:
+                load.batch_backlog += value
             elif name == "up":
                 load.targets_up += value
         return loads

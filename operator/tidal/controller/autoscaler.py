@@ -235,7 +235,8 @@ class Autoscaler:
         held_rate, request_s = self._held_demand(key, time.monotonic())
         return Observation(current=deployment.replicas, ready=min(deployment.ready, deployment.replicas),
                            waiting=load.waiting if known else None, running=running if known else None,
-                           pending=load.pending + extra_pending, held_rate=held_rate, request_s=request_s,
+                           pending=load.pending + extra_pending, batch_backlog=load.batch_backlog,
+                           held_rate=held_rate, request_s=request_s,
                            cold_start_s=self.cold_starts.last(key, status),
                            unschedulable=len(self.store.unschedulable.get(key, ())),
                            pool_capacity=self._pool_capacity(spec), query_error=self._query_errors.get(key))
