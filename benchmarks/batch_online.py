@@ -94,7 +94,7 @@ def main() -> None:
         gateway = subprocess.Popen(["taskset", "-c", "0", *py, "activator", "--host", "127.0.0.1", "--port", str(port),
                                     "--metrics-port", str(metrics), "--api-keys", "off", "--playground", "off",
                                     f"--static-endpoint=ns/m=127.0.0.1:{engine_port}",
-                                    "--static-capacity", str(places), "--batch-dir", batch_dir],
+                                    "--static-capacity", str(places), "--batch-storage", batch_dir],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.sched_setaffinity(0, {1})
         try:

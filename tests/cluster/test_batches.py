@@ -27,7 +27,7 @@ def test_a_batch_of_2000_wakes_a_model_at_zero_completes_and_lets_it_return_to_z
     kubectl("create", "namespace", keys_ns)
     token = "tk-" + secrets.token_urlsafe(24)
     make_key(kubectl, keys_ns, "batcher", token)
-    gateway = start_activator(dev_cluster, operator, "--hold-timeout", "120", "--batch-dir", str(tmp_path / "b"),
+    gateway = start_activator(dev_cluster, operator, "--hold-timeout", "120", "--batch-storage", str(tmp_path / "b"),
                               key_namespace=keys_ns)
     try:
         bulk = service("bulk", idleSecondsBeforeZero=5, scaleDownStabilizationSeconds=3)

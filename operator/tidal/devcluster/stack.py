@@ -82,7 +82,7 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     gateway = _start(state_dir, "gateway", [
         "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
         "--port", str(gw_port), "--metrics-port", str(gw_metrics), "--api-key-namespace", KEYS_NAMESPACE,
-        "--prometheus-url", info.prometheus_url, "--batch-dir", str(state_dir / "batches")],
+        "--prometheus-url", info.prometheus_url, "--batch-storage", str(state_dir / "batches")],
         f"http://127.0.0.1:{gw_metrics}/healthz",
         {"url": f"http://127.0.0.1:{gw_port}", "metrics": f"127.0.0.1:{gw_metrics}"})
     # Prometheus scrapes the gateway (its held-request gauge is part of the autoscaler's query) and the
