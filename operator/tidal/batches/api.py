@@ -153,8 +153,9 @@ class BatchApi:
             return _bad(f"file {file_id} has purpose {found['purpose']!r}; a batch's input needs purpose 'batch'",
                         "input_file_id")
         batch = await asyncio.to_thread(self.batches.create, owner, file_id, endpoint, window, metadata)
-        self.runner.kick()
-        return web.json_response(batch)
+        response = web.json_response(batch)  # before the runner changes it
+        self.runner.start(owner, batch)
+        return response
 
     async def list_batches(self, request: web.Request, owner: str) -> web.Response:
         return _page(request, await asyncio.to_thread(self.batches.list, owner))
@@ -182,7 +183,7 @@ class BatchApi:
             return _bad("a streamed request cannot be answered asynchronously; leave out 'stream' or "
                         "'Prefer: respond-async'", "stream")
         record = await asyncio.to_thread(self.deferred.create, owner, path, payload)
-        self.runner.kick()
+        self.runner.start_deferred(owner, record, payload)
         location = f"/v1/async/{record['id']}"
         return web.json_response(record, status=202, headers={"Location": location, "Retry-After": "1",
                                                               "Preference-Applied": "respond-async"})

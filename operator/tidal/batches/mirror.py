@@ -12,6 +12,7 @@ import logging
 
 from ..api.batch import PLURAL
 from ..api.v1alpha1 import GROUP, VERSION
+from .records import FINAL
 
 log = logging.getLogger("tidal.batches.mirror")
 
@@ -56,7 +57,11 @@ class KubeMirror:
                         raise
             self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, name,
                                                               {"status": status})
-            self._published[name] = status
+            if batch["status"] in FINAL:  # nothing changes after this: forget it (memory stays bounded
+                self._published.pop(name, None)  # by the batches running, not by every batch ever run)
+                self._created.discard(name)
+            else:
+                self._published[name] = status
         except ApiException as err:
             log.warning("InferenceBatch %s/%s not updated (%s %s); trying again at the next change",
                         self.namespace, name, err.status, err.reason)

@@ -38,7 +38,6 @@ class BatchRunner:
         self.published = published
         self.slots = asyncio.Semaphore(concurrency)  # requests in flight for all batches together
         self.attempts, self.backoff_s, self.clock = attempts, backoff_s, clock
-        self._kick = asyncio.Event()
         self._cancelled: set[str] = set()
         self._running: dict[str, asyncio.Task] = {}
         self._live: dict[str, dict] = {}  # the batches being run: the runner alone writes them
@@ -54,10 +53,6 @@ class BatchRunner:
                     out[model] = out.get(model, 0) + n
         return out
 
-    def kick(self) -> None:
-        """Look at the batches now (one was created or cancelled)."""
-        self._kick.set()
-
     async def cancel(self, owner: str, batch: dict) -> dict:
         """Cancel a batch that is not final: it stops sending at once, its requests in flight are dropped,
         and what was answered goes to its output file (status cancelling, then cancelled)."""
@@ -67,24 +62,32 @@ class BatchRunner:
         self._cancelled.add(batch["id"])
         batch.update(status="cancelling", cancelling_at=int(self.clock()))
         await self._save(owner, batch)
-        self.kick()
+        if batch["id"] not in self._running:  # not running here (a restart between create and run): finish it
+            self.start(owner, batch)
         return batch
 
-    async def run_forever(self, poll_s: float = 5.0) -> None:
+    def start(self, owner: str, batch: dict) -> None:
+        """Run a batch just created (through the API or adopted from kubectl), without a storage scan."""
+        if batch["status"] not in FINAL and batch["id"] not in self._running:
+            self._running[batch["id"]] = asyncio.create_task(self._run(owner, batch))
+
+    def start_deferred(self, owner: str, record: dict, body: dict) -> None:
+        """Send a `Prefer: respond-async` request just accepted."""
+        if record["id"] not in self._running:
+            self._running[record["id"]] = asyncio.create_task(self._run_deferred(owner, dict(record), body))
+
+    async def run_forever(self, rescan_s: float = 60.0) -> None:
+        """Resume what storage holds unfinished, then look again every `rescan_s` (new work is started
+        directly by start()): reading every record is O(history), a cost paid once a minute rather than
+        every few seconds or per async request."""
         while True:
-            self._kick.clear()
             for owner, batch in await asyncio.to_thread(self.batches.all):
-                if batch["status"] not in FINAL and batch["id"] not in self._running:
-                    self._running[batch["id"]] = asyncio.create_task(self._run(owner, batch))
+                self.start(owner, batch)
             if self.deferred is not None:
                 for owner, record, body in await asyncio.to_thread(self.deferred.open_requests):
-                    if record["id"] not in self._running:
-                        self._running[record["id"]] = asyncio.create_task(self._run_deferred(owner, record, body))
+                    self.start_deferred(owner, record, body)
                 await asyncio.to_thread(self.deferred.forget_expired)
-            try:
-                await asyncio.wait_for(self._kick.wait(), poll_s)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep(rescan_s)
 
     async def close(self) -> None:
         for task in list(self._running.values()):

@@ -86,7 +86,7 @@ class BatchService:
         batch["inference_batch"] = name
         await asyncio.to_thread(self.batches.save, owner, batch)
         await asyncio.to_thread(self.mirror.publish, owner, batch)
-        self.runner.kick()
+        self.runner.start(owner, batch)
 
     async def _export_backlog(self, every_s: float = 1.0) -> None:
         """The runner's unsent requests as the gateway's gauge, per service (a model the catalog does not
