@@ -49,7 +49,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path):
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     shutil.copy(ROOT / "tests" / "monitoring" / "alerts_test.yaml", tmp_path)
     check = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 7 rules found" in check.stdout, check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
     # Each alert has a firing and a quiet case, and a runbook entry that its link points at.
@@ -59,7 +59,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path):
     for alert in alerts:
         assert f"alertname: {alert}" in tests
         assert f"## {alert}\n" in runbooks, f"docs/runbooks.md has no entry for {alert}"
-    assert len(alerts) == 6
+    assert len(alerts) == 7
 
 
 def test_dashboards_install_as_configmaps_for_grafanas_sidecar():
