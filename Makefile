@@ -65,9 +65,10 @@ run:
 	  --prometheus-url $$($(PYTHON) -c "import json; print(json.load(open('$(STATE_DIR)/state.json'))['prometheus_url'])") \
 	  --http-port 8080
 
-# The whole suite: unit tests, then tests on a throw-away local cluster of their own.
+# The whole suite: unit tests, then tests on a throw-away local cluster of their own. The slowest tests are
+# listed at the end, so a CI log shows which ones come close to their timeouts.
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 test-unit:
 	$(PYTHON) -m pytest -q -m "not cluster"
