@@ -443,6 +443,18 @@ def test_a_quiet_gap_from_before_a_restart_is_not_learned_while_replicas_ran():
     assert woke.state.idle_gaps == (150.0,)
 
 
+def test_the_quiet_since_watching_began_counts_as_a_gap_for_a_service_that_never_served():
+    """Created at zero at t=0, first request at t=3,600: an hour of silence is a gap like any later one.
+    A first request soon after creation (shorter than the shortest idle period) says nothing."""
+    watched = ScalerState(observing_since=0.0)
+    first = Observation(current=0, ready=0, waiting=None, running=None, pending=1, cold_start_s=60)
+    assert decide(first, watched, POLICY, 3600.0).state.idle_gaps == (3600.0,)
+    assert decide(first, watched, POLICY, 30.0).state.idle_gaps == ()
+    # a service that has replicas was not necessarily quiet: only a stored lastActiveTime says so
+    busy = decide(Observation(current=1, ready=1, waiting=0, running=2), watched, POLICY, 3600.0)
+    assert busy.state.idle_gaps == ()
+
+
 def test_the_wake_size_holds_for_the_scale_down_window_after_the_replicas_are_ready():
     """Woken to 3 for a backlog; once they are ready, the activator has handed the backlog over and the
     engines have no queue series yet (0 waiting, 0 running): the replicas stay for the window."""

