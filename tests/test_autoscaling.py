@@ -455,17 +455,21 @@ def test_the_quiet_since_watching_began_counts_as_a_gap_for_a_service_that_never
     assert busy.state.idle_gaps == ()
 
 
-def test_the_wake_size_holds_for_the_scale_down_window_after_the_replicas_are_ready():
-    """Woken to 3 for a backlog; once they are ready, the activator has handed the backlog over and the
-    engines have no queue series yet (0 waiting, 0 running): the replicas stay for the window."""
+def test_the_replicas_a_wake_started_go_once_the_backlog_is_served_not_a_window_later():
+    """Woken to 4 for 400 held requests. The tick after they are ready, the new pods have no queue series
+    yet: that holds. The first scrape shows the backlog served (6 running, none waiting): the service halves
+    at once, as any scale-down, instead of keeping the wake's 4 through the 60 s scale-down window."""
     held = Observation(current=0, ready=0, waiting=0, running=0, pending=400, held_rate=10, cold_start_s=30,
                        request_s=8)
     woke = decide(held, ScalerState(observing_since=0.0), SMALL_BATCH, 100.0)
     assert woke.replicas == 4
-    ready = decide(Observation(current=4, ready=4, waiting=0, running=0), woke.state, SMALL_BATCH, 131.0)
-    assert (ready.replicas, ready.reason) == (4, "Stabilising")
-    later = decide(Observation(current=4, ready=4, waiting=0, running=0), ready.state, SMALL_BATCH, 162.0)
-    assert later.replicas == 2  # the window has passed: halves, as any scale-down
+    no_series = decide(Observation(current=4, ready=4, waiting=None, running=None), woke.state, SMALL_BATCH, 131.0)
+    assert (no_series.replicas, no_series.reason) == (4, "MetricsUnavailable")
+    served = decide(Observation(current=4, ready=4, waiting=0, running=6), no_series.state, SMALL_BATCH, 140.0)
+    assert (served.replicas, served.reason) == (2, "QueueBelowTarget")
+    # while the backlog is still queued, the engines' queue asks for the replicas itself
+    queued = decide(Observation(current=4, ready=4, waiting=60, running=32), no_series.state, SMALL_BATCH, 140.0)
+    assert queued.replicas > 4 and queued.reason == "QueueAboveTarget"
 
 
 def test_a_replica_added_late_in_a_wake_would_only_arrive_after_the_backlog_is_gone():

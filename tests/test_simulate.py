@@ -31,6 +31,19 @@ def test_one_request_at_zero_waits_exactly_one_cold_start():
     assert result.gpu_hours * 3600 == pytest.approx(61.0)  # launched at 0, served 60-61, trace over
 
 
+def test_ready_replicas_that_no_scrape_has_seen_yet_are_a_missing_metric_not_an_idle_service():
+    """As in the operator: pods that serve but export no queue series yet mean MetricsUnavailable (a hold).
+    Reading them as 0 waiting, 0 running would let a policy remove them before their backlog is served."""
+    policy = tidal()
+    unseen = View(now=100.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=0.0, live_concurrency=50,
+                  held=0.0, scraped_series=False)
+    assert policy.tick(unseen) == 3 and policy.reasons == {"MetricsUnavailable": 1}
+    seen = View(now=102.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=5.0, live_concurrency=5,
+                held=0.0)
+    policy.tick(seen)
+    assert "MetricsUnavailable" in policy.reasons and len(policy.reasons) == 2  # decided on the numbers
+
+
 def test_a_burst_queues_in_fifo_order_on_a_warm_replica():
     burst = [Request(0.0, 1, 1) for _ in range(25)]
     result = simulate(burst, tidal(min_replicas=1, max_replicas=1), SimConfig(latency=ONE_SECOND, initial_replicas=1))

@@ -120,9 +120,12 @@ def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> D
            f"{backlog:.0f} expected when a replica is ready")
     if obs.request_s:
         why += f", {obs.request_s:.1f} s a request"
-    # The wake's size is a recommendation like any other: the scale-down window keeps it, so the replicas
-    # it started are not removed on the first tick after they are ready, when their queue has no series yet.
-    state = _remember(replace(_busy_again(obs, state, policy, now), last_active=now), policy, now, wanted)
+    # The wake's size is not a recommendation the scale-down window keeps: the replicas it starts go once
+    # the engines' queue says the backlog is served. On bursts from zero (0.5 s requests, 1,200 held over
+    # a 60 s cold start, three replicas to serve them within 5 s) the window kept two of them a minute for
+    # a backlog they cleared in 5 s: 0.394 GPU-h then, 0.344 now, the same misses. The tick after they are
+    # ready, their queue has no series yet; that is MetricsUnavailable (a hold), not an idle service.
+    state = replace(_busy_again(obs, state, policy, now), last_active=now)
     if obs.current == 0:
         # minReplicas is the user's floor and wins over the pool's size: the replicas beyond what the
         # pool holds stay Pending and say so (Unschedulable), which is what a cluster autoscaler adds

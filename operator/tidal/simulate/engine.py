@@ -71,7 +71,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     push(0.0, "sample")
     if policy.observe_s:
         push(0.0, "observe")
-    scraped = (0.0, 0.0)
+    scraped = (0.0, 0.0, False)  # (waiting, running, whether any replica was ready to export them)
     timeline: list[tuple[float, int, int, int]] = []
     arrived = 0
     next_progress = 0.1
@@ -79,7 +79,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     def view(now: float) -> View:
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[0], scraped[1], svc.waiting() + svc.running(),
-                    *svc.held(now))
+                    *svc.held(now), scraped_series=scraped[2])
 
     def act(desired, now):
         if desired is not None and desired != svc.current():
@@ -120,7 +120,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             policy.observe(view(now))
             push(now + policy.observe_s, "observe")
         elif kind == "scrape":
-            scraped = (float(svc.waiting()), float(svc.running())) if svc.ready_count(now) else (0.0, 0.0)
+            scraped = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) else (0.0, 0.0, False)
             push(now + cfg.scrape_interval_s, "scrape")
         elif kind == "sample":
             timeline.append((now, svc.current(), svc.ready_count(now), svc.waiting()))

@@ -46,7 +46,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         push(0.0, "scrape", i)
         if policies[i].observe_s:
             push(0.0, "observe", i)
-    scraped = [(0.0, 0.0)] * len(traces)
+    scraped = [(0.0, 0.0, False)] * len(traces)  # (waiting, running, whether a replica exported them)
     remaining = [len(t) for t in traces]
     end = max((t[-1].arrival for t in traces if t), default=0.0)
     last_done = 0.0
@@ -55,7 +55,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         svc = services[i]
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    *svc.held(now), unschedulable=svc.unschedulable())
+                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2])
 
     def act(i, desired, now):
         nonlocal waited_for_gpu
@@ -104,7 +104,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             policy.observe(view(i, now))
             push(now + policy.observe_s, "observe", i)
         elif kind == "scrape":
-            scraped[i] = (float(svc.waiting()), float(svc.running())) if svc.ready_count(now) else (0.0, 0.0)
+            scraped[i] = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) \
+                else (0.0, 0.0, False)
             push(now + cfg.scrape_interval_s, "scrape", i)
     stop = max(last_done, end)
     outcomes = [o for s in services for o in s.outcomes]

@@ -28,6 +28,8 @@ class View:
     held_rate: float = 0.0  # held requests arriving per second, as the activator counts them
     request_s: float | None = None  # the activator's average request time
     unschedulable: int = 0  # replicas waiting for a GPU (Pending in a full pool)
+    # Whether the last scrape found a ready replica: until one does, the engines' series do not exist yet.
+    scraped_series: bool = True
 
 
 class SimPolicy:
@@ -73,8 +75,13 @@ class TidalPolicy(SimPolicy):
         return d.replicas
 
     def tick(self, view: View) -> int:
-        waiting = view.scraped_waiting if view.ready else 0.0  # no pods, no engine series
-        return self._decide(view, waiting, view.scraped_running if view.ready else 0.0)
+        if not view.ready:
+            return self._decide(view, 0.0, 0.0)  # nothing serves: no load is the truth
+        if not view.scraped_series:
+            # Replicas are ready but no scrape has seen them yet: the operator finds no queue series for
+            # pods that serve and holds (MetricsUnavailable) rather than reading an idle service.
+            return self._decide(view, None, None)
+        return self._decide(view, view.scraped_waiting, view.scraped_running)
 
     def poke(self, view: View) -> int | None:
         # The activator's wake-up call: no metrics with it (the operator's wake endpoint does not query).
