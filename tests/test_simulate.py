@@ -145,7 +145,7 @@ def test_clairvoyant_is_never_dearer_than_a_policy_that_serves_without_waiting()
 
 
 def test_rate_scaling_and_bursts_from_zero():
-    from tidal.simulate.workloads import bursts_from_zero, fleet, rate_scaled
+    from tidal.simulate.workloads import bursts_from_zero, fleet, rate_scaled, varied_bursts
     trace = [Request(float(t), t + 1, 2 * t + 1) for t in range(100)]
     fast = rate_scaled(trace, 4)
     assert fast[-1].arrival == pytest.approx(99 / 4) and [r.input_tokens for r in fast] == [r.input_tokens for r in trace]
@@ -156,6 +156,10 @@ def test_rate_scaling_and_bursts_from_zero():
     starts = [bursts[0].arrival] + [b.arrival for a, b in zip(bursts, bursts[1:]) if b.arrival - a.arrival > 600]
     assert len(starts) == 3 and 400 < len(bursts) < 2000  # about 600 requests in three surges
     assert {(r.input_tokens, r.output_tokens) for r in bursts} <= {(r.input_tokens, r.output_tokens) for r in trace}
+    varied = varied_bursts(trace, bursts=6, seed=3)
+    assert varied == varied_bursts(trace, bursts=6, seed=3) and varied != varied_bursts(trace, bursts=6, seed=4)
+    quiets = [b.arrival - a.arrival for a, b in zip(varied, varied[1:]) if b.arrival - a.arrival >= 20]
+    assert 1 <= len(quiets) <= 6 and all(q < 1800 + 60 for q in quiets)  # (a slow surge can add a few seconds)
     services = fleet(trace, services=5, seed=2)
     assert len(services) == 5 and all(s == sorted(s, key=lambda r: r.arrival) for s in services)
     assert len({len(s) for s in services}) > 1  # scaled differently
@@ -177,3 +181,47 @@ def test_a_fleet_sharing_one_gpu_makes_the_second_cold_start_wait_for_it():
     assert ample.wait_max == pytest.approx(10, abs=1) and shared.wait_max > 30
     # The pool's cost is the first replica's idle time that the second service waited through, on top.
     assert shared.gpu_hours > ample.gpu_hours
+
+
+# ---- the reactive bound and `make demo`'s requests ----------------------------------------------------
+def test_the_reactive_bound_starts_every_replica_at_the_first_request_and_no_policy_answers_a_burst_sooner():
+    from tidal.simulate.policies import ReactiveBound
+    # 200 requests over 10 s, 1 s each, 10 slots per replica, a 30 s cold start, at most 4 replicas
+    burst = [Request(i * 0.05, 1, 1) for i in range(200)]
+    cfg = SimConfig(latency=ONE_SECOND, cold_start_s=30, scrape_interval_s=1.0)
+    bound = simulate(burst, ReactiveBound(4, 30.0), cfg)
+    assert bound.cold_starts == 4  # all four launched by the first request, none again
+    # Ready at 30 s with 40 slots: the first request waits the cold start, the last of 200 (at 9.95 s) four
+    # rounds of 1 s more: 200 / 40 = 5 rounds from 30 s.
+    assert bound.wait_p50 >= 30 - 9.95 and max(bound.wait_p50, bound.wait_p99) <= 30 + 4
+    for policy in (tidal(), KnativeKpaPolicy(10, 0, 4), KedaHpaPolicy(4, 0, 4)):
+        other = simulate(burst, policy, cfg)
+        assert other.wait_p50 >= bound.wait_p50 and other.wait_p99 >= bound.wait_p99, policy.name
+
+
+def test_the_demo_workload_is_its_warm_up_a_quiet_then_its_burst_four_times_faster():
+    from tidal.simulate.workloads import DEMO_SPEEDUP, DEMO_WINDOW_S, demo_replay, demo_slice
+    trace = [Request(float(t), t, 1) for t in range(0, 600, 2)]
+    burst = demo_slice(trace)
+    assert burst[0].arrival == 0 and [r.input_tokens for r in burst] == list(range(120, 480, 2))
+    assert burst[-1].arrival == pytest.approx((478 - DEMO_WINDOW_S[0]) / DEMO_SPEEDUP)
+    sent = demo_replay(trace, quiet_s=300)
+    assert sent[:20] == burst[:20] and len(sent) == 20 + len(burst)
+    assert sent[20].arrival - sent[19].arrival == pytest.approx(300)
+    with pytest.raises(ValueError, match="no requests between 120 s and 480 s"):
+        demo_slice([Request(1.0, 1, 1)])
+
+
+def test_the_command_takes_several_policies_and_names_an_unknown_one(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" +
+                     "".join(f"2023-11-16 18:17:{s:02d}.0000000,500,20\n" for s in range(0, 50, 5)))
+    run = [sys.executable, "-m", "tidal.cli", "simulate", "--trace", str(trace), "--out", str(tmp_path / "out")]
+    proc = subprocess.run(run + ["--policy", "tidal,reactive-bound"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert [r["policy"] for r in report["results"]] == ["tidal", "reactive-bound"]
+    bad = subprocess.run(run + ["--policy", "tidal,kserve"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "--policy 'tidal,kserve': unknown kserve; choose from tidal, keda-hpa, knative-kpa, reactive-bound" \
+        in bad.stderr

@@ -186,12 +186,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from .autoscaling import Policy
     from .simulate.engine import SimConfig
-    from .simulate.report import POLICIES, physical_limit, run_all, write
+    from .simulate.report import BOUNDS, POLICIES, physical_limit, run_all, write
     from .simulate.trace import load_trace
     from .simserver.latency import LatencyModel
 
     from .simulate.clairvoyant import clairvoyant_hours
-    from .simulate.workloads import bursts_from_zero, rate_scaled
+    from .simulate.workloads import bursts_from_zero, demo_replay, rate_scaled, varied_bursts
 
     started = time.monotonic()
     try:
@@ -199,15 +199,28 @@ def _simulate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: cannot read the trace: {err}", file=sys.stderr)
         return 2
+    names = list(POLICIES) if args.policy == "all" else [n.strip() for n in args.policy.split(",")]
+    unknown = [n for n in names if n not in POLICIES + BOUNDS]
+    if unknown or not names:
+        print(f"error: --policy {args.policy!r}: unknown {', '.join(unknown) or 'empty'}; choose from "
+              f"{', '.join(POLICIES + BOUNDS)} (comma-separated) or all", file=sys.stderr)
+        return 2
     if args.workload == "bursts":
         requests = bursts_from_zero(requests, seed=args.seed)  # sizes from the trace, timing generated
+    elif args.workload == "varied":
+        requests = varied_bursts(requests, seed=args.seed)
+    elif args.workload == "demo":
+        try:
+            requests = demo_replay(requests)
+        except ValueError as err:
+            print(f"error: --workload demo: {err}", file=sys.stderr)
+            return 2
     if args.rate_scale != 1:
         try:
             requests = rate_scaled(requests, args.rate_scale)
         except ValueError as err:
             print(f"error: --rate-scale: {err}", file=sys.stderr)
             return 2
-    names = list(POLICIES) if args.policy == "all" else [args.policy]
     latency = LatencyModel(max_concurrency=args.max_concurrency)
     if args.fleet:
         return _simulate_fleet(args, requests, names, latency, started)
@@ -353,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
     sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "
                                                    "(timestamp, input_tokens, output_tokens)")
-    sim.add_argument("--policy", default="all", choices=["tidal", "keda-hpa", "knative-kpa", "all"])
+    sim.add_argument("--policy", default="all",
+                     help="all (tidal, keda-hpa, knative-kpa), or names separated by commas; reactive-bound: "
+                          "every replica at a burst's first request, the lowest latency a service at zero can have")
     sim.add_argument("--out", default="out/simulation", help="directory for simulation.json/.md/.png")
     sim.add_argument("--cold-start", type=float, default=60.0, help="seconds from launch to ready (median)")
     sim.add_argument("--cold-start-sigma", type=float, default=0.0, help="lognormal spread of the cold start")
@@ -376,9 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fleet", type=int, default=0, metavar="N",
                      help="simulate N services built from the trace (shifted and scaled), sharing a pool")
     sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool")
-    sim.add_argument("--workload", choices=["trace", "bursts"], default="trace",
+    sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
                      help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
-                          "minutes (request sizes drawn from the trace)")
+                          "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
+                          "30 min; --seed); request sizes drawn from the trace; demo: what `make demo` sends "
+                          "(its warm-up, 5 quiet minutes, its burst)")
     sim.set_defaults(func=_simulate)
 
     act = sub.add_parser("activator", help="the request gateway: routes to ready replicas, holds requests "

@@ -22,6 +22,7 @@ from pathlib import Path
 from .devcluster import stack
 from .devcluster.cluster import REPO_ROOT
 from .simulate.trace import load_trace
+from .simulate.workloads import DEMO_SHORT_WINDOW_S, DEMO_SPEEDUP, DEMO_WARMUP_REQUESTS, DEMO_WINDOW_S, demo_slice
 
 EXAMPLE = REPO_ROOT / "examples" / "demo-scale-to-zero.yaml"
 DEMO_NODES = Path(__file__).parent / "devcluster" / "demo-nodepools.yaml"
@@ -113,7 +114,8 @@ class Observer(threading.Thread):
             print(" | ".join(l.strip() for l in lines[1:5]), flush=True)
 
 
-async def replay(url: str, api_key: str, requests, speedup: float, stats: Stats, stop: threading.Event) -> None:
+async def replay(url: str, api_key: str, requests, stats: Stats, stop: threading.Event) -> None:
+    """Send each request at its arrival time (seconds from the start)."""
     import aiohttp
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0),
@@ -138,7 +140,7 @@ async def replay(url: str, api_key: str, requests, speedup: float, stats: Stats,
         for r in requests:
             if stop.is_set():
                 break
-            delay = r.arrival / speedup - (time.monotonic() - started)
+            delay = r.arrival - (time.monotonic() - started)
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(r)))
@@ -188,11 +190,8 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
     print(f"operator {info.extra['operator_url']}; gateway {act_url} (API key in {state_dir / 'state.json'})",
           flush=True)
     _kubectl(info, "apply", "-f", str(EXAMPLE))
-    requests = load_trace(Path(trace))
-    window, speedup = ((150.0, 210.0), 4.0) if short else ((120.0, 480.0), 4.0)
-    chosen = [r for r in requests if window[0] <= r.arrival < window[1]]
-    first = chosen[0].arrival
-    chosen = [type(r)(r.arrival - first, r.input_tokens, r.output_tokens) for r in chosen]
+    chosen = demo_slice(load_trace(Path(trace)), short)  # arrivals already DEMO_SPEEDUP times faster
+    window = DEMO_SHORT_WINDOW_S if short else DEMO_WINDOW_S
     stats = Stats()
     observer = Observer(info, stats, time.monotonic())
     observer.start()
@@ -202,14 +201,14 @@ def up(state_dir: Path, short: bool = False, down_at_end: bool = False, trace: P
         # A service that served before, as most that wake up have: the gateway then knows how long its
         # requests take, which is what sizes a wake-up for a surge (a first-ever wake-up grows no further).
         stats.phase = "warm-up: 20 requests, so the gateway knows this model's request time"
-        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen[:20], speedup, Stats(), stop))
+        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen[:DEMO_WARMUP_REQUESTS], Stats(), stop))
         stats.phase = "waiting for the service to idle to zero"
         if not _wait_for_zero(stats, 240):
             print("the service did not reach zero replicas in 240 s", flush=True)
         stats.phase = "replaying"
         print(f"replaying {len(chosen)} requests of the Azure trace ({window[1] - window[0]:.0f} s at "
-              f"{speedup:g}x speed) through the gateway's one endpoint", flush=True)
-        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen, speedup, stats, stop))
+              f"{DEMO_SPEEDUP:g}x speed) through the gateway's one endpoint", flush=True)
+        asyncio.run(replay(f"{act_url}/v1/completions", api_key, chosen, stats, stop))
         stats.phase = "load over: waiting for scale to zero"
         stats.back_to_zero = _wait_for_zero(stats, 240)
     except KeyboardInterrupt:

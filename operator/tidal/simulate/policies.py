@@ -1,5 +1,6 @@
-"""Autoscaling policies for the simulator: Tidal's own (the operator's `decide`), and faithful
-re-implementations of KEDA + HPA and Knative's KPA from their documented defaults.
+"""Autoscaling policies for the simulator: Tidal's own (the operator's `decide`), faithful
+re-implementations of KEDA + HPA and Knative's KPA from their documented defaults, and the reactive
+bound (the lowest latency any policy at zero can give a burst).
 
 Every policy sees what it would see in a cluster: the metric-driven ones read Prometheus
 samples that are up to one scrape interval old; Knative reads concurrency every second from its
@@ -194,3 +195,32 @@ class KnativeKpaPolicy(SimPolicy):
 
     def poke(self, view: View) -> int | None:
         return max(1, self.lo) if view.current == 0 else None
+
+
+class ReactiveBound(SimPolicy):
+    """Not a policy anyone should run: every replica maxReplicas allows, started by the request that finds
+    the service at zero, and kept until nothing has been held, queued or running for a cold start (a lull
+    shorter than that costs less bridged than restarted). A burst that finds the service at zero waits no
+    less under any policy with the same maxReplicas: no replica can start sooner, and none serves faster.
+    Its waits are the floor of what sizing a wake-up can win; its GPU time is not a bound on anything."""
+
+    name = "reactive-bound"
+    observe_s = 1.0
+
+    def __init__(self, max_replicas: int, cold_start_s: float):
+        self.most, self.cold_start_s = max_replicas, cold_start_s
+        self.last_busy: float | None = None
+
+    def observe(self, view: View) -> None:
+        if view.live_concurrency > 0 or view.held:
+            self.last_busy = view.now
+
+    def tick(self, view: View) -> int:
+        recently = self.last_busy is not None and view.now - self.last_busy < self.cold_start_s
+        return self.most if recently or view.held else 0
+
+    def poke(self, view: View) -> int | None:
+        if view.current == 0:
+            self.last_busy = view.now
+            return self.most
+        return None

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ..autoscaling import Policy
 from .engine import Result, SimConfig, physical_limit_hours, simulate
-from .policies import KedaHpaPolicy, KnativeKpaPolicy, TidalPolicy
+from .policies import KedaHpaPolicy, KnativeKpaPolicy, ReactiveBound, TidalPolicy
 from .trace import Request
 
-POLICIES = ("tidal", "keda-hpa", "knative-kpa")
+POLICIES = ("tidal", "keda-hpa", "knative-kpa")  # `all`
+BOUNDS = ("reactive-bound",)  # by name only: a yardstick, not a policy
 
 
 def make_policy(name: str, cfg: SimConfig, scaling: Policy):
@@ -22,7 +23,9 @@ def make_policy(name: str, cfg: SimConfig, scaling: Policy):
         return KedaHpaPolicy(scaling.target_queue, scaling.min_replicas, scaling.max_replicas)
     if name == "knative-kpa":
         return KnativeKpaPolicy(cfg.latency.max_concurrency, scaling.min_replicas, scaling.max_replicas)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)} or all")
+    if name == "reactive-bound":
+        return ReactiveBound(scaling.max_replicas, cfg.cold_start_s)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES + BOUNDS)} or all")
 
 
 def run_all(requests: list[Request], names: list[str], cfg: SimConfig, scaling: Policy, log=print) -> list[Result]:

@@ -1,6 +1,6 @@
 """Workloads beyond one trace, to check that nothing is tuned to it: the trace faster (time compressed),
-bursts from zero (long idle, then a surge), and a fleet of services built from the trace (shifted and
-scaled). Deterministic for a seed."""
+bursts from zero (long idle, then a surge), a fleet of services built from the trace (shifted and
+scaled), and the requests `make demo` sends. Deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ def bursts_from_zero(sizes_from: list[Request], bursts: int = 4, idle_s: float =
     return out
 
 
+def varied_bursts(sizes_from: list[Request], bursts: int = 10, seed: int = 0) -> list[Request]:
+    """`bursts` surges of 20-300 s at 0.5-30 req/s (Poisson), each after a quiet of 20 s to 30 minutes
+    drawn from a ladder (20, 45, 90, 200, 400, 900, 1800 s): gaps shorter and longer than any idle period,
+    in no order a policy could learn. Request sizes from `sizes_from`."""
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for _ in range(bursts):
+        t += rng.choice([20.0, 45.0, 90.0, 200.0, 400.0, 900.0, 1800.0])
+        end, rate = t + rng.uniform(20.0, 300.0), rng.uniform(0.5, 30.0)
+        while True:
+            t += rng.expovariate(rate)
+            if t >= end:
+                break
+            size = rng.choice(sizes_from)
+            out.append(Request(t, size.input_tokens, size.output_tokens))
+        t = end
+    return out
+
+
 def fleet(trace: list[Request], services: int = 50, seed: int = 0) -> list[list[Request]]:
     """`services` traces from one: each shifted in time (wrapped around the trace's length) and thinned or
     thickened (a rate scale between 0.25x and 2x, by keeping or repeating requests), so that the services
@@ -52,3 +71,28 @@ def fleet(trace: list[Request], services: int = 50, seed: int = 0) -> list[list[
         picked.sort(key=lambda r: r.arrival)
         out.append(picked)
     return out
+
+
+# `make demo` replays this slice of the trace, this many times faster (its --short run: 150-210 s).
+DEMO_WINDOW_S, DEMO_SHORT_WINDOW_S, DEMO_SPEEDUP = (120.0, 480.0), (150.0, 210.0), 4.0
+DEMO_WARMUP_REQUESTS = 20
+
+
+def demo_slice(trace: list[Request], short: bool = False) -> list[Request]:
+    """The requests of `make demo`'s burst, as sent: the window's arrivals from 0, `DEMO_SPEEDUP` times faster."""
+    start, end = DEMO_SHORT_WINDOW_S if short else DEMO_WINDOW_S
+    chosen = [r for r in trace if start <= r.arrival < end]
+    if not chosen:
+        raise ValueError(f"the trace has no requests between {start:g} s and {end:g} s, which the demo replays")
+    first = chosen[0].arrival
+    return [Request((r.arrival - first) / DEMO_SPEEDUP, r.input_tokens, r.output_tokens) for r in chosen]
+
+
+def demo_replay(trace: list[Request], quiet_s: float = 300.0) -> list[Request]:
+    """What `make demo` sends a service at zero: its warm-up (the first 20 requests of the burst, so the
+    gateway knows the model's request time, as for any service that served before), `quiet_s` of nothing
+    (the demo waits for zero), then the burst."""
+    burst = demo_slice(trace)
+    warmup = burst[:DEMO_WARMUP_REQUESTS]
+    restart = warmup[-1].arrival + quiet_s
+    return warmup + [Request(r.arrival + restart, r.input_tokens, r.output_tokens) for r in burst]
