@@ -239,13 +239,17 @@ def test_the_wake_call_says_how_fast_held_requests_arrive_and_how_long_requests_
     demand = Demand()
     key = ("ml", "chat")
     assert demand.wake_call(key, 1, 0.0) == {"pending": 1, "arrival_rate": 0.0}  # no request time yet
-    for i in range(50):  # 50 held in 2.5 s: counted over the 5 s window, 10/s
+    for i in range(60):  # 60 held over the 3 s since the first: 20/s (the 5 s window would say 12/s)
         demand.held(key, i * 0.05)
     demand.served(key, 4.0)
     demand.served(key, 9.0)  # moving average: 4 + 0.2 x 5
-    assert demand.wake_call(key, 50, 2.5) == {"pending": 50, "arrival_rate": 10.0, "request_seconds": 5.0}
+    assert demand.wake_call(key, 60, 3.0) == {"pending": 60, "arrival_rate": 20.0, "request_seconds": 5.0}
+    assert demand.wake_call(key, 60, 5.0)["arrival_rate"] == 12.0  # 5 s on: the whole window, 60 / 5
     assert demand.wake_call(key, 50, 60.0)["arrival_rate"] == 0.0  # the surge is over
     assert key not in demand._arrivals  # and nothing is kept for it
+    demand.held(key, 100.0)
+    demand.held(key, 100.004)  # two requests a few milliseconds apart are not a surge of 500/s
+    assert demand.wake_call(key, 2, 100.005)["arrival_rate"] == 0.667
 
 
 def test_made_up_services_do_not_grow_the_gateways_memory():
