@@ -155,7 +155,8 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     since = state.observing_since if state.observing_since is not None else now
     state = replace(state, observing_since=since)
     # Requests are held and nothing serves: wake at once, metrics or not; grow the starting replicas for the
-    # surge only on an observation with metrics (the tick), so that an outage changes nothing that exists.
+    # surge only on an observation that knows the queue (a tick with metrics, or a wake-up call while no
+    # replica serves and there is no engine queue to know), so that an outage changes nothing that exists.
     if obs.ready == 0 and obs.pending > 0 and (obs.current == 0 or obs.waiting is not None):
         return _wake(obs, state, policy, now)
     if obs.waiting is None or obs.running is None:

@@ -6,7 +6,7 @@ arrives during the cold start. The rate is the count over the last 5 s divided b
 arrivals span, but by no less than 3 s: 60 requests held in the first 3 s of a surge read as 20/s, not as
 the 12/s of a window the surge has not filled yet, and two requests a few milliseconds apart as 0.67/s,
 not 100/s. Dividing by the whole window from the start made `make demo`'s wake-up ask for its six
-replicas a tick later: `tidal simulate --workload demo` waited 13.8 s at p50 then, 12.8 s now. On
+replicas a tick later: `tidal simulate --workload demo` waited 13.8 s at p50 with the window, 12.8 s. On
 `--workload varied` (seeds 0-5 at cold starts of 30, 60 and 120 s: 18 runs) none missed more, and together
 they took 1.1 % less GPU time and 3 % fewer cold starts. A 2 s floor cost `--workload bursts` 6 % more GPU
 time (40 arrivals in 2 s are 20/s +- 3: a fourth replica where three serve).

@@ -73,6 +73,9 @@ class Autoscaler:
     cold_starts: ColdStarts = field(default_factory=ColdStarts)
     # The activator's last word on a service it holds requests for: (arrivals/s, request seconds, when).
     _held: dict[Key, tuple[float, float | None, float]] = field(default_factory=dict)
+    # One decision at a time per service: a wake-up call and the tick (or two calls) deciding on the same
+    # replica count would both scale from it, and the later write could undo the earlier one.
+    _deciding: dict[Key, asyncio.Lock] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -81,6 +84,7 @@ class Autoscaler:
         self._query_errors.pop(key, None)
         self._failures.pop(key, None)
         self._held.pop(key, None)
+        self._deciding.pop(key, None)
         self.cold_starts.forget(key)
         metrics.forget(*key)
 
@@ -241,13 +245,23 @@ class Autoscaler:
                            unschedulable=len(self.store.unschedulable.get(key, ())),
                            pool_capacity=self._pool_capacity(spec), query_error=self._query_errors.get(key))
 
-    async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool,
+    async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool | None,
                      extra_pending: float = 0.0) -> Decision | None:
+        """prometheus_ok: whether this round's query worked; None when none was made (a wake-up call)."""
+        async with self._deciding.setdefault(key, asyncio.Lock()):
+            return await self._decide_and_apply(key, body, load, prometheus_ok, extra_pending)
+
+    async def _decide_and_apply(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool | None,
+                                extra_pending: float) -> Decision | None:
         spec = self._spec(key, body)
         if spec is None:
             return None
-        if load is None and prometheus_ok and not custom_query(spec, *key):
-            load = ServiceLoad()  # Prometheus answered and has no series for this service
+        deployment = self.store.deployments.get(key)
+        starting = prometheus_ok is None and deployment is not None and deployment.ready == 0
+        if load is None and (prometheus_ok or starting) and not custom_query(spec, *key):
+            # Prometheus answered and has no series for this service; or, on a wake-up call, no replica
+            # serves yet, so there is none to have: the gateway's numbers are the whole demand.
+            load = ServiceLoad()
         obs = self._observe(key, spec, load, extra_pending, body.get("status"))
         if obs is None:
             return None
@@ -279,7 +293,7 @@ class Autoscaler:
         else:
             since = self._missing_since.pop(key, None)
         # Prometheus itself failing is reported at once; one service's missing series after a grace.
-        report = (obs.waiting is not None or not prometheus_ok or obs.query_error is not None
+        report = (obs.waiting is not None or prometheus_ok is False or obs.query_error is not None
                   or now - since >= self.metrics_grace_s)
         before, after = await update_status(
             self.kube, self.store, body,
@@ -310,7 +324,7 @@ class Autoscaler:
         # (At zero, the ready count may still show the last replica going: the scale to zero is written
         # at once, the Deployment's status follows.)
         self._held[key] = (arrivals_per_s, request_s, time.monotonic())
-        return await self._scale(key, body, None, prometheus_ok=False, extra_pending=pending)
+        return await self._scale(key, body, None, prometheus_ok=None, extra_pending=pending)
 
 
 def _flipped(before: dict, after: dict, type_: str, to: str) -> bool:

@@ -49,6 +49,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
                                      CONFIG.autoscale_interval_s, metrics_grace_s=CONFIG.metrics_grace_s,
                                      scaling_defaults=CONFIG.scaling_defaults, pool_label=CONFIG.render.pool_label)
         memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
+        # A new service's first replica is its first cold start: timed, the first wake-up can be sized for
+        # what arrives while it lasts (without it, make demo's wake grew call by call: 1, 3, 5, 6 replicas).
+        memo.reconciler.launched = lambda key: memo.autoscaler.cold_starts.begun(key, time.monotonic())
     if CONFIG.http_port:
         runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)
         await runner.setup()

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -60,6 +61,9 @@ class Reconciler:
     settings: RenderSettings
     store: ServiceStore
     scaling_defaults: dict | None = None
+    # Called with (namespace, name) when a Deployment is created with replicas: its first replica's start is
+    # a cold start like a wake-up's, and the first a service has (the autoscaler times it).
+    launched: Callable[[tuple[str, str]], None] | None = None
 
     def __post_init__(self):
         self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -129,6 +133,8 @@ class Reconciler:
         if current is None:
             desired["spec"]["replicas"] = initial_replicas(spec)
             result = await self.kube.apply(desired)
+            if self.launched is not None:
+                self.launched((ns, name))
             await self.kube.event(body, "Normal", "Created",
                                   f"created Deployment {name} with {desired['spec']['replicas']} replica(s)")
         else:

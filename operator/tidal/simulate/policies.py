@@ -85,8 +85,12 @@ class TidalPolicy(SimPolicy):
         return self._decide(view, view.scraped_waiting, view.scraped_running)
 
     def poke(self, view: View) -> int | None:
-        # The activator's wake-up call: no metrics with it (the operator's wake endpoint does not query).
-        return self._decide(view, None, None) if view.ready == 0 else None
+        # The activator's wake-up call. The operator's wake endpoint does not query Prometheus: at zero it
+        # knows nothing of the engines (a wake changes nothing that exists); while replicas start and none
+        # serves, there is no engine queue to know, and the held requests are the whole demand.
+        if view.ready:
+            return None
+        return self._decide(view, None, None) if view.current == 0 else self._decide(view, 0.0, 0.0)
 
 
 class KedaHpaPolicy(SimPolicy):
