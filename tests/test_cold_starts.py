@@ -21,6 +21,20 @@ def test_a_cold_start_is_timed_from_the_wake_decision_to_the_first_ready_replica
     assert clock.last(KEY) == 42.5
 
 
+def test_a_new_services_first_replica_is_timed_but_only_wake_ups_are_counted():
+    from tidal.controller import metrics
+    clock = ColdStarts()
+    key = ("ml", "new-one")
+    counted = metrics.COLD_START.labels(*key)
+    clock.begun(key, 10.0, wake_up=False)  # created with one replica
+    clock.begun(key, 12.0)  # a wake-up call while it starts does not restart the clock or make it a wake-up
+    clock.replicas_ready(key, 1, 40.0)
+    assert clock.last(key) == 30.0 and counted._sum.get() == 0
+    clock.begun(key, 100.0)  # its first wake-up
+    clock.replicas_ready(key, 1, 125.0)
+    assert clock.last(key) == 25.0 and counted._sum.get() == 25.0
+
+
 def test_a_restarted_operator_reads_the_last_cold_start_from_status():
     assert ColdStarts().last(KEY, {"lastColdStartSeconds": 61.2}) == 61.2
     assert ColdStarts().last(KEY, {"lastColdStartSeconds": "soon"}) is None

@@ -51,7 +51,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
         memo.tasks.append(asyncio.create_task(memo.autoscaler.run()))
         # A new service's first replica is its first cold start: timed, the first wake-up can be sized for
         # what arrives while it lasts (without it, make demo's wake grew call by call: 1, 3, 5, 6 replicas).
-        memo.reconciler.launched = lambda key: memo.autoscaler.cold_starts.begun(key, time.monotonic())
+        memo.reconciler.launched = lambda key: memo.autoscaler.cold_starts.begun(key, time.monotonic(), wake_up=False)
     if CONFIG.http_port:
         runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)
         await runner.setup()
