@@ -67,3 +67,12 @@ def test_wake_up_calls_while_replicas_start_grow_them_one_decision_at_a_time():
     assert "MetricsUnavailable" not in {first.reason, second.reason}
     conditions = autoscaler.store.services[KEY].get("status", {}).get("conditions", [])
     assert all(c["reason"] != "MetricsUnavailable" for c in conditions), conditions
+
+
+def test_while_prometheus_is_down_a_wake_up_call_changes_nothing_that_exists():
+    """A pod evicted during an outage leaves a service with no ready replica; the requests the gateway then
+    holds are its usual load, not a surge, and nothing may be resized blind (tests/cluster/test_faults.py)."""
+    autoscaler, kube = starting_service()
+    autoscaler._prometheus_down_since = 0.0  # the last tick's query failed
+    held = asyncio.run(autoscaler.wake(*KEY, pending=60, arrivals_per_s=20.0, request_s=1.0))
+    assert (held.replicas, held.reason) == (1, "MetricsUnavailable") and kube.scaled == []

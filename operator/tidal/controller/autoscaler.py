@@ -257,11 +257,13 @@ class Autoscaler:
         if spec is None:
             return None
         deployment = self.store.deployments.get(key)
-        starting = prometheus_ok is None and deployment is not None and deployment.ready == 0
+        # On a wake-up call while no replica serves there is no engine queue to know: the gateway's numbers
+        # are the whole demand. Not while Prometheus is down: an outage changes nothing that exists (a pod
+        # evicted meanwhile leaves a service with none ready, and its held requests are no new surge).
+        starting = (prometheus_ok is None and deployment is not None and deployment.ready == 0
+                    and self._prometheus_down_since is None)
         if load is None and (prometheus_ok or starting) and not custom_query(spec, *key):
-            # Prometheus answered and has no series for this service; or, on a wake-up call, no replica
-            # serves yet, so there is none to have: the gateway's numbers are the whole demand.
-            load = ServiceLoad()
+            load = ServiceLoad()  # Prometheus answered and has no series for this service, or none can exist
         obs = self._observe(key, spec, load, extra_pending, body.get("status"))
         if obs is None:
             return None
