@@ -16,6 +16,19 @@ def rate_scaled(requests: list[Request], factor: float) -> list[Request]:
     return [Request(r.arrival / factor, r.input_tokens, r.output_tokens) for r in requests]
 
 
+def _surge(rng: random.Random, sizes_from: list[Request], start: float, end: float, rate_per_s: float,
+           out: list[Request]) -> float:
+    """Poisson arrivals at `rate_per_s` from `start` until `end`, sizes drawn from `sizes_from`, appended to
+    `out`; returns `end`."""
+    t = start
+    while True:
+        t += rng.expovariate(rate_per_s)
+        if t >= end:
+            return end
+        size = rng.choice(sizes_from)
+        out.append(Request(t, size.input_tokens, size.output_tokens))
+
+
 def bursts_from_zero(sizes_from: list[Request], bursts: int = 4, idle_s: float = 900.0, surge_s: float = 120.0,
                      rate_per_s: float = 20.0, seed: int = 0) -> list[Request]:
     """`bursts` surges of `surge_s` seconds at `rate_per_s` (Poisson), each after `idle_s` of nothing — long
@@ -24,14 +37,7 @@ def bursts_from_zero(sizes_from: list[Request], bursts: int = 4, idle_s: float =
     out, t = [], 0.0
     for _ in range(bursts):
         t += idle_s
-        end = t + surge_s
-        while True:
-            t += rng.expovariate(rate_per_s)
-            if t >= end:
-                break
-            size = rng.choice(sizes_from)
-            out.append(Request(t, size.input_tokens, size.output_tokens))
-        t = end
+        t = _surge(rng, sizes_from, t, t + surge_s, rate_per_s, out)
     return out
 
 
@@ -44,13 +50,7 @@ def varied_bursts(sizes_from: list[Request], bursts: int = 10, seed: int = 0) ->
     for _ in range(bursts):
         t += rng.choice([20.0, 45.0, 90.0, 200.0, 400.0, 900.0, 1800.0])
         end, rate = t + rng.uniform(20.0, 300.0), rng.uniform(0.5, 30.0)
-        while True:
-            t += rng.expovariate(rate)
-            if t >= end:
-                break
-            size = rng.choice(sizes_from)
-            out.append(Request(t, size.input_tokens, size.output_tokens))
-        t = end
+        t = _surge(rng, sizes_from, t, end, rate, out)
     return out
 
 
