@@ -30,10 +30,12 @@ from .metrics import Metrics
 from .openai_api import model_in_body, model_object, triton_model
 from .proxy import Proxying
 from .ratelimits import RateLimiter
+from .request_checks import refusal
 from .routing import API_PREFIXES, route
 from .upstream import UpstreamPool
 from .usage import StreamMeter, ask_for_stream_usage
 from ..batches.sender import ON_BEHALF_HEADER
+from ..strict_json import BadJson
 
 log = logging.getLogger("tidal.activator")
 __all__ = ["Gateway", "Limits", "UNKNOWN_FOR_S"]
@@ -43,6 +45,15 @@ def _prefers_async(request: web.Request) -> bool:
     """RFC 7240: `Prefer: respond-async` (among other preferences, any case)."""
     return any(p.split("=")[0].strip().lower() == "respond-async"
                for value in request.headers.getall("Prefer", []) for p in value.split(","))
+
+
+@web.middleware
+async def _refuse_hostile(request: web.Request, handler):
+    """Before any route (a path holding a line break matches none of them): see request_checks.py."""
+    refused = refusal(request)
+    if refused is not None:
+        return errors.bad_request(*refused)
+    return await handler(request)
 
 
 class Gateway(Holding, Proxying):
@@ -85,7 +96,7 @@ class Gateway(Holding, Proxying):
 
     def app(self, mount=None) -> web.Application:
         """The gateway's app; `mount(app)` adds routes of its own (the playground) before the catch-all."""
-        app = web.Application(client_max_size=self.limits.max_body_bytes)
+        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[_refuse_hostile])
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.stop)
         app.on_response_prepare.append(self._close_while_draining)
@@ -134,12 +145,17 @@ class Gateway(Holding, Proxying):
                 key = self.keys.authenticate(header)
             if key is None:
                 return errors.missing_key() if not header else errors.wrong_key()
-        target = route(request.path, request.headers.get("Host"), self.own)
+        # Routed and forwarded as the caller encoded it: decoding would turn %0D%0A into a line break
+        # upstream (request_checks.py).
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        target = route(raw_path, request.headers.get("Host"), self.own)
         if target is None and request.method == "GET" and (request.path == "/v1/models"
                                                             or request.path.startswith("/v1/models/")):
             return self._models(request.path, key)
         body = await request.read()
-        call = self._resolve(request, target, body, key)
+        call = self._resolve(request, raw_path, target, body, key)
+        if isinstance(call, Call) and raw_query:
+            call.path += "?" + raw_query
         if isinstance(call, web.Response):
             return call
         if key is not None and not internal:  # a batch paces itself; its tokens still count
@@ -166,15 +182,19 @@ class Gateway(Holding, Proxying):
         return (self.internal_token is not None and header[:7].lower() == "bearer "
                 and hmac.compare_digest(header[7:].strip().encode(), self.internal_token.encode()))
 
-    def _resolve(self, request: web.Request, target, body: bytes, key: ApiKey | None) -> Call | web.Response:
+    def _resolve(self, request: web.Request, raw_path: str, target, body: bytes,
+                 key: ApiKey | None) -> Call | web.Response:
         """Which service a request is for, whether its key may use it, and what to send upstream."""
-        name, payload = model_in_body(body) if request.method == "POST" else (None, None)
+        try:
+            name, payload = model_in_body(body) if request.method == "POST" else (None, None)
+        except BadJson as err:
+            return errors.bad_request(f"The request body is not acceptable JSON: {err}")
         if target is not None:  # Host or path names the service
             namespace, service, path = target
             entry = self.catalog.entries.get((namespace, service))
             model = entry.served_name if entry else None
         elif request.path.split("/", 2)[1] in API_PREFIXES:  # the one endpoint: the model picks the service
-            path = request.path
+            path = raw_path
             model = name if request.path.startswith("/v1/") else triton_model(request.path)
             if not model:
                 if request.path.startswith("/v1/"):

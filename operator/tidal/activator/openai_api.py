@@ -8,20 +8,18 @@ Model objects are OpenAI's (`id`, `object`, `created`, `owned_by`) with Tidal's 
 from __future__ import annotations
 
 import calendar
-import json
 import time
 
+from .. import strict_json
 from .catalog import Entry
 
 
 def model_in_body(body: bytes) -> tuple[str | None, dict | None]:
-    """(the `model` field, the parsed object) of a JSON request body; (None, None) when there is none."""
-    if not body or body.lstrip()[:1] != b"{":
+    """(the `model` field, the parsed object) of a JSON request body; (None, None) when there is none.
+    Raises BadJson naming the problem when the body looks like JSON but is not JSON Tidal accepts."""
+    if not body or body.lstrip()[:1] not in (b"{", b"["):
         return None, None
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None, None
+    payload = strict_json.loads(body)
     model = payload.get("model") if isinstance(payload, dict) else None
     return (model if isinstance(model, str) else None), (payload if isinstance(payload, dict) else None)
 

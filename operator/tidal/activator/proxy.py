@@ -31,7 +31,7 @@ class Proxying:
     async def _proxy(self, request, call: Call, endpoint: Endpoint) -> web.StreamResponse | None:
         """Forward to one endpoint; None when it refused before taking the request (try another)."""
         key, body = call.service, call.body
-        target = call.path + ("?" + request.query_string if request.query_string else "")
+        target = call.path  # as the caller encoded it, query included (request_checks.py)
         # The caller's API key is the gateway's business: it never reaches the engine.
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP and k.lower() != "authorization"]
         endpoint.inflight += 1

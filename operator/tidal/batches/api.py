@@ -4,10 +4,10 @@ sees only its own files and batches (another key's id answers 404, as one that n
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
+from .. import strict_json
 from ..activator import errors
 from .deferred import DeferredStore
 from .files import MAX_FILE_BYTES, FileStore
@@ -83,6 +83,12 @@ class BatchApi:
     async def upload(self, request: web.Request, owner: str) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             return _bad("upload a file as multipart/form-data with fields 'file' and 'purpose'", "file")
+        try:
+            return await self._upload(request, owner)
+        except ValueError as err:  # aiohttp's multipart reader: no boundary, a broken part
+            return _bad(f"the upload is not valid multipart/form-data: {str(err)[:200]}", "file")
+
+    async def _upload(self, request: web.Request, owner: str) -> web.Response:
         reader = await request.multipart()
         purpose, filename, data = None, None, None
         async for part in reader:
@@ -128,9 +134,9 @@ class BatchApi:
     # ---- batches -------------------------------------------------------------------------------------
     async def create_batch(self, request: web.Request, owner: str) -> web.Response:
         try:
-            spec = await request.json()
-        except ValueError:
-            return _bad("the request body must be a JSON object")
+            spec = strict_json.loads(await request.read())
+        except strict_json.BadJson as err:
+            return _bad(f"the request body is not acceptable JSON: {err}")
         if not isinstance(spec, dict):
             return _bad("the request body must be a JSON object")
         endpoint, window = spec.get("endpoint"), spec.get("completion_window")
@@ -178,7 +184,12 @@ class BatchApi:
         """Accept a request the gateway has authenticated, authorised and admitted: 202 and where to poll."""
         if not path.startswith("/v1/"):
             return _bad("only OpenAI requests (/v1/...) can be answered asynchronously")
-        payload = json.loads(body)
+        try:
+            payload = strict_json.loads(body)
+        except strict_json.BadJson as err:
+            return _bad(f"the request body is not acceptable JSON: {err}")
+        if not isinstance(payload, dict):
+            return _bad("the request body must be a JSON object")
         if payload.get("stream"):
             return _bad("a streamed request cannot be answered asynchronously; leave out 'stream' or "
                         "'Prefer: respond-async'", "stream")

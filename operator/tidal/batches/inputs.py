@@ -4,8 +4,9 @@ problem is reported with its line number (1-based), so a person can fix the file
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from .. import strict_json
 
 MAX_REQUESTS = 50_000
 MAX_ERRORS_REPORTED = 100  # a file that is wrong on every line says so a hundred times, not 50,000
@@ -26,9 +27,9 @@ def _problem(line: int, message: str, param: str | None = None) -> dict:
 
 def _check(line_no: int, raw: bytes, endpoint: str) -> Item | dict:
     try:
-        obj = json.loads(raw)
-    except ValueError as err:
-        return _problem(line_no, f"line {line_no} is not valid JSON ({err.msg} at column {err.colno})")
+        obj = strict_json.loads(raw)
+    except strict_json.BadJson as err:
+        return _problem(line_no, f"line {line_no}: {err}")
     if not isinstance(obj, dict):
         return _problem(line_no, f"line {line_no} must be a JSON object, not {type(obj).__name__}")
     custom_id = obj.get("custom_id")
