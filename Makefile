@@ -12,12 +12,10 @@ demo: install
 demo-down:
 	$(PYTHON) -m tidal.cli demo down --state-dir $(STATE_DIR)
 
-APT_TOOLS = prometheus chromium chromedriver mmdebstrap umoci skopeo
+# What demo and test need, installing only what is missing (tools/install.sh; the Debian packages are listed in
+# tools/system-packages.txt). A second run with everything present takes seconds.
 install:
-	@for t in $(APT_TOOLS); do command -v $$t >/dev/null || exit 1; done || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	  prometheus chromium chromium-driver mmdebstrap umoci skopeo >/dev/null)
-	$(PYTHON) -m pip install -q -e '.[test]'
+	PYTHON=$(PYTHON) tools/install.sh
 
 # The container image as an OCI layout at out/image (no Docker engine; root, for mmdebstrap); prints its
 # digest and size. `skopeo copy oci:out/image:<version> docker://<registry>/tidal:<version>` pushes it.
@@ -67,7 +65,7 @@ run:
 
 # The whole suite: unit tests, then tests on a throw-away local cluster of their own. The slowest tests are
 # listed at the end, so a CI log shows which ones come close to their timeouts.
-test:
+test: install
 	$(PYTHON) -m pytest -q --durations=15
 
 test-unit:

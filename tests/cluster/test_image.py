@@ -42,7 +42,7 @@ def skopeo(layout: Path, *flags: str) -> dict:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
     if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
-        pytest.fail("the image build needs root and mmdebstrap (.ci/run installs it)")
+        pytest.fail("the image build needs root and mmdebstrap (make install installs it)")
     out = tmp_path_factory.mktemp("image") / "image"
     build(out)
     return out

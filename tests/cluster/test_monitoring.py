@@ -44,7 +44,7 @@ def test_helm_template_works_with_the_built_helm_and_no_extra_flags():
 
 def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path):
     promtool = shutil.which("promtool")
-    assert promtool, "promtool comes with Debian's prometheus package (installed by .ci/run)"
+    assert promtool, "promtool comes with Debian's prometheus package (installed by make install)"
     rule = next(d for d in rendered("--set", "monitoring.prometheusRule.enabled=true") if d["kind"] == "PrometheusRule")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     shutil.copy(ROOT / "tests" / "monitoring" / "alerts_test.yaml", tmp_path)

@@ -31,7 +31,7 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
-        "Debian's chromium and chromium-driver are installed by .ci/run"
+        "Debian's chromium and chromium-driver are installed by make install"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500",
