@@ -348,3 +348,34 @@ def test_online_requests_are_not_held_behind_a_running_batch(tmp_path):
             assert len(held) >= 10 and max(held) == 0.0, held  # no online request waited in the line
             assert peak == 7  # the batch used every place but the reserve
     asyncio.run(scenario())
+
+
+def test_every_line_ends_in_the_output_or_the_error_file_whatever_the_sender_raises(tmp_path):
+    """An exception nobody planned for, raised while a line is sent, must not make the line vanish. The real
+    gateway and engines cannot be made to raise one on demand, so the runner's send is wrapped to raise for
+    chosen lines (a fake fault, on purpose): RuntimeError every time for req-3, KeyError once for req-5."""
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            runner = stack.batches.runner
+            runner.backoff_s = 0.01
+            real_send, raised = runner.send, []
+
+            async def faulty_send(owner, url, body):
+                content = body["messages"][0]["content"]
+                if content == "question 3" or (content == "question 5" and "req-5" not in raised):
+                    raised.append("req-3" if content == "question 3" else "req-5")
+                    raise (RuntimeError("injected fault") if content == "question 3" else KeyError("injected"))
+                return await real_send(owner, url, body)
+            runner.send = faulty_send
+            client = stack.client(FULL)
+            uploaded = await client.files.create(file=("r.jsonl", jsonl([chat_line(i) for i in range(10)])),
+                                                 purpose="batch")
+            done, _ = await until_final(client, (await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")).id)
+            assert done.status == "completed" and raised.count("req-5") == 1 and raised.count("req-3") == 4
+            output = [o["custom_id"] for o in await read_lines(client, done.output_file_id)]
+            errors = {e["custom_id"]: e["error"] for e in await read_lines(client, done.error_file_id)}
+            assert sorted(output + list(errors)) == sorted(f"req-{i}" for i in range(10))  # each exactly once
+            assert list(errors) == ["req-3"] and "RuntimeError: injected fault" in errors["req-3"]["message"]
+            assert (done.request_counts.completed, done.request_counts.failed) == (9, 1)
+    asyncio.run(scenario())

@@ -177,6 +177,9 @@ class BatchRunner:
                         if self._stopping(batch):
                             return
                         line, failed = await self._attempt(owner, item, lambda: self._stopping(batch))
+                except Exception as err:  # one line's failure is that line's error; the worker goes on
+                    log.exception("batch %s, %s: unexpected error", batch["id"], item.custom_id)
+                    line, failed = _error_line(item, "internal_error", f"{type(err).__name__}: {str(err)[:200]}"), True
                 finally:
                     self._mine[model] -= 1
                 if line is None:
@@ -224,6 +227,10 @@ class BatchRunner:
             except (OSError, asyncio.TimeoutError) as err:
                 why = f"the request could not be sent: {err or type(err).__name__}"
                 continue
+            except Exception as err:  # anything else is retried too, and ends as this line's error, never lost
+                log.exception("batch request %s: unexpected error while sending", item.custom_id)
+                why = f"unexpected error while sending: {type(err).__name__}: {str(err)[:200]}"
+                continue
             if status in RETRIED_STATUSES and attempt + 1 < self.attempts:
                 continue
             try:
@@ -233,9 +240,7 @@ class BatchRunner:
             response = {"status_code": status, "request_id": request_id, "body": parsed}
             return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": response,
                     "error": None}, status >= 400
-        error = {"code": "request_failed", "message": f"{why} ({self.attempts} attempts)"}
-        return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": None,
-                "error": error}, True
+        return _error_line(item, "request_failed", f"{why} ({self.attempts} attempts)"), True
 
     async def _save_counts(self, owner: str, batch: dict, stop: asyncio.Event) -> None:
         saved = None
@@ -256,13 +261,14 @@ class BatchRunner:
         cancelled = batch["id"] in self._cancelled or batch["status"] == "cancelling"
         expired = not cancelled and now >= batch["expires_at"]
         output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
-        if expired:  # what never ran is reported, each on its own line
+        if not cancelled:  # every line ends in one of the two files: what never ran says why
             done = {line["custom_id"] for line in output + errors}
+            code, message = (("batch_expired", "the batch expired before this request ran") if expired else
+                             ("internal_error", "the batch runner lost this request; see the gateway's log"))
             for item in items:
                 if item.custom_id not in done:
-                    line = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": None,
-                            "error": {"code": "batch_expired", "message": "the batch expired before this request ran"}}
-                    await asyncio.to_thread(self.batches.add_result, batch["id"], line, True)
+                    await asyncio.to_thread(self.batches.add_result, batch["id"], _error_line(item, code, message),
+                                            True)
         batch.update(status="finalizing", finalizing_at=batch.get("finalizing_at") or now)
         await self._save(owner, batch)
         for which, field in (("output", "output_file_id"), ("errors", "error_file_id")):
@@ -277,3 +283,8 @@ class BatchRunner:
         await self._save(owner, batch)
         self._cancelled.discard(batch["id"])
         log.info("batch %s %s: %d completed, %d failed", batch["id"], final, len(output), len(errors))
+
+
+def _error_line(item: Item, code: str, message: str) -> dict:
+    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id, "response": None,
+            "error": {"code": code, "message": message}}
