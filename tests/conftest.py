@@ -135,9 +135,14 @@ def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = N
     import time
 
     from tidal.devcluster.processes import free_port, http_ok
+    from tidal.devcluster.stack import gateway_wake_token
     port, metrics_port = free_port(), free_port()
+    token = dev_cluster.state_dir / "gateway-wake-token"
+    if not token.exists():  # the gateway's proof on wake-up calls, as the chart projects it into its pod
+        gateway_wake_token(dev_cluster, token)
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),
                              "--operator-url", operator.url, "--host", "127.0.0.1", "--port", str(port),
+                             "--wake-token-file", str(token),
                              "--metrics-port", str(metrics_port),
                              *(["--api-key-namespace", key_namespace] if key_namespace else ["--api-keys", "off"]),
                              *extra],

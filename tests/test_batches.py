@@ -379,3 +379,26 @@ def test_every_line_ends_in_the_output_or_the_error_file_whatever_the_sender_rai
             assert list(errors) == ["req-3"] and "RuntimeError: injected fault" in errors["req-3"]["message"]
             assert (done.request_counts.completed, done.request_counts.failed) == (9, 1)
     asyncio.run(scenario())
+
+
+def test_an_input_past_openais_limits_is_refused_at_upload_and_blank_lines_are_each_lines_error(tmp_path):
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            client = stack.client(FULL)
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.files.create(file=("many.jsonl", b"{}\n" * 50_001), purpose="batch")
+            assert "at most 50,000 requests" in refused.value.body["message"]
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.files.create(file=("huge.jsonl", b"x" * (200 * 1024 * 1024 + 1)), purpose="batch")
+            assert "larger than 200 MB" in refused.value.body["message"]
+            assert (await client.files.list()).data == []  # nothing half-written is left as a file
+            # 1 MB of blank lines (once 300 MB of Python objects): a failed validation naming the first lines.
+            blank = await client.files.create(file=("blank.jsonl", b"\n" * 49_999), purpose="batch")
+            done, _ = await until_final(client, (await client.batches.create(
+                input_file_id=blank.id, endpoint="/v1/chat/completions", completion_window="24h")).id)
+            assert done.status == "failed" and len(done.errors.data) == 100
+            assert done.errors.data[0].line == 1 and done.errors.data[0].message == "line 1 is empty"
+            ok = await client.chat.completions.create(model="model-a", max_tokens=2,
+                                                      messages=[{"role": "user", "content": "still there?"}])
+            assert ok.usage.completion_tokens == 2
+    asyncio.run(scenario())

@@ -102,6 +102,38 @@ def test_tokens_per_minute_refuses_once_the_window_has_used_them():
     assert limiter.admit(key, 61.0).admitted
 
 
+def test_tokens_are_reserved_at_admission_so_concurrent_requests_cannot_all_pass():
+    key, _ = secret_key(tokens_per_minute="10000")
+    limiter = RateLimiter()
+    verdicts = [limiter.admit(key, 1.0, tokens=500) for _ in range(100)]  # 100 at once, none answered yet
+    admitted = [v for v in verdicts if v.admitted]
+    assert len(admitted) == 20 and all(v.which == "tokens" for v in verdicts if not v.admitted)
+    for v in admitted[:10]:
+        limiter.settle(v.reservation, 100)  # they used less than they reserved: room again
+    assert limiter.admit(key, 2.0, tokens=500).admitted
+    for v in admitted[10:]:
+        limiter.settle(v.reservation, 0)  # failed: nothing used
+    assert limiter.admit(key, 2.0, tokens=8000).admitted  # 10 x 100 + 500 + 8,000 fits in 10,000
+    assert not limiter.admit(key, 2.0, tokens=1000).admitted
+
+
+def test_one_request_larger_than_the_limit_runs_alone_in_an_empty_window():
+    key, _ = secret_key(tokens_per_minute="1000")
+    limiter = RateLimiter()
+    assert limiter.admit(key, 0.0, tokens=5000).admitted
+    assert not limiter.admit(key, 1.0, tokens=1).admitted
+
+
+def test_each_of_several_gateways_admits_its_share_so_together_they_keep_the_limit():
+    key, _ = secret_key(requests_per_minute="60", tokens_per_minute="1000")
+    gateways = [RateLimiter(share=2), RateLimiter(share=2)]
+    admitted = sum(g.admit(key, 0.0).admitted for _ in range(100) for g in gateways)
+    assert admitted == 60 and gateways[0].admit(key, 1.0).headers["x-ratelimit-limit-requests"] == "30"
+    small, _ = secret_key(requests_per_minute="1")
+    three = [RateLimiter(share=3) for _ in range(3)]
+    assert sum(g.admit(small, 0.0).admitted for g in three) == 3  # at least 1 each: over by share - 1 at most
+
+
 def test_a_key_without_limits_gets_no_headers():
     key, _ = secret_key()
     assert RateLimiter().admit(key, 0.0).headers == {}

@@ -42,6 +42,28 @@ def test_put_get_names_delete(storage):
         store.put("../escape", b"")
 
 
+def test_a_large_object_is_written_in_pieces_and_read_back_as_lines_only_once_committed(storage):
+    """20 MiB in 1 MiB writes: on S3 a multipart upload of three parts (8 MiB each but the last), nothing under
+    the name before commit; an aborted writer leaves nothing; lines stream back as they were written."""
+    store = storage()
+    line = b'{"custom_id": "%06d", "pad": "' + b"x" * 1000 + b'"}'
+    writer = store.writer("files/big.data")
+    sent = 0
+    while sent < 20 << 20:
+        chunk = b"".join(line % i + b"\n" for i in range(sent // 1034, sent // 1034 + 1014))
+        writer.write(chunk)
+        sent += len(chunk)
+        assert store.get("files/big.data") is None and store.lines("files/big.data") is None
+    writer.commit()
+    got = list(store.lines("files/big.data"))
+    assert len(got) == sent // len(line % 0 + b"\n") and got[0] == line % 0 and got[-1].startswith(b'{"custom_id"')
+    assert b"\n".join(got) + b"\n" == store.get("files/big.data")
+    aborted = store.writer("files/gone.data")
+    aborted.write(b"y" * (9 << 20))  # past one part: the multipart upload has begun
+    aborted.abort()
+    assert store.get("files/gone.data") is None and store.names("files") == ["files/big.data"]
+
+
 def test_appends_from_many_threads_read_back_once_each_across_folds_and_a_restart(storage):
     """600 result lines from 8 threads (the runner's workers append concurrently), then a restarted
     gateway's new storage object appends 100 more: every line once, in the order each thread wrote it."""

@@ -119,6 +119,9 @@ def _run_operator(args: argparse.Namespace) -> int:
     handlers.CONFIG.metrics_grace_s = args.metrics_grace
     handlers.CONFIG.http_port = args.http_port
     handlers.CONFIG.http_host = args.http_host
+    if args.wake_auth == "tokenreview":
+        handlers.CONFIG.wake_callers = args.wake_caller or [
+            f"{os.environ.get('POD_NAMESPACE') or 'tidal-system'}/tidal-activator"]
     if args.scaling_defaults:
         handlers.CONFIG.scaling_defaults = _scaling_defaults(args.scaling_defaults)
     policy = None
@@ -315,7 +318,8 @@ def _activator(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(args.kubeconfig, args.operator_url, args.host, args.port, args.metrics_port, limits,
                           static if static.endpoints else None, args.namespace, args.drain_seconds, key_namespace,
-                          args.playground == "on", args.prometheus_url, args.batch_storage, args.batch_concurrency))
+                          args.playground == "on", args.prometheus_url, args.batch_storage, args.batch_concurrency,
+                          args.wake_token_file, args.limit_share))
     except KeyboardInterrupt:
         pass
     return 0
@@ -430,6 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--batch-concurrency", type=int, default=16,
                      help="batch requests in flight at once, all batches together, for models whose capacity "
                           "is not known (where it is, batches take the places online requests leave free)")
+    act.add_argument("--wake-token-file", default=os.environ.get("TIDAL_WAKE_TOKEN_FILE"),
+                     help="a file holding the token the gateway presents on wake-up calls (its ServiceAccount's, "
+                          "audience tidal.dev/wake; read again each minute); default: $TIDAL_WAKE_TOKEN_FILE, else "
+                          "the chart's projected token when in such a pod")
+    act.add_argument("--limit-share", type=int, default=1, metavar="REPLICAS",
+                     help="gateway replicas behind one Service: each admits 1/REPLICAS of every key's requests and "
+                          "tokens per minute, so together they never admit more than the key's limit (the chart "
+                          "sets activator.replicas)")
     act.add_argument("--static-api-key", action="append", metavar="NAME=TOKEN",
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-capacity", type=int,
@@ -460,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "ScalingActive turns False; replicas are held meanwhile")
     run.add_argument("--http-port", type=int, help="serve /healthz, /metrics and the activator's /v1/wake here")
     run.add_argument("--http-host", default="0.0.0.0")
+    run.add_argument("--wake-auth", choices=["tokenreview", "off"], default="tokenreview",
+                     help="tokenreview (default): /v1/wake answers only callers presenting a token of an allowed "
+                          "ServiceAccount for the audience tidal.dev/wake, checked with a TokenReview; off: anyone "
+                          "who can reach the port may start GPUs")
+    run.add_argument("--wake-caller", action="append", metavar="NAMESPACE/NAME",
+                     help="a ServiceAccount whose tokens may call /v1/wake (repeat); default: the gateway's, "
+                          "$POD_NAMESPACE/tidal-activator (tidal-system when unset)")
     run.add_argument("--health-port", type=int, help="kopf's own liveness endpoint on this port")
     run.add_argument("--scaling-defaults", help="JSON object of spec.scaling fields used where an "
                                                 "InferenceService leaves them out, e.g. '{\"idleSecondsBeforeZero\": 600}'")

@@ -8,6 +8,8 @@ the RBAC and the uninstall test removes them; the session cluster keeps serving 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import time
 from pathlib import Path
 
@@ -47,6 +49,7 @@ OPERATOR_PERMISSIONS = {
     ("", "nodes", "watch"): "",
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf learns which resources exist",
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "",
+    ("authentication.k8s.io", "tokenreviews", "create"): "the wake endpoint checks that its caller is the gateway",
     ("", "secrets", "get"): "that a referenced credentials Secret exists (its data is not used)",
     ("", "persistentvolumeclaims", "get"): "that a pvc:// model's claim exists",
     ("", "events", "create"): "Events on InferenceServices",
@@ -113,7 +116,11 @@ def test_chart_lints_and_renders_least_privilege():
     claim = next(d for d in batches if d["kind"] == "PersistentVolumeClaim")
     pod = next(d for d in batches if d["metadata"]["name"] == "tidal-activator" and d["kind"] == "Deployment")
     pod = pod["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "batches", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
+    assert pod["volumes"] == [
+        {"name": "wake-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "tidal.dev/wake", "expirationSeconds": 3600, "path": "token"}}]}},
+        {"name": "batches", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
+    assert "--wake-token-file=/var/run/secrets/tidal.dev/wake/token" in pod["containers"][0]["args"]
     assert "--batch-storage=/var/lib/tidal/batches" in pod["containers"][0]["args"]
     on_s3 = template("--set", "activator.batches.enabled=true", "--set", "activator.replicas=1",
                      "--set", "activator.batches.s3.url=s3://tidal-files/prod",
@@ -194,10 +201,13 @@ def installed(chart_cluster, tmp_path_factory):
     state.start_operator("operator-b").wait_healthy()  # a standby: alive, not ready
     act_kubeconfig = sa_kubeconfig(info, kubectl, NS, ACTIVATOR_SA, workdir / "activator.kubeconfig")
     state.gateway_port = free_port()
+    # What the pod's projected volume holds: a token of the activator's ServiceAccount for the wake audience.
+    (workdir / "wake-token").write_text(wake_token(kubectl, ACTIVATOR_SA))
     state.activator = ChartProcess("activator", deployment_args(kubectl, NS, "tidal-activator"), act_kubeconfig,
                                    workdir, "--metrics-port", {},
                                    extra={"--host": "127.0.0.1", "--port": str(state.gateway_port),
                                           "--operator-url": first.url,
+                                          "--wake-token-file": str(workdir / "wake-token"),
                                           "--batch-storage": str(workdir / "batches")})  # the claim's mount
     state.activator.wait_healthy()
     yield state
@@ -220,11 +230,11 @@ def _tis(kubectl, name):
     return json.loads(kubectl("get", "tis", name, "-n", MODELS, "-o", "json").stdout)
 
 
-def _ready(kubectl, name, reason="ModelReady"):
+def _ready(kubectl, name, reason="ModelReady", *more_reasons):
     def check():
         obj = _tis(kubectl, name)
         c = condition(obj, "Ready")
-        return obj if c and c["status"] == "True" and c["reason"] == reason and \
+        return obj if c and c["status"] == "True" and c["reason"] in (reason, *more_reasons) and \
             obj["status"].get("observedGeneration") == obj["metadata"]["generation"] else None
     return check
 
@@ -235,14 +245,22 @@ EXAMPLE_FILES = ["vllm-llama-h100.yaml", "triton-a100.yaml", "vllm-custom-promql
 def test_every_example_runs_its_lifecycle_under_the_charts_service_account(installed):
     kubectl = installed.kubectl
     _setup_example_prerequisites(kubectl)
-    names = {}
-    for filename in EXAMPLE_FILES:
-        kubectl("apply", "-n", MODELS, "-f", str(EXAMPLES / filename))
-        names[filename] = next(d for d in yaml.safe_load_all((EXAMPLES / filename).read_text())
-                               if d["kind"] == "InferenceService")["metadata"]["name"]
-    for filename, name in names.items():
-        obj = wait_for(_ready(kubectl, name), timeout=90, interval=0.5, what=f"{filename} Ready")
+    # The whole folder at once, as a user trying the examples would: each has a name of its own (two once
+    # shared one, and the second silently replaced the first), and each becomes Ready.
+    applied = kubectl("apply", "-n", MODELS, "-f", str(EXAMPLES)).stdout
+    every = {path.name: next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "InferenceService")
+             ["metadata"]["name"] for path in sorted(EXAMPLES.glob("*.yaml"))}
+    assert len(set(every.values())) == len(every) >= 6, every
+    assert sorted(line.split()[0] for line in applied.splitlines() if line.startswith("inferenceservice")) == \
+        sorted(f"inferenceservice.tidal.dev/{name}" for name in every.values()), applied
+    for filename, name in every.items():
+        # The demo's service idles to zero after 30 s: by the time it is looked at, it may already be there.
+        obj = wait_for(_ready(kubectl, name, "ModelReady", "ScaledToZero"), timeout=90, interval=0.5,
+                       what=f"{filename} Ready")
         assert condition(obj, "Valid")["status"] == "True"
+    names = {f: every[f] for f in EXAMPLE_FILES}
+    for filename in set(every) - set(EXAMPLE_FILES):  # the rest need no more checking here
+        kubectl("delete", "-n", MODELS, "-f", str(EXAMPLES / filename), "--wait=true")
     # The custom PromQL service is scaled from its own query: the autoscaler has its metric.
     wait_for(lambda: (condition(_tis(kubectl, "qwen-7b"), "ScalingActive") or {}).get("status") == "True",
              timeout=60, interval=0.5, what="qwen-7b ScalingActive from its custom query")
@@ -264,6 +282,33 @@ def test_every_example_runs_its_lifecycle_under_the_charts_service_account(insta
         # A refusal reads "Forbidden" or "(403)"; a bare "403" also matched a pid (operator-a_24038) and the
         # milliseconds of a log time (16:01:32,403), and failed CI runs at random.
         assert "Forbidden" not in proc.log() and "(403)" not in proc.log(), proc.log()
+
+
+def wake_token(kubectl, account: str, audience: str = "tidal.dev/wake") -> str:
+    return kubectl("create", "token", account, "-n", NS, "--audience", audience, "--duration", "1h").stdout.strip()
+
+
+def test_only_the_gateways_service_account_may_call_the_wake_endpoint(installed):
+    """Any pod can reach a Service; only the gateway may make the operator start GPUs. The operator (under the
+    chart's RBAC) reviews each caller's token with the apiserver."""
+    operator = next(p for p in installed.operators if p.ready())
+
+    def wake(token: str | None) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{operator.url}/v1/wake/{MODELS}/no-such-service", b'{"pending": 1}',
+                                         {"Authorization": f"Bearer {token}"} if token else {}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+    status, said = wake(None)
+    assert status == 401 and "Authorization: Bearer" in said["reason"]
+    assert wake("not-a-token")[0] == 401
+    assert wake(wake_token(installed.kubectl, ACTIVATOR_SA, audience="https://kubernetes.default.svc"))[0] == 401
+    status, said = wake(wake_token(installed.kubectl, OPERATOR_SA))  # a real token, of someone else
+    assert status == 403 and f"system:serviceaccount:{NS}:{OPERATOR_SA} may not wake" in said["reason"]
+    status, said = wake(wake_token(installed.kubectl, ACTIVATOR_SA))
+    assert status == 404 and said["reason"] == "UnknownService"  # past the door: the service is made up
 
 
 def test_a_batch_is_an_inferencebatch_under_the_charts_service_account(installed):
@@ -328,6 +373,41 @@ def test_the_standby_takes_over_when_the_leader_is_killed(installed):
     installed.start_operator("operator-c").wait_healthy()
     time.sleep(3)
     assert sum(p.ready() for p in installed.operators if p.proc.poll() is None) == 1
+
+
+def test_an_inferencebatch_may_name_only_a_key_its_creator_may_read(installed):
+    """Two users who may both create InferenceBatches; only alice may read the Secret of key-a. The chart's
+    admission policy, evaluated by the real apiserver's authorizer, lets alice run a batch as key-a and
+    refuses bob with the field and the reason."""
+    kubectl = installed.kubectl
+    kubectl("create", "secret", "generic", "key-a", "-n", NS, "--from-literal=key=tk-alice-" + "a" * 24)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "batch-users", "namespace": NS},
+         "rules": [{"apiGroups": ["tidal.dev"], "resources": ["inferencebatches"], "verbs": ["create", "get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "batch-users", "namespace": NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "batch-users"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": n} for n in ("alice", "bob")]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "key-a", "namespace": NS},
+         "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["key-a"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "key-a", "namespace": NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "key-a"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}]))
+
+    def batch(name):
+        return json.dumps({"apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceBatch",
+                           "metadata": {"name": name, "namespace": NS},
+                           "spec": {"inputFileId": "file-" + "0" * 24, "endpoint": "/v1/chat/completions",
+                                    "apiKeySecret": "key-a"}})
+    # The Roles take effect at once, but the policy's first use may race its own registration: retry briefly.
+    refused = wait_for(lambda: (r := kubectl("--as=bob", "create", "-f", "-", input=batch("bobs"), check=False))
+                       .returncode != 0 and "ValidatingAdmissionPolicy" in r.stderr and r, timeout=30,
+                       what="bob refused by the admission policy")
+    assert "spec.apiKeySecret: Forbidden: bob may not read the Secret tidal-system/key-a" in refused.stderr
+    assert kubectl("get", "inferencebatch", "bobs", "-n", NS, check=False).returncode != 0
+    kubectl("--as=alice", "create", "-f", "-", input=batch("alices"))
+    assert kubectl("--as=alice", "get", "inferencebatch", "alices", "-n", NS).returncode == 0
 
 
 def test_helm_upgrade_changes_values_and_keeps_services(installed):

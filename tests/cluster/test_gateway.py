@@ -220,3 +220,64 @@ def test_tritonclient_through_the_one_endpoint_routed_by_the_model_in_the_path(k
     with pytest.raises(InferenceServerException) as err:  # without the key: refused, nothing reaches Triton
         client.infer(model, [inp])
     assert "401" in str(err.value) or "API key" in str(err.value)
+
+
+def test_two_gateway_replicas_together_admit_no_more_than_a_keys_limit(dev_cluster, operator, kubectl, namespace):
+    """Two gateway processes behind one (imagined) Service, each told it is one of two (--limit-share 2, as the
+    chart sets it from activator.replicas). 200 requests at once, half to each, on a 60-requests-a-minute key:
+    60 are admitted, the rest get 429 with Retry-After. Then tokens: 40 requests at once asking for 100 tokens
+    each on a 4,000-tokens-a-minute key, all to one gateway. Reserved at admission (100 tokens plus a quarter of
+    the body's bytes each), 2,000 // 115 = 17 pass that gateway's share; charged only after the answer, as
+    before, all 40 passed."""
+    keys_ns = f"keys-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", keys_ns)
+    gateways = [start_activator(dev_cluster, operator, "--limit-share", "2", key_namespace=keys_ns) for _ in range(2)]
+    try:
+        by_requests, by_tokens = "tk-" + secrets.token_urlsafe(24), "tk-" + secrets.token_urlsafe(24)
+        make_key(kubectl, keys_ns, "sixty", by_requests, **{"requests-per-minute": "60"})
+        make_key(kubectl, keys_ns, "tokens", by_tokens, **{"tokens-per-minute": "4000"})
+        awake = service("limited", minReplicas=1, maxReplicas=1)
+        awake["spec"]["model"]["servedName"] = model = f"{namespace}-limited"
+        apply(kubectl, namespace, awake)
+        wait_condition(kubectl, namespace, "limited", "Ready", "True", "ModelReady")
+        import aiohttp
+
+        async def burst(token, count, max_tokens, split):
+            body = {"model": model, "prompt": "hi", "max_tokens": max_tokens}
+            headers = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+                async def one(i):
+                    gateway = gateways[i % 2] if split else gateways[0]
+                    async with http.post(f"{gateway.url}/v1/completions", json=body, headers=headers) as r:
+                        await r.read()
+                        return r.status, r.headers.get("Retry-After"), (await r.json()) if r.status == 429 else None
+                return await asyncio.gather(*[one(i) for i in range(count)])
+
+        def key_known(token):  # both gateways' watches have the key (a /v1/models listing is no request)
+            return all(urllib.request.urlopen(urllib.request.Request(
+                f"{g.url}/v1/models", headers={"Authorization": f"Bearer {token}"}), timeout=5).status == 200
+                for g in gateways)
+        for token in (by_requests, by_tokens):
+            wait_for(lambda: _quietly(key_known, token), timeout=30, what="both gateways know the key")
+        answers = asyncio.run(burst(by_requests, 200, 1, split=True))
+        admitted = [a for a in answers if a[0] != 429]
+        refused = [a for a in answers if a[0] == 429]
+        assert len(admitted) == 60 and {a[0] for a in admitted} == {200}, sorted({a[0] for a in answers})
+        assert all(r[1] and int(r[1]) >= 1 and r[2]["error"]["code"] == "rate_limit_exceeded" for r in refused)
+        answers = asyncio.run(burst(by_tokens, 40, 100, split=False))
+        admitted = [a for a in answers if a[0] != 429]
+        reserved = 100 + len(json.dumps({"model": model, "prompt": "hi", "max_tokens": 100})) // 4
+        assert len(admitted) == 2000 // reserved, (len(admitted), reserved)  # 17 with a 60-byte body
+        assert {a[2]["error"]["type"] for a in answers if a[0] == 429} == {"tokens"}
+    finally:
+        for gateway in gateways:
+            gateway.proc.terminate()
+            gateway.proc.wait(10)
+        kubectl("delete", "namespace", keys_ns, "--wait=false")
+
+
+def _quietly(check, *args):
+    try:
+        return check(*args)
+    except OSError:
+        return False

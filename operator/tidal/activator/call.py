@@ -30,3 +30,5 @@ class Call:
     arrived: float = 0.0  # time.monotonic() at arrival
     held_s: float = 0.0  # how long it waited for a replica
     woke: bool = False  # it found the service without any replica (it waited for a cold start)
+    tokens_reserved: int = 0  # what the rate limiter holds for it until the answer says what was used
+    reservation: object = None  # ratelimits.Reservation, settled in the gateway's accounting

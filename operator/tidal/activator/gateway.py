@@ -27,13 +27,14 @@ from .hold import UNKNOWN_FOR_S, Holding
 from .keys import ApiKey, KeyRing
 from .line import Line
 from .metrics import Metrics
-from .openai_api import model_in_body, model_object, triton_model
+from .openai_api import model_in_body, model_object, tokens_to_reserve, triton_model
 from .proxy import Proxying
 from .ratelimits import RateLimiter
 from .request_checks import refusal
 from .routing import API_PREFIXES, route
 from .upstream import UpstreamPool
 from .usage import StreamMeter, ask_for_stream_usage
+from .wake_token import WakeToken
 from ..batches.sender import ON_BEHALF_HEADER
 from ..strict_json import BadJson
 
@@ -82,6 +83,7 @@ class Gateway(Holding, Proxying):
         # Accepts `Prefer: respond-async` requests (batches/api.py); None: they are served synchronously.
         self.defer = None
         self._batch_inflight: dict[tuple[str, str], int] = {}  # the batch runner's requests, per service
+        self.wake_token = WakeToken(None)  # sent with each wake-up call (wake_token.py)
 
     async def start(self, app: web.Application) -> None:
         self._http = aiohttp.ClientSession()  # for the operator's wake endpoint only
@@ -159,12 +161,14 @@ class Gateway(Holding, Proxying):
         if isinstance(call, web.Response):
             return call
         if key is not None and not internal:  # a batch paces itself; its tokens still count
-            verdict = self.limiter.admit(key, time.monotonic())
+            verdict = self.limiter.admit(key, time.monotonic(), call.tokens_reserved)
             if not verdict.admitted:
                 limit = verdict.headers[f"x-ratelimit-limit-{verdict.which}"]
                 return errors.rate_limited(verdict.which, limit, verdict.retry_after_s, verdict.headers)
-            call.headers = verdict.headers
+            call.headers, call.reservation = verdict.headers, verdict.reservation
         if self.defer is not None and not internal and _prefers_async(request) and request.method == "POST":
+            # Its tokens are charged when it runs (as a batch's are): the reservation goes back now.
+            self.limiter.settle(call.reservation, 0)
             return await self.defer(key.id if key else "-", call.path, call.body)
         call.arrived = arrived
         if internal:
@@ -185,10 +189,15 @@ class Gateway(Holding, Proxying):
     def _resolve(self, request: web.Request, raw_path: str, target, body: bytes,
                  key: ApiKey | None) -> Call | web.Response:
         """Which service a request is for, whether its key may use it, and what to send upstream."""
-        try:
-            name, payload = model_in_body(body) if request.method == "POST" else (None, None)
-        except BadJson as err:
-            return errors.bad_request(f"The request body is not acceptable JSON: {err}")
+        # OpenAI's API speaks JSON: its bodies are checked (and name the model). Other bodies pass as they are:
+        # a KServe v2 request may be a JSON header followed by binary tensors.
+        upstream_path = target[2] if target is not None else raw_path
+        name, payload = None, None
+        if request.method == "POST" and upstream_path.startswith("/v1/"):
+            try:
+                name, payload = model_in_body(body)
+            except BadJson as err:
+                return errors.bad_request(f"The request body is not acceptable JSON: {err}")
         if target is not None:  # Host or path names the service
             namespace, service, path = target
             entry = self.catalog.entries.get((namespace, service))
@@ -218,7 +227,9 @@ class Gateway(Holding, Proxying):
             if strip:
                 body = json.dumps(payload).encode()
             meter = StreamMeter(strip)
-        return Call((namespace, service), path, body, key, model or "-", {}, meter)
+        call = Call((namespace, service), path, body, key, model or "-", {}, meter)
+        call.tokens_reserved = tokens_to_reserve(path, payload, len(body))
+        return call
 
     def batch_places(self, model: str) -> int | None:
         """How many requests batches may have in flight on a model without making an online request wait:
@@ -275,8 +286,11 @@ class Gateway(Holding, Proxying):
         if usage is not None:
             self.metrics.prompt_tokens.labels(key_id, call.model).inc(usage.prompt)
             self.metrics.completion_tokens.labels(key_id, call.model).inc(usage.completion)
-            if call.key is not None:
-                self.limiter.charge_tokens(call.key, usage.total, time.monotonic())
+        if call.reservation is not None:  # admitted with tokens held: now what was used (0 if it failed)
+            if usage is not None or response.status != 200:  # an answer that did not say keeps its reservation
+                self.limiter.settle(call.reservation, usage.total if usage is not None else 0)
+        elif usage is not None and call.key is not None:  # a batch's request: not admitted, still counted
+            self.limiter.charge_tokens(call.key, usage.total, time.monotonic())
 
     async def _serve(self, request, call: Call) -> web.StreamResponse:
         key = call.service

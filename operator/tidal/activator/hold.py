@@ -120,16 +120,20 @@ class Holding:
         try:
             url = f"{self.operator_url}/v1/wake/{key[0]}/{key[1]}"
             said = self.demand.wake_call(key, self._pending.get(key, 1), time.monotonic())
-            async with self._http.post(url, json=said,
+            async with self._http.post(url, json=said, headers=await self.wake_token.headers(),
                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                await resp.read()
+                answer = await resp.read()
+                if resp.status in (401, 403):
+                    log.warning("the operator refused the wake-up of %s/%s (%d): %s; the gateway's token is "
+                                "--wake-token-file (in the chart, a projected ServiceAccount token)", *key,
+                                resp.status, answer[:300].decode(errors="replace"))
                 if resp.status == 404:
                     now = time.monotonic()
                     # Requests may name any service: forget expired entries so memory stays bounded.
                     self._unknown = {k: t for k, t in self._unknown.items() if now - t < UNKNOWN_FOR_S}
                     self._unknown[key] = now
                     self._wake_all_held(key)  # they get the 404 now
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
             log.warning("wake-up of %s/%s failed: %s (the autoscaler still sees the pending gauge)", *key, err)
         finally:
             self._waking.discard(key)

@@ -13,6 +13,7 @@ from .catalog import Catalog, Entry, watch_services
 from .endpoints import Endpoint, Endpoints, watch_pods
 from .gateway import Gateway, Limits
 from .keys import ApiKey, KeyRing, digest, watch_keys
+from .wake_token import WakeToken
 
 
 @dataclass
@@ -40,13 +41,15 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
                 namespaces: list[str] | None = None, drain_seconds: float = 5.0,
                 key_namespace: str | None = "tidal-system", playground: bool = True,
                 prometheus_url: str | None = None, batch_storage: str | None = None,
-                batch_concurrency: int = 16) -> None:
+                batch_concurrency: int = 16, wake_token_file: str | None = None, limit_share: int = 1) -> None:
     """key_namespace: where API-key Secrets live; None turns API keys off (a trusted mesh only).
     playground: serve the playground page at /playground/ (its history needs prometheus_url).
     batch_storage: serve /v1/files and /v1/batches, kept in this directory or s3://bucket[/prefix]."""
     endpoints, catalog = Endpoints(), Catalog()
     keys = KeyRing() if key_namespace else None
     gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
+    gateway.wake_token = WakeToken.default(wake_token_file)
+    gateway.limiter.share = max(1, limit_share)  # replicas sharing each key's limits (ratelimits.py)
     loop = asyncio.get_running_loop()
     if static:
         for key, addrs in static.endpoints.items():

@@ -24,6 +24,27 @@ def model_in_body(body: bytes) -> tuple[str | None, dict | None]:
     return (model if isinstance(model, str) else None), (payload if isinstance(payload, dict) else None)
 
 
+# What a request that leaves out max_tokens may generate, for the rate limiter's reservation: OpenAI's
+# completions default to 16; chat and responses run to the model's context, so a reservation can only guess.
+DEFAULT_COMPLETION_TOKENS = {"/v1/completions": 16, "/v1/embeddings": 0}
+DEFAULT_GENERATED = 1024
+
+
+def tokens_to_reserve(path: str, payload: dict | None, body_bytes: int) -> int:
+    """Tokens a request may use, before it runs: its prompt (a quarter of the body's bytes, the usual bytes per
+    token of English) plus what it may generate (max_tokens, max_completion_tokens or max_output_tokens, times
+    n; else the endpoint's default)."""
+    prompt = body_bytes // 4
+    if payload is None:
+        return prompt
+    limit = next((payload[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                  if isinstance(payload.get(k), int) and payload[k] >= 0), None)
+    if limit is None:
+        limit = DEFAULT_COMPLETION_TOKENS.get(path.split("?", 1)[0], DEFAULT_GENERATED)
+    n = payload.get("n") if isinstance(payload.get("n"), int) and 1 <= payload["n"] <= 128 else 1
+    return prompt + limit * n
+
+
 def triton_model(path: str) -> str | None:
     """The model a KServe v2 path names: /v2/models/{name}[/versions/{v}]/infer, .../ready, ..."""
     parts = path.split("/")

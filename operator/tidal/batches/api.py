@@ -11,7 +11,7 @@ from .. import strict_json
 from ..activator import errors
 from .deferred import DeferredStore
 from .files import MAX_FILE_BYTES, FileStore
-from .inputs import ENDPOINTS
+from .inputs import ENDPOINTS, MAX_REQUESTS
 from .records import FINAL, WINDOW_S, BatchStore
 from .runner import BatchRunner
 
@@ -21,6 +21,12 @@ ANONYMOUS = "-"  # the owner of everything when API keys are off
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> web.Response:
     return errors.openai_error(400, message, "invalid_request_error", code, param)
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message, self.param = message, param
 
 
 def _missing(what: str, object_id: str) -> web.Response:
@@ -89,28 +95,44 @@ class BatchApi:
             return _bad(f"the upload is not valid multipart/form-data: {str(err)[:200]}", "file")
 
     async def _upload(self, request: web.Request, owner: str) -> web.Response:
+        """The file goes to storage as it arrives, a megabyte at a time: a 200 MB upload never sits in memory."""
         reader = await request.multipart()
-        purpose, filename, data = None, None, None
+        purpose, obj = None, None
         async for part in reader:
             if part.name == "purpose":
-                purpose = (await part.text()).strip()
-            elif part.name == "file":
-                filename = part.filename or "upload.jsonl"
-                chunks, size = [], 0
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    if size > MAX_FILE_BYTES:
-                        return _bad(f"the file is larger than {MAX_FILE_BYTES // (1 << 20)} MB, the most a batch "
-                                    "input may be", "file")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-        if data is None:
+                raw = b""
+                while chunk := await part.read_chunk(256):
+                    raw += chunk
+                    if len(raw) > 256:
+                        return _bad("purpose is longer than 256 bytes; supported: " + ", ".join(UPLOAD_PURPOSES),
+                                    "purpose")
+                purpose = raw.decode(errors="replace").strip()
+            elif part.name == "file" and obj is None:
+                upload = self.files.begin(owner, part.filename or "upload.jsonl", purpose or "batch")
+                try:
+                    while chunk := await part.read_chunk(1 << 20):
+                        await asyncio.to_thread(upload.write, chunk)
+                        if upload.bytes > MAX_FILE_BYTES:
+                            raise _Refused(f"the file is larger than {MAX_FILE_BYTES // (1 << 20)} MB, the most a "
+                                           "batch input may be", "file")
+                        if upload.line_count > MAX_REQUESTS:
+                            raise _Refused(f"the file has more than {MAX_REQUESTS:,} lines; a batch input may have "
+                                           f"at most {MAX_REQUESTS:,} requests", "file")
+                except _Refused as refused:
+                    await asyncio.to_thread(upload.abort)
+                    return _bad(refused.message, refused.param)
+                except BaseException:
+                    await asyncio.to_thread(upload.abort)
+                    raise
+                obj = upload
+        if obj is None:
             return _bad("no 'file' field in the upload", "file")
         if purpose not in UPLOAD_PURPOSES:
+            await asyncio.to_thread(obj.abort)
             return _bad(f"purpose {purpose!r} is not supported here; supported: {', '.join(UPLOAD_PURPOSES)}",
                         "purpose")
-        obj = await asyncio.to_thread(self.files.create, owner, filename, purpose, data)
-        return web.json_response(obj)
+        obj.purpose = purpose
+        return web.json_response(await asyncio.to_thread(obj.commit))
 
     async def list_files(self, request: web.Request, owner: str) -> web.Response:
         return _page(request, await asyncio.to_thread(self.files.list, owner, request.query.get("purpose")))
@@ -119,11 +141,17 @@ class BatchApi:
         obj = await asyncio.to_thread(self.files.get, owner, request.match_info["id"])
         return web.json_response(obj) if obj else _missing("file", request.match_info["id"])
 
-    async def file_content(self, request: web.Request, owner: str) -> web.Response:
-        data = await asyncio.to_thread(self.files.content, owner, request.match_info["id"])
-        if data is None:
+    async def file_content(self, request: web.Request, owner: str) -> web.StreamResponse:
+        """Streamed a megabyte at a time, the bytes as stored: a 200 MB file is never held."""
+        chunks = await asyncio.to_thread(self.files.chunks, owner, request.match_info["id"])
+        if chunks is None:
             return _missing("file", request.match_info["id"])
-        return web.Response(body=data, content_type="application/octet-stream")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(next, chunks, b""):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def delete_file(self, request: web.Request, owner: str) -> web.Response:
         file_id = request.match_info["id"]

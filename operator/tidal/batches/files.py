@@ -29,6 +29,18 @@ class FileStore:
         self.storage.put(f"files/{file_id}.json", json.dumps({**obj, "owner": owner}).encode())
         return obj
 
+    def begin(self, owner: str, filename: str, purpose: str) -> "Upload":
+        """A file written as it arrives (blocking calls: run them in a thread), visible once committed."""
+        return Upload(self, owner, filename, purpose)
+
+    def chunks(self, owner: str, file_id: str):
+        """The file's bytes, streamed (None when this owner has no such file)."""
+        return self.storage.chunks(f"files/{file_id}.data") if self.get(owner, file_id) else None
+
+    def lines(self, owner: str, file_id: str):
+        """The file's lines, streamed (None when this owner has no such file)."""
+        return self.storage.lines(f"files/{file_id}.data") if self.get(owner, file_id) else None
+
     def _record(self, file_id: str) -> dict | None:
         if not file_id.startswith("file-") or "/" in file_id:
             return None
@@ -59,3 +71,36 @@ class FileStore:
             return False
         self.storage.delete(f"files/{file_id}.data")
         return self.storage.delete(f"files/{file_id}.json")
+
+
+class Upload:
+    """One upload in progress: bytes and lines counted as they pass, so a file past OpenAI's limits is refused
+    before it is whole."""
+
+    def __init__(self, store: FileStore, owner: str, filename: str, purpose: str):
+        self.store, self.owner, self.filename, self.purpose = store, owner, filename, purpose
+        self.id = new_id("file")
+        self.bytes = self.lines = 0
+        self._ends_with_newline = True
+        self._writer = store.storage.writer(f"files/{self.id}.data")
+
+    def write(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        self.lines += chunk.count(b"\n")
+        if chunk:
+            self._ends_with_newline = chunk.endswith(b"\n")
+        self._writer.write(chunk)
+
+    @property
+    def line_count(self) -> int:
+        return self.lines + (0 if self._ends_with_newline else 1)
+
+    def commit(self) -> dict:
+        self._writer.commit()
+        obj = {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.store.clock()),
+               "filename": self.filename, "purpose": self.purpose, "status": "processed", "expires_at": None}
+        self.store.storage.put(f"files/{self.id}.json", json.dumps({**obj, "owner": self.owner}).encode())
+        return obj
+
+    def abort(self) -> None:
+        self._writer.abort()

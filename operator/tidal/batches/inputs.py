@@ -4,6 +4,7 @@ problem is reported with its line number (1-based), so a person can fix the file
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .. import strict_json
@@ -51,32 +52,73 @@ def _check(line_no: int, raw: bytes, endpoint: str) -> Item | dict:
     return Item(line_no, custom_id, endpoint, body)
 
 
-def parse_input(data: bytes, endpoint: str) -> tuple[list[Item], list[dict]]:
-    """(the requests, the problems). A file with any problem runs none of its requests."""
-    items: list[Item] = []
+@dataclass
+class Summary:
+    """What validating a whole input leaves in memory: counts, not requests (a 200 MB file stays on disk)."""
+    total: int
+    per_model: dict[str, int]
+    problems: list[dict]
+
+
+def _numbered(lines: Iterable[bytes | None]) -> Iterator[tuple[int, bytes | None]]:
+    """Lines numbered from 1 (split_lines already leaves out the empty 'line' after a final newline)."""
+    return enumerate(lines, start=1)
+
+
+def validate(lines: Iterable[bytes | None], endpoint: str) -> Summary:
+    """Check every line as it streams past (lines: from storage.lines, None for one too long to be a request).
+    Memory: each custom_id's line number, the count per model and the first MAX_ERRORS_REPORTED problems."""
     problems: list[dict] = []
     seen: dict[str, int] = {}
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip() == b"":
-        lines.pop()
-    for line_no, raw in enumerate(lines, start=1):
+    per_model: dict[str, int] = {}
+    count = 0
+
+    def problem(p: dict) -> None:
+        if len(problems) < MAX_ERRORS_REPORTED:
+            problems.append(p)
+    for line_no, raw in _numbered(lines):
+        count = line_no
+        if line_no > MAX_REQUESTS:
+            continue  # counted, not parsed: the file is refused as a whole below
+        if raw is None:
+            problem(_problem(line_no, f"line {line_no} is longer than 16 MiB, the largest request the gateway takes"))
+            continue
         if not raw.strip():
-            problems.append(_problem(line_no, f"line {line_no} is empty"))
+            problem(_problem(line_no, f"line {line_no} is empty"))
             continue
         checked = _check(line_no, raw, endpoint)
         if isinstance(checked, dict):
-            problems.append(checked)
+            problem(checked)
         elif checked.custom_id in seen:
-            problems.append(_problem(line_no, f"line {line_no}: custom_id {checked.custom_id!r} is also on line "
-                                              f"{seen[checked.custom_id]}; each must be unique", "custom_id"))
+            problem(_problem(line_no, f"line {line_no}: custom_id {checked.custom_id!r} is also on line "
+                                      f"{seen[checked.custom_id]}; each must be unique", "custom_id"))
         else:
             seen[checked.custom_id] = line_no
-            items.append(checked)
-    if not lines:
+            model = checked.body["model"]
+            per_model[model] = per_model.get(model, 0) + 1
+    if count == 0:
         problems.append({"code": "empty_file", "line": None, "message": "the input file has no requests",
                          "param": None})
-    if len(lines) > MAX_REQUESTS:
-        problems.append({"code": "too_many_requests", "line": None, "param": None,
-                         "message": f"the input file has {len(lines):,} requests; a batch may have at most "
-                                    f"{MAX_REQUESTS:,}"})
-    return items, problems[:MAX_ERRORS_REPORTED]
+    if count > MAX_REQUESTS:
+        problems.insert(0, {"code": "too_many_requests", "line": None, "param": None,
+                            "message": f"the input file has {count:,} requests; a batch may have at most "
+                                       f"{MAX_REQUESTS:,}"})
+    return Summary(count, per_model, problems[:MAX_ERRORS_REPORTED])
+
+
+def requests(lines: Iterable[bytes | None], endpoint: str, skip: frozenset[str] | set[str] = frozenset()
+             ) -> Iterator[Item]:
+    """The requests of an input that validated, one at a time, leaving out the custom_ids in `skip`."""
+    for line_no, raw in _numbered(lines):
+        if raw is None or not raw.strip():
+            continue
+        checked = _check(line_no, raw, endpoint)
+        if isinstance(checked, Item) and checked.custom_id not in skip:
+            yield checked
+
+
+def parse_input(data: bytes, endpoint: str) -> tuple[list[Item], list[dict]]:
+    """(the requests, the problems) of an input held in memory (small files and tests)."""
+    from ..streams import split_lines
+    summary = validate(split_lines([data]), endpoint)
+    return (list(requests(split_lines([data]), endpoint)) if not summary.problems else []), summary.problems

@@ -90,9 +90,28 @@ class BatchStore:
             out.append(lines)
         return out[0], out[1]
 
+    def answered(self, batch_id: str) -> tuple[set[str], int, int]:
+        """(the custom_ids with a result line, output lines, error lines), streamed: a 50,000-line output is
+        never held, only its ids. A line a kill cut in half is repaired first (the rare path that reads the
+        files whole)."""
+        ids: set[str] = set()
+        counts = []
+        for which in ("output", "errors"):
+            n = 0
+            for raw in self.storage.lines(f"batches/{batch_id}/{which}.jsonl") or ():
+                try:
+                    ids.add(json.loads(raw)["custom_id"])
+                    n += 1
+                except (ValueError, KeyError, TypeError):
+                    self.results(batch_id)  # repairs the cut line
+                    return self.answered(batch_id)
+            counts.append(n)
+        return ids, counts[0], counts[1]
+
+    def result_lines(self, batch_id: str, which: str):
+        """A results file's lines, streamed (an empty iterator when there are none)."""
+        return self.storage.lines(f"batches/{batch_id}/{which}.jsonl") or iter(())
+
     def add_result(self, batch_id: str, line: dict, failed: bool) -> None:
         which = "errors" if failed else "output"
         self.storage.append(f"batches/{batch_id}/{which}.jsonl", (json.dumps(line) + "\n").encode())
-
-    def result_bytes(self, batch_id: str, which: str) -> bytes:
-        return self.storage.get(f"batches/{batch_id}/{which}.jsonl") or b""

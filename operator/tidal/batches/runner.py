@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
@@ -16,13 +17,14 @@ import time
 
 from .deferred import DeferredStore
 from .files import FileStore
-from .inputs import Item, parse_input
+from .inputs import Item, requests, validate
 from .records import FINAL, BatchStore
 
 log = logging.getLogger("tidal.batches")
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
 MAX_WORKERS = 512  # requests one batch may have in flight, at most (a few replicas' worth of places)
+SEND_AHEAD = 256  # requests read from the input ahead of sending: what a batch holds in memory
 
 
 class BatchRunner:
@@ -128,44 +130,76 @@ class BatchRunner:
         finally:
             self._running.pop(record["id"], None)
 
+    def _lines(self, owner: str, batch: dict):
+        """The input's lines, streamed from storage (blocking: iterate in a thread); None when it is gone."""
+        return self.files.lines(owner, batch["input_file_id"])
+
+    async def _requests(self, owner: str, batch: dict, skip: set[str]):
+        """The input's requests not in `skip`, read and parsed in a worker thread SEND_AHEAD at a time: the
+        event loop never parses, and memory holds a few hundred requests, not the whole file."""
+        lines = await asyncio.to_thread(self._lines, owner, batch)
+        if lines is None:
+            return
+        source = requests(lines, batch["endpoint"], skip)
+        while chunk := await asyncio.to_thread(lambda: list(itertools.islice(source, SEND_AHEAD))):
+            for item in chunk:
+                yield item
+
     async def _advance(self, owner: str, batch: dict) -> None:
-        data = await asyncio.to_thread(self.files.content, owner, batch["input_file_id"])
-        # 50,000 lines take a while to parse: not on the event loop, which serves the online requests
-        items, problems = await asyncio.to_thread(parse_input, data or b"", batch["endpoint"])
-        if data is None:
-            problems = [{"code": "file_not_found", "line": None, "param": "input_file_id",
-                         "message": f"the input file {batch['input_file_id']} no longer exists"}]
         if batch["status"] == "validating":
+            # Validated as the lines stream past, in a thread: the event loop keeps serving online requests.
+            lines = await asyncio.to_thread(self._lines, owner, batch)
+            summary = None if lines is None else await asyncio.to_thread(validate, lines, batch["endpoint"])
+            problems = summary.problems if summary else [{
+                "code": "file_not_found", "line": None, "param": "input_file_id",
+                "message": f"the input file {batch['input_file_id']} no longer exists"}]
             if problems:
                 batch.update(status="failed", failed_at=int(self.clock()), errors={"object": "list", "data": problems})
                 await self._save(owner, batch)
                 return
-            models = {i.body["model"] for i in items}
+            models = list(summary.per_model)
             batch.update(status="in_progress", in_progress_at=int(self.clock()),
-                         model=models.pop() if len(models) == 1 else None,
-                         request_counts={"total": len(items), "completed": 0, "failed": 0})
+                         model=models[0] if len(models) == 1 else None,
+                         request_counts={"total": summary.total, "completed": 0, "failed": 0})
             await self._save(owner, batch)
         if batch["status"] == "cancelling":
             self._cancelled.add(batch["id"])  # cancelled before a restart: finish cancelling
         if batch["status"] == "in_progress" and batch["id"] not in self._cancelled:
-            await self._send_all(owner, batch, items)
-        await self._finalise(owner, batch, items)
+            await self._send_all(owner, batch)
+        await self._finalise(owner, batch)
 
-    async def _send_all(self, owner: str, batch: dict, items: list[Item]) -> None:
-        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
-        done = {line["custom_id"] for line in output + errors}
+    def _unsent_by_model(self, owner: str, batch: dict, done: set[str]) -> dict[str, int]:
+        """Requests not answered yet, by model (blocking: one streamed pass over the input)."""
+        out: dict[str, int] = {}
+        lines = self._lines(owner, batch)
+        for item in requests(lines, batch["endpoint"], done) if lines is not None else ():
+            out[item.body["model"]] = out.get(item.body["model"], 0) + 1
+        return out
+
+    async def _send_all(self, owner: str, batch: dict) -> None:
+        done, completed, failed = await asyncio.to_thread(self.batches.answered, batch["id"])
         counts = batch["request_counts"]
-        counts.update(completed=len(output), failed=len(errors))
-        todo = [i for i in items if i.custom_id not in done]
+        counts.update(completed=completed, failed=failed)
+        unsent = self._unsent[batch["id"]] = await asyncio.to_thread(self._unsent_by_model, owner, batch, done)
+        todo = sum(unsent.values())
         stop = asyncio.Event()
         saver = asyncio.create_task(self._save_counts(owner, batch, stop))
-        queue = iter(todo)
-        unsent = self._unsent[batch["id"]] = {}
-        for item in todo:
-            unsent[item.body["model"]] = unsent.get(item.body["model"], 0) + 1
+        queue: asyncio.Queue = asyncio.Queue(maxsize=SEND_AHEAD)
+        workers_n = min(MAX_WORKERS, todo)
 
-        async def worker() -> None:  # a few workers, not a task per line: 50,000 lines stay one list
-            for item in queue:
+        async def feed() -> None:
+            try:
+                async for item in self._requests(owner, batch, done):
+                    await queue.put(item)
+            except Exception:  # what was not sent ends as an internal_error line when the batch finalises
+                log.exception("batch %s: reading its input failed", batch["id"])
+            for _ in range(workers_n):  # then each worker is told there is no more
+                await queue.put(None)
+
+        feeder = asyncio.create_task(feed())
+
+        async def worker() -> None:  # a few workers, not a task per line
+            while (item := await queue.get()) is not None:
                 model = item.body["model"]
                 await self._room_for(model, batch)
                 unsent[model] -= 1
@@ -187,7 +221,7 @@ class BatchRunner:
                 await asyncio.to_thread(self.batches.add_result, batch["id"], line, failed)
                 counts["failed" if failed else "completed"] += 1
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(MAX_WORKERS, len(todo)))]
+        workers = [asyncio.create_task(worker()) for _ in range(workers_n)]
         try:
             while workers:
                 _, pending = await asyncio.wait(workers, timeout=0.5)
@@ -198,6 +232,8 @@ class BatchRunner:
                     await asyncio.gather(*workers, return_exceptions=True)
                     break
         finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
             self._unsent.pop(batch["id"], None)
             stop.set()
             await saver
@@ -256,33 +292,39 @@ class BatchRunner:
             except asyncio.TimeoutError:
                 pass
 
-    async def _finalise(self, owner: str, batch: dict, items: list[Item]) -> None:
+    async def _finalise(self, owner: str, batch: dict) -> None:
         now = int(self.clock())
         cancelled = batch["id"] in self._cancelled or batch["status"] == "cancelling"
         expired = not cancelled and now >= batch["expires_at"]
-        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
         if not cancelled:  # every line ends in one of the two files: what never ran says why
-            done = {line["custom_id"] for line in output + errors}
+            done, _, _ = await asyncio.to_thread(self.batches.answered, batch["id"])
             code, message = (("batch_expired", "the batch expired before this request ran") if expired else
                              ("internal_error", "the batch runner lost this request; see the gateway's log"))
-            for item in items:
-                if item.custom_id not in done:
-                    await asyncio.to_thread(self.batches.add_result, batch["id"], _error_line(item, code, message),
-                                            True)
+            async for item in self._requests(owner, batch, done):
+                await asyncio.to_thread(self.batches.add_result, batch["id"], _error_line(item, code, message), True)
         batch.update(status="finalizing", finalizing_at=batch.get("finalizing_at") or now)
         await self._save(owner, batch)
         for which, field in (("output", "output_file_id"), ("errors", "error_file_id")):
-            data = await asyncio.to_thread(self.batches.result_bytes, batch["id"], which)
-            if data and not batch.get(field):
+            if not batch.get(field):
                 name = f"{batch['id']}_{'output' if which == 'output' else 'error'}.jsonl"
-                batch[field] = (await asyncio.to_thread(self.files.create, owner, name, "batch_output", data))["id"]
-        output, errors = await asyncio.to_thread(self.batches.results, batch["id"])
-        batch["request_counts"].update(completed=len(output), failed=len(errors))
+                made = await asyncio.to_thread(self._result_file, owner, batch["id"], which, name)
+                if made is not None:
+                    batch[field] = made["id"]
+        _, completed, failed = await asyncio.to_thread(self.batches.answered, batch["id"])
+        batch["request_counts"].update(completed=completed, failed=failed)
         final = "cancelled" if cancelled else "expired" if expired else "completed"
         batch.update(status=final, **{f"{final}_at": int(self.clock())})
         await self._save(owner, batch)
         self._cancelled.discard(batch["id"])
-        log.info("batch %s %s: %d completed, %d failed", batch["id"], final, len(output), len(errors))
+        log.info("batch %s %s: %d completed, %d failed", batch["id"], final, completed, failed)
+
+    def _result_file(self, owner: str, batch_id: str, which: str, name: str) -> dict | None:
+        """The results as a file of the owner's, copied line by line (blocking); None when there are none."""
+        upload = None
+        for raw in self.batches.result_lines(batch_id, which):
+            upload = upload or self.files.begin(owner, name, "batch_output")
+            upload.write(raw + b"\n")
+        return upload.commit() if upload is not None else None
 
 
 def _error_line(item: Item, code: str, message: str) -> dict:

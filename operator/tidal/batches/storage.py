@@ -8,8 +8,20 @@ The methods block: callers on the event loop run them in a thread (`asyncio.to_t
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+from ..streams import READ_CHUNK, split_lines
+
+
+class Writer(Protocol):
+    """An object written piece by piece (an upload of up to 200 MB is never held whole): it appears under its
+    name at commit(), complete, or not at all."""
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class Storage(Protocol):
@@ -18,6 +30,30 @@ class Storage(Protocol):
     def get(self, name: str) -> bytes | None: ...
     def names(self, prefix: str) -> list[str]: ...
     def delete(self, name: str) -> bool: ...
+    def writer(self, name: str) -> Writer: ...
+    def chunks(self, name: str) -> Iterator[bytes] | None: ...  # the bytes, streamed; None: no such object
+    def lines(self, name: str) -> Iterator[bytes | None] | None: ...  # without their line ends (streams.py)
+
+
+class _FileWriter:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        self.file = open(self.tmp, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 class DirectoryStorage:
@@ -53,6 +89,25 @@ class DirectoryStorage:
             return self._path(name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def writer(self, name: str) -> _FileWriter:
+        return _FileWriter(self._path(name))
+
+    def chunks(self, name: str) -> Iterator[bytes] | None:
+        try:
+            f = open(self._path(name), "rb")
+        except FileNotFoundError:
+            return None
+
+        def read():
+            with f:
+                while chunk := f.read(READ_CHUNK):
+                    yield chunk
+        return read()
+
+    def lines(self, name: str) -> Iterator[bytes | None] | None:
+        chunks = self.chunks(name)
+        return None if chunks is None else split_lines(chunks)
 
     def names(self, prefix: str) -> list[str]:
         """Object names directly under `prefix` (a folder), sorted."""

@@ -111,6 +111,15 @@ class Kube:
         self.counter.writes += 1
         return await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
 
+    async def review_token(self, token: str, audience: str) -> dict:
+        """The apiserver's verdict on a ServiceAccount token for one audience: TokenReview's status."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        api = client.AuthenticationV1Api(self.api)
+        # Not counted as a write: it changes nothing in the cluster.
+        response = await asyncio.to_thread(api.create_token_review, body, _preload_content=False)
+        return _json(response).get("status") or {}
+
     # ---- reads ----------------------------------------------------------------------------------
     async def _get_or_none(self, fn, *args) -> dict | None:
         """One object, or None when it does not exist."""

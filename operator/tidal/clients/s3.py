@@ -15,6 +15,9 @@ The methods block: callers on the event loop run them in a thread."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+
+from ..streams import READ_CHUNK, split_lines
 
 FOLD_AFTER = 256
 _SEQ = 12  # digits: sorted as text = sorted as numbers
@@ -116,6 +119,30 @@ class S3Storage:
                                Key=f"{self._key(name)}.d/{first:0{_SEQ}d}-{last:0{_SEQ}d}")
             self._delete([key for key, _, _ in singles])
 
+    def writer(self, name: str) -> "_MultipartWriter":
+        return _MultipartWriter(self, self._key(name))
+
+    def lines(self, name: str) -> Iterator[bytes | None] | None:
+        chunks = self.chunks(name)
+        return None if chunks is None else split_lines(chunks)
+
+    def chunks(self, name: str) -> Iterator[bytes] | None:
+        """The object's bytes, streamed from the bucket (then any appended segments'), never held whole."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            body = None
+        parts = _live(self._parts(name))
+        if body is None and not parts:
+            return None
+
+        def chunks():
+            if body is not None:
+                yield from body.iter_chunks(READ_CHUNK)
+            for key, _, _ in parts:
+                yield self._read(key) or b""
+        return chunks()
+
     def get(self, name: str) -> bytes | None:
         whole = self._read(self._key(name))
         parts = _live(self._parts(name))
@@ -141,3 +168,49 @@ class S3Storage:
         for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             self.s3.delete_objects(Bucket=self.bucket,
                                    Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+
+# S3 takes parts of at least 5 MiB (but the last); 8 MiB keeps a 200 MB upload to 25 parts and the writer's
+# memory to one part.
+PART_BYTES = 8 << 20
+
+
+class _MultipartWriter:
+    """An object uploaded in parts as it is written: a small one in one PUT, a large one as a multipart upload
+    that becomes visible, whole, only when completed (an aborted one leaves nothing under the name)."""
+
+    def __init__(self, storage: S3Storage, key: str):
+        self.storage, self.key = storage, key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= PART_BYTES:
+            self._send_part()
+
+    def _send_part(self) -> None:
+        s3, bucket = self.storage.s3, self.storage.bucket
+        if self.upload_id is None:
+            self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        etag = s3.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                              Body=bytes(self.buffer))["ETag"]
+        self.parts.append({"ETag": etag, "PartNumber": number})
+        self.buffer.clear()
+
+    def commit(self) -> None:
+        s3, bucket = self.storage.s3, self.storage.bucket
+        if self.upload_id is None:
+            s3.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._send_part()
+        s3.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
+                                     MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            self.storage.s3.abort_multipart_upload(Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id)
+        self.buffer.clear()

@@ -21,5 +21,7 @@ class OperatorConfig:
     metrics_grace_s: float = 30.0
     http_host: str = "0.0.0.0"
     http_port: int | None = None
+    # ServiceAccounts ('namespace/name') whose tokens may call /v1/wake; None: anyone may (--wake-auth off)
+    wake_callers: list[str] | None = None
     scaling_defaults: dict | None = None
     stop_flag: Any = None  # a threading.Event that stops kopf (set on lost leadership)  # fills scaling fields an InferenceService leaves out

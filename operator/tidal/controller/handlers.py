@@ -24,6 +24,7 @@ from . import metrics
 from .autoscaler import Autoscaler
 from .config import OperatorConfig
 from .http import build_app
+from .wake_auth import AUDIENCE, WakeAuth
 from .reconcile import Reconciler
 from .store import DeploymentState, ServiceStore
 
@@ -53,7 +54,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
         # what arrives while it lasts (without it, make demo's wake grew call by call: 1, 3, 5, 6 replicas).
         memo.reconciler.launched = lambda key: memo.autoscaler.cold_starts.begun(key, time.monotonic(), wake_up=False)
     if CONFIG.http_port:
-        runner = web.AppRunner(build_app(memo.autoscaler), access_log=None)
+        wake_auth = None
+        if CONFIG.wake_callers is not None:
+            wake_auth = WakeAuth(lambda token: kube.review_token(token, AUDIENCE), CONFIG.wake_callers)
+        runner = web.AppRunner(build_app(memo.autoscaler, wake_auth), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, CONFIG.http_host, CONFIG.http_port).start()
         memo.http = runner

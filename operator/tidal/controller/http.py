@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 
 from . import metrics
 from .autoscaler import Autoscaler
+from .wake_auth import WakeAuth
 
 
 def _number(value, default):
@@ -21,7 +22,8 @@ def _number(value, default):
     return number if math.isfinite(number) and number >= 0 else default
 
 
-def build_app(autoscaler: Autoscaler | None) -> web.Application:
+def build_app(autoscaler: Autoscaler | None, wake_auth: WakeAuth | None = None) -> web.Application:
+    """wake_auth: who may call /v1/wake (wake_auth.py); None leaves it open (--wake-auth off)."""
     async def healthz(request: web.Request) -> web.Response:
         if autoscaler is None:  # no Prometheus URL: the operator runs, nothing is autoscaled
             return web.json_response({"ok": True, "autoscaling": False})
@@ -35,6 +37,12 @@ def build_app(autoscaler: Autoscaler | None) -> web.Application:
         """POST /v1/wake/{namespace}/{name} {"pending": N, "arrival_rate": R, "request_seconds": S}: the
         activator holds N requests for a service, arriving at R a second; its requests took S lately."""
         started = time.monotonic()
+        if wake_auth is not None:
+            refused = await wake_auth.refusal(request.headers.get("Authorization"))
+            if refused is not None:
+                status, why = refused
+                return web.json_response({"woken": False, "reason": why}, status=status,
+                                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
         if autoscaler is None:
             return web.json_response({"woken": False, "reason": "AutoscalingOff: the operator has no --prometheus-url"},
                                      status=503)

@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from ..controller.wake_auth import AUDIENCE as WAKE_AUDIENCE
 from .cluster import REPO_ROOT, ClusterInfo, DevCluster
 from .processes import free_port, http_ok, pid_alive, stop_pid
 
 KEYS_NAMESPACE = "tidal-system"
 BOOTSTRAP_KEY = "tidal-bootstrap-key"
+GATEWAY_ACCOUNT = "tidal-activator"  # the operator's default --wake-caller is tidal-system/tidal-activator
 COMPONENTS = ("gateway", "operator")  # stopped in this order
 
 
@@ -66,6 +68,19 @@ def _bootstrap_key(info: ClusterInfo) -> str:
     return token
 
 
+def gateway_wake_token(info: ClusterInfo, path: Path) -> Path:
+    """A token of the gateway's ServiceAccount (tidal-system/tidal-activator) for the wake audience, in a file
+    only its owner reads: what the chart's projected volume gives the gateway's pod, for a gateway that runs
+    as a process. Valid 30 days; `make up` makes a new one each time it starts the gateway."""
+    _kubectl(info, "create", "namespace", KEYS_NAMESPACE, check=False)
+    _kubectl(info, "create", "serviceaccount", GATEWAY_ACCOUNT, "-n", KEYS_NAMESPACE, check=False)
+    token = _kubectl(info, "create", "token", GATEWAY_ACCOUNT, "-n", KEYS_NAMESPACE, "--audience", WAKE_AUDIENCE,
+                     "--duration", "720h").stdout.strip()
+    path.touch(mode=0o600)
+    path.write_text(token)
+    return path
+
+
 def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "2s",
        operator_args: tuple[str, ...] = ()) -> ClusterInfo:
     state_dir = Path(state_dir).resolve()
@@ -82,7 +97,8 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     gateway = _start(state_dir, "gateway", [
         "activator", "--kubeconfig", str(info.kubeconfig), "--operator-url", operator["url"], "--host", "127.0.0.1",
         "--port", str(gw_port), "--metrics-port", str(gw_metrics), "--api-key-namespace", KEYS_NAMESPACE,
-        "--prometheus-url", info.prometheus_url, "--batch-storage", str(state_dir / "batches")],
+        "--prometheus-url", info.prometheus_url, "--batch-storage", str(state_dir / "batches"),
+        "--wake-token-file", str(gateway_wake_token(info, state_dir / "gateway-wake-token"))],
         f"http://127.0.0.1:{gw_metrics}/healthz",
         {"url": f"http://127.0.0.1:{gw_port}", "metrics": f"127.0.0.1:{gw_metrics}"})
     # Prometheus scrapes the gateway (its held-request gauge is part of the autoscaler's query) and the
