@@ -402,3 +402,26 @@ def test_an_input_past_openais_limits_is_refused_at_upload_and_blank_lines_are_e
                                                       messages=[{"role": "user", "content": "still there?"}])
             assert ok.usage.completion_tokens == 2
     asyncio.run(scenario())
+
+
+def test_a_batch_past_its_keys_enqueued_token_limit_fails_saying_by_how_much(tmp_path):
+    """As OpenAI's batch queue limit: tidal.dev/batch-enqueued-tokens on the key. Each line below may use 100
+    tokens plus a quarter of its bytes (about 150): 5 lines fit in 1,000, 10 do not."""
+    from tests.test_gateway_openai import key
+    token = "batchy-" + "q" * 24
+
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            stack.gateway.keys.put(key("batchy", token, **{"batch-enqueued-tokens": "1000"}))
+            client = stack.client(token)
+
+            async def run(lines):
+                uploaded = await client.files.create(file=("b.jsonl", jsonl(lines)), purpose="batch")
+                return (await until_final(client, (await client.batches.create(
+                    input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")).id))[0]
+            over = await run([chat_line(i, max_tokens=100) for i in range(10)])
+            assert over.status == "failed" and over.errors.data[0].code == "token_limit_exceeded"
+            assert "over its limit of 1,000" in over.errors.data[0].message
+            within = await run([chat_line(i, max_tokens=100) for i in range(5)])
+            assert within.status == "completed" and within.request_counts.completed == 5
+    asyncio.run(scenario())

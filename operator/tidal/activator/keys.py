@@ -7,6 +7,7 @@ holds the token. Annotations narrow and limit it (all optional):
     tidal.dev/namespaces: "team-a"                 namespaces whose models it may use (default: all)
     tidal.dev/requests-per-minute: "600"
     tidal.dev/tokens-per-minute: "200000"
+    tidal.dev/batch-enqueued-tokens: "5000000"   tokens its unfinished batches may hold (as OpenAI's batch queue limit)
 
 Only a SHA-256 digest of each token is kept in memory. A presented token is hashed and looked up by
 its digest, then compared with `hmac.compare_digest`: the time taken does not depend on how much of
@@ -29,6 +30,7 @@ MODELS_ANNOTATION = "tidal.dev/models"
 NAMESPACES_ANNOTATION = "tidal.dev/namespaces"
 RPM_ANNOTATION = "tidal.dev/requests-per-minute"
 TPM_ANNOTATION = "tidal.dev/tokens-per-minute"
+BATCH_TOKENS_ANNOTATION = "tidal.dev/batch-enqueued-tokens"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ApiKey:
     namespaces: frozenset[str] | None = None  # None: any namespace
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    batch_enqueued_tokens: int | None = None  # None: batches unlimited
 
     def may_use(self, model: str | None, namespace: str | None) -> bool:
         """Whether this key may use a model. An unknown model (namespace None) is refused by a key limited
@@ -82,11 +85,12 @@ def key_from_secret(name: str, data: dict | None, annotations: dict | None) -> t
     if len(token) < 16:
         return None, f"Secret {name}: the token in {TOKEN_FIELD!r} is shorter than 16 characters"
     notes = annotations or {}
-    for field in (RPM_ANNOTATION, TPM_ANNOTATION):
+    for field in (RPM_ANNOTATION, TPM_ANNOTATION, BATCH_TOKENS_ANNOTATION):
         if field in notes and _positive(notes[field]) is None:
             return None, f"Secret {name}: annotation {field} must be a positive integer, got {notes[field]!r}"
     return ApiKey(name, digest(token), _names(notes.get(MODELS_ANNOTATION)), _names(notes.get(NAMESPACES_ANNOTATION)),
-                  _positive(notes.get(RPM_ANNOTATION)), _positive(notes.get(TPM_ANNOTATION))), None
+                  _positive(notes.get(RPM_ANNOTATION)), _positive(notes.get(TPM_ANNOTATION)),
+                  _positive(notes.get(BATCH_TOKENS_ANNOTATION))), None
 
 
 class KeyRing:

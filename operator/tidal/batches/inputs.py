@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .. import strict_json
+from ..activator.openai_api import tokens_to_reserve
 
 MAX_REQUESTS = 50_000
 MAX_ERRORS_REPORTED = 100  # a file that is wrong on every line says so a hundred times, not 50,000
@@ -58,6 +59,7 @@ class Summary:
     total: int
     per_model: dict[str, int]
     problems: list[dict]
+    tokens: int = 0  # what its requests may use, as the rate limiter reserves them (openai_api.tokens_to_reserve)
 
 
 def _numbered(lines: Iterable[bytes | None]) -> Iterator[tuple[int, bytes | None]]:
@@ -71,7 +73,7 @@ def validate(lines: Iterable[bytes | None], endpoint: str) -> Summary:
     problems: list[dict] = []
     seen: dict[str, int] = {}
     per_model: dict[str, int] = {}
-    count = 0
+    count = tokens = 0
 
     def problem(p: dict) -> None:
         if len(problems) < MAX_ERRORS_REPORTED:
@@ -96,6 +98,7 @@ def validate(lines: Iterable[bytes | None], endpoint: str) -> Summary:
             seen[checked.custom_id] = line_no
             model = checked.body["model"]
             per_model[model] = per_model.get(model, 0) + 1
+            tokens += tokens_to_reserve(endpoint, checked.body, len(raw))
     if count == 0:
         problems.append({"code": "empty_file", "line": None, "message": "the input file has no requests",
                          "param": None})
@@ -103,7 +106,7 @@ def validate(lines: Iterable[bytes | None], endpoint: str) -> Summary:
         problems.insert(0, {"code": "too_many_requests", "line": None, "param": None,
                             "message": f"the input file has {count:,} requests; a batch may have at most "
                                        f"{MAX_REQUESTS:,}"})
-    return Summary(count, per_model, problems[:MAX_ERRORS_REPORTED])
+    return Summary(count, per_model, problems[:MAX_ERRORS_REPORTED], tokens)
 
 
 def requests(lines: Iterable[bytes | None], endpoint: str, skip: frozenset[str] | set[str] = frozenset()

@@ -17,6 +17,7 @@ import time
 
 from .deferred import DeferredStore
 from .files import FileStore
+from ..activator.openai_api import tokens_to_reserve
 from .inputs import Item, requests, validate
 from .records import FINAL, BatchStore
 
@@ -30,7 +31,7 @@ SEND_AHEAD = 256  # requests read from the input ahead of sending: what a batch 
 class BatchRunner:
     def __init__(self, files: FileStore, batches: BatchStore, send, concurrency: int = 16, attempts: int = 4,
                  backoff_s: float = 1.0, clock=time.time, deferred: DeferredStore | None = None, places=None,
-                 published=None):
+                 published=None, enqueued_limit=None):
         self.files, self.batches, self.send, self.deferred = files, batches, send, deferred
         # places(model) -> batch requests the model may have in flight now, None when unknown
         # (gateway.batch_places); `_mine` counts ours, from the moment one is decided to its answer
@@ -44,6 +45,9 @@ class BatchRunner:
         self._running: dict[str, asyncio.Task] = {}
         self._live: dict[str, dict] = {}  # the batches being run: the runner alone writes them
         self._unsent: dict[str, dict[str, int]] = {}  # batch id -> model -> requests not sent yet
+        # enqueued_limit(owner) -> tokens the key's unfinished batches may hold, None: no limit
+        self.enqueued_limit = enqueued_limit or (lambda owner: None)
+        self._enqueued: dict[str, tuple[str, int]] = {}  # batch id -> (owner, tokens it may use)
 
     def backlog(self) -> dict[str, int]:
         """Requests of running batches not yet sent, by model: demand the autoscaler sees (the gateway
@@ -116,6 +120,7 @@ class BatchRunner:
         finally:
             self._running.pop(batch["id"], None)
             self._live.pop(batch["id"], None)
+            self._enqueued.pop(batch["id"], None)
 
     async def _run_deferred(self, owner: str, record: dict, body: dict) -> None:
         """One `Prefer: respond-async` request: sent like a batch line, its answer kept for polling."""
@@ -153,10 +158,13 @@ class BatchRunner:
             problems = summary.problems if summary else [{
                 "code": "file_not_found", "line": None, "param": "input_file_id",
                 "message": f"the input file {batch['input_file_id']} no longer exists"}]
+            if not problems:
+                problems = self._over_enqueued_limit(owner, summary.tokens)
             if problems:
                 batch.update(status="failed", failed_at=int(self.clock()), errors={"object": "list", "data": problems})
                 await self._save(owner, batch)
                 return
+            self._enqueued[batch["id"]] = (owner, summary.tokens)
             models = list(summary.per_model)
             batch.update(status="in_progress", in_progress_at=int(self.clock()),
                          model=models[0] if len(models) == 1 else None,
@@ -168,19 +176,35 @@ class BatchRunner:
             await self._send_all(owner, batch)
         await self._finalise(owner, batch)
 
-    def _unsent_by_model(self, owner: str, batch: dict, done: set[str]) -> dict[str, int]:
-        """Requests not answered yet, by model (blocking: one streamed pass over the input)."""
+    def _over_enqueued_limit(self, owner: str, tokens: int) -> list[dict]:
+        """OpenAI's batch queue limit: a key's unfinished batches may hold so many tokens; a batch that would
+        go past it fails at once, saying by how much."""
+        limit = self.enqueued_limit(owner)
+        held = sum(t for o, t in self._enqueued.values() if o == owner)
+        if limit is None or held + tokens <= limit:
+            return []
+        return [{"code": "token_limit_exceeded", "line": None, "param": None,
+                 "message": f"Enqueued token limit reached: this batch may use up to {tokens:,} tokens and this "
+                            f"key's unfinished batches hold {held:,}, over its limit of {limit:,} "
+                            "(tidal.dev/batch-enqueued-tokens). Try again once those finish."}]
+
+    def _unsent_by_model(self, owner: str, batch: dict, done: set[str]) -> tuple[dict[str, int], int]:
+        """Requests not answered yet, by model, and the tokens they may use (blocking: one streamed pass)."""
         out: dict[str, int] = {}
+        tokens = 0
         lines = self._lines(owner, batch)
         for item in requests(lines, batch["endpoint"], done) if lines is not None else ():
             out[item.body["model"]] = out.get(item.body["model"], 0) + 1
-        return out
+            tokens += tokens_to_reserve(batch["endpoint"], item.body, len(json.dumps(item.body)))
+        return out, tokens
 
     async def _send_all(self, owner: str, batch: dict) -> None:
         done, completed, failed = await asyncio.to_thread(self.batches.answered, batch["id"])
         counts = batch["request_counts"]
         counts.update(completed=completed, failed=failed)
-        unsent = self._unsent[batch["id"]] = await asyncio.to_thread(self._unsent_by_model, owner, batch, done)
+        unsent, tokens = await asyncio.to_thread(self._unsent_by_model, owner, batch, done)
+        self._unsent[batch["id"]] = unsent
+        self._enqueued.setdefault(batch["id"], (owner, tokens))  # resumed after a restart: what is left
         todo = sum(unsent.values())
         stop = asyncio.Event()
         saver = asyncio.create_task(self._save_counts(owner, batch, stop))

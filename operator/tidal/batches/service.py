@@ -31,13 +31,18 @@ class BatchService:
         self.deferred = DeferredStore(storage)
         self.runner = BatchRunner(self.files, self.batches, self.sender, concurrency=concurrency,
                                   deferred=self.deferred, places=gateway.batch_places,
-                                  published=mirror.publish if mirror else None)
+                                  published=mirror.publish if mirror else None,
+                                  enqueued_limit=self._enqueued_limit)
         self.gateway, self.mirror = gateway, mirror
         self._adopting: set[str] = set()
         self.api = BatchApi(gateway, self.files, self.batches, self.runner, self.deferred)
         gateway.defer = self.api.defer  # `Prefer: respond-async` requests are accepted here
         self._task: asyncio.Task | None = None
         self._backlog_task: asyncio.Task | None = None
+
+    def _enqueued_limit(self, owner: str) -> int | None:
+        key = self.gateway.keys.get(owner) if self.gateway.keys is not None else None
+        return key.batch_enqueued_tokens if key is not None else None
 
     def add_routes(self, app: web.Application) -> None:
         self.api.add_routes(app)
