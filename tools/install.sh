@@ -29,7 +29,9 @@ if [ -n "$missing" ]; then
 fi
 
 stamp=.tidal/installed-python
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PYTHON" -c 'import tidal' 2>/dev/null; then
+# Installed, and from this checkout (an editable install of another clone would test that clone's code).
+from_here() { "$PYTHON" -c 'import sys, tidal; sys.exit(not tidal.__file__.startswith(sys.argv[1]))' "$PWD/operator/" 2>/dev/null; }
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! from_here; then
   echo "--- installing the tidal package and its test dependencies (pip)"
   "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
   mkdir -p .tidal && touch "$stamp"

@@ -2,10 +2,11 @@
 
 Thousands of malformed or hostile InferenceServices (wrong types, huge and negative numbers, unknown
 engines, enormous strings, invalid URIs, shell and argument injection in args and env) are sent as
-server-side dry runs: each is either refused with a message naming the offending field, or accepted —
-and then the operator's own parsing and rendering must accept or refuse it cleanly, and what it renders
-runs only what the user asked for. A sample of the accepted ones is created for real: the operator gives
-each a Valid condition and keeps serving the well-formed service beside them.
+server-side dry runs: each is either refused with a message naming a field the mutation changed, or
+accepted — and then the operator's own parser accepts it too (the schema is generated from it), and what it
+renders runs only what the user asked for. A sample of the accepted ones is created for real: the operator
+gives each Valid=True, or False with a reason only the cluster can tell, and keeps serving the well-formed
+service beside them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,20 @@ FIELDS = {  # where to put something odd, and what sort of odd
 }
 MUTATION = st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=3, unique=True).flatmap(
     lambda paths: st.tuples(*(st.tuples(st.just(p), FIELDS[p]) for p in paths)))
-FIELD_NAMED = re.compile(r"spec(\.[A-Za-z\[\]0-9]+)+|spec: Required|\bspec\b|unknown field")
+CLUSTER_REASONS = {"UnknownNodePool", "UnknownGPUProduct", "InsufficientGPUCapacity", "SecretNotFound", "ClaimNotFound"}
+
+
+def names_a_changed_field(message: str, mutation) -> bool:
+    """Whether the apiserver's refusal names one of the fields the mutation changed: `spec.engine.args` (or a
+    deeper part of it, `spec.engine.args[0]`), its section for a rule across fields (`spec.scaling`), or
+    the unknown field itself."""
+    for path, _ in mutation:
+        if path == ("extra",):
+            if "spec.unexpected" in message:
+                return True
+        elif re.search(rf"spec\.{path[0]}(\.{path[1]}\b|\b(?!\.))|spec\.{path[0]}\.{path[1]}\[", message):
+            return True
+    return False
 
 
 def _mutated(mutation) -> dict:
@@ -80,7 +94,8 @@ def _check_rendered(spec, namespace) -> None:
     rendered = render_deployment("fuzz", namespace, "uid", spec, RenderSettings())
     container = rendered["spec"]["template"]["spec"]["containers"][0]
     command = container.get("command", []) + container.get("args", [])
-    assert command[-len(spec.engine.args):] == spec.engine.args if spec.engine.args else True
+    if spec.engine.args:  # the user's args last, each one argument, unchanged
+        assert command[-len(spec.engine.args):] == spec.engine.args, command
     assert "sh" not in command[:1] and "-c" not in command[:2], command  # never through a shell
     for init in rendered["spec"]["template"]["spec"].get("initContainers", []):
         assert init["command"][0] not in ("sh", "bash", "/bin/sh"), init["command"]
@@ -92,8 +107,9 @@ def test_thousands_of_hostile_objects_are_refused_by_field_or_handled_cleanly(op
     from kubernetes.client.rest import ApiException
     custom = client.CustomObjectsApi(k8s)
     log_start = len(operator.log_path.read_text())
-    outcomes = {"refused": 0, "accepted": 0}
+    outcomes = {"refused": 0, "accepted": 0, "parser refused": 0}
     accepted: list[dict] = []
+    parser_refused: list[dict] = []  # accepted by the schema, refused by the operator's own parsing
 
     @settings(max_examples=2000, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
@@ -105,33 +121,43 @@ def test_thousands_of_hostile_objects_are_refused_by_field_or_handled_cleanly(op
         except ApiException as err:
             assert err.status in (400, 422), (err.status, err.body[:500])
             message = json.loads(err.body)["message"]
-            assert FIELD_NAMED.search(message), f"refusal does not name a field: {message[:300]}"
+            assert names_a_changed_field(message, mutation), \
+                f"refusal does not name a changed field {[p for p, _ in mutation]}: {message[:400]}"
             outcomes["refused"] += 1
             return
         outcomes["accepted"] += 1
         try:
             spec = parse_spec(stored["spec"])
         except ValidationError:
-            return  # the operator reports these as Valid=False (checked on a sample below)
+            outcomes["parser refused"] += 1
+            if len(parser_refused) < 25:
+                parser_refused.append(stored)  # each must become Valid=False (below)
+            return
         _check_rendered(spec, namespace)
         if len(accepted) < 400:
             accepted.append(stored)
     one()
-    print(f"fuzz: {outcomes['refused']} refused at apply with the field named, {outcomes['accepted']} accepted")
+    print(f"fuzz: {outcomes}")  # in one run: 1,829 refused, 171 accepted, 0 refused by the parser
     assert outcomes["refused"] + outcomes["accepted"] >= 2000
-    assert outcomes["refused"] > 1000 and outcomes["accepted"] > 0
+    assert outcomes["refused"] > 1000 and len(accepted) > 25
+    # The CRD's schema is generated from the parser's model: what the apiserver accepts, the operator parses.
+    # An object past the schema but refused by the parser would be Valid=False at best; here there is none.
+    assert parser_refused == [], [p["spec"] for p in parser_refused[:3]]
 
-    # A sample for real, beside a well-formed service the operator must keep serving.
+    # A sample for real, beside a well-formed service the operator must keep serving: each is Valid=True, or
+    # False for what only the cluster can tell (an unknown pool, a missing Secret, ...), never without a word.
     apply(kubectl, namespace, service("healthy", minReplicas=1))
-    sample = random.Random(7).sample(accepted, min(25, len(accepted)))
-    for i, stored in enumerate(sample):
+    sample = [(s, True) for s in random.Random(7).sample(accepted, 25)]
+    for i, (stored, _) in enumerate(sample):
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
                 "metadata": {"name": f"fuzz-{i}"}, "spec": stored["spec"]}
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    for i in range(len(sample)):
-        wait_for(lambda: condition(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                                       f"fuzz-{i}"), "Valid"),
-                 timeout=60, interval=0.3, what=f"a Valid condition on fuzz-{i}")
+    for i, (stored, _) in enumerate(sample):
+        valid = wait_for(lambda: condition(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                                               f"fuzz-{i}"), "Valid"),
+                         timeout=60, interval=0.3, what=f"a Valid condition on fuzz-{i}")
+        assert valid["status"] == "True" or (valid["reason"] in CLUSTER_REASONS and valid["message"]), \
+            (stored["spec"], valid)
     wait_condition(kubectl, namespace, "healthy", "Ready", "True", "ModelReady")
     assert operator.proc.poll() is None, "the operator died"
     assert "Traceback" not in operator.log_path.read_text()[log_start:], "the operator logged a crash"

@@ -217,9 +217,16 @@ def test_tritonclient_through_the_one_endpoint_routed_by_the_model_in_the_path(k
     inp.set_data_from_numpy(data)
     np.testing.assert_array_equal(client.infer(model, [inp], headers=auth).as_numpy("OUTPUT0"), data)
     from tritonclient.utils import InferenceServerException
-    with pytest.raises(InferenceServerException) as err:  # without the key: refused, nothing reaches Triton
+    # Without the key: refused by the gateway, and Triton itself counts no inference (its own metric).
+    pod = json.loads(kubectl("get", "pods", "-n", namespace, "-l",
+                             f"tidal.dev/inferenceservice={example['metadata']['name']}", "-o", "json").stdout)["items"]
+    engine_metrics = f"http://{pod[0]['status']['podIP']}:8002"
+    before = metric_value(engine_metrics, "nv_inference_count")
+    assert before >= 1  # the keyed inference above reached it
+    with pytest.raises(InferenceServerException) as err:
         client.infer(model, [inp])
-    assert "401" in str(err.value) or "API key" in str(err.value)
+    assert "401" in str(err.value) and "API key" in str(err.value)
+    assert metric_value(engine_metrics, "nv_inference_count") == before
 
 
 def test_two_gateway_replicas_together_admit_no_more_than_a_keys_limit(dev_cluster, operator, kubectl, namespace):
