@@ -101,14 +101,21 @@ def test_the_openai_client_chats_and_streams_through_the_gateway(gateway):
     answer = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hello"}],
                                             max_tokens=12, extra_body={"ignore_eos": True})
     assert answer.usage.completion_tokens == 12 and answer.choices[0].message.role == "assistant"
+    started = time.monotonic()
     stream = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=60, stream=True, stream_options={"include_usage": True},
+                                            max_tokens=200, stream=True, stream_options={"include_usage": True},
                                             extra_body={"ignore_eos": True})
     arrivals = [(time.monotonic(), c) for c in stream]
     deltas = [(t, c) for t, c in arrivals if c.choices]
     # One event per generated token (random weights make many of them partial characters: empty text).
-    assert len(deltas) >= 30, len(deltas)
-    assert arrivals[-1][1].usage.completion_tokens == 60
+    assert len(deltas) >= 100, len(deltas)
+    assert arrivals[-1][1].usage.completion_tokens == 200
+    # Streamed as generated, not buffered by the gateway: the first token reaches the client in the first half
+    # of the generation, and the events arrive spread over it (a buffered answer arrives in one read, its
+    # events parsed within a few milliseconds). Measured here: 200 tokens in 0.35 s, spread over 0.33 s.
+    whole = arrivals[-1][0] - started
+    assert deltas[0][0] - started < whole / 2, (deltas[0][0] - started, whole)
+    assert deltas[-1][0] - deltas[0][0] > 0.4 * whole, (deltas[-1][0] - deltas[0][0], whole)
 
 
 def engine_core(server_pid: int) -> int:
@@ -124,9 +131,28 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     widen that window, but whether vLLM hands them back or runs them still depends on timing); and
     requests arriving during the drain (HTTP 500 `cannot schedule new futures after shutdown`). The gateway sends the last two kinds to
     replica 1: every client gets its full answer, streamed or not."""
+    import threading
+    import urllib.request
+
+    from tests.exposition import sample_sum
     from openai import AsyncOpenAI
     client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=300)
     server, core = replicas[0].proc.pid, engine_core(replicas[0].proc.pid)
+    # Replica 0's own metrics, read until it exits: what it finished itself while draining.
+    def scrape(url=f"{replicas[0].url}/metrics"):
+        return urllib.request.urlopen(url, timeout=2).read().decode()
+    baseline, last = scrape(), {}
+
+    def watch():
+        while replicas[0].proc.poll() is None:
+            try:
+                last["text"] = scrape()
+            except OSError:
+                pass
+            time.sleep(0.2)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    running_on_0 = {}
 
     async def one(max_tokens: int) -> int:
         answer = await client.completions.create(model=SERVED, prompt="tide", max_tokens=max_tokens,
@@ -143,6 +169,7 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     async def load():
         long = [asyncio.create_task(one(400)) for _ in range(8)]  # in flight on both replicas
         await asyncio.sleep(2)
+        running_on_0["long"] = sample_sum(await asyncio.to_thread(scrape), "vllm:num_requests_running")
         os.kill(core, signal.SIGSTOP)
         # Least-loaded routing splits these between the replicas: replica 0's API server takes its share
         # and passes them to an engine core that will next run after the SIGTERM.
@@ -174,3 +201,13 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     assert sum(given_back.values()) >= 1, given_back
     replicas[0].proc.wait(120)  # it drained and exited by itself (TimeoutExpired otherwise)
     assert replicas[1].proc.poll() is None
+    watcher.join(5)
+    # The long generations replica 0 was running when told to stop finished there, not retried elsewhere:
+    # its histogram of generated tokens per request counts them above the largest bucket under 400.
+    def long_finished(text):
+        buckets = {float(line.split('le="')[1].split('"')[0]): float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line.startswith("vllm:request_generation_tokens_bucket{")}
+        edge = max(b for b in buckets if 8 < b < 400)
+        return sample_sum(text, "vllm:request_generation_tokens_count") - buckets[edge]
+    on_0 = long_finished(last["text"]) - long_finished(baseline)
+    assert running_on_0["long"] >= 1 and on_0 == running_on_0["long"], (running_on_0, on_0)

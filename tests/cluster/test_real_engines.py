@@ -1,7 +1,7 @@
 """#13 on the local cluster: an InferenceService whose pods run the real vLLM (annotation
 sim.tidal.dev/engine: real — the sim-runtime runs the pod's rendered command on the pod's IP, and KWOK
 marks the pod Ready when that engine passes its readiness probe). Prometheus scrapes vLLM's own metrics,
-the autoscaler takes the service 0 -> 2 -> 0 from the queue vLLM reports, Ready means vLLM serves the
+the autoscaler takes the service 1 -> 2 -> 0 from the queue vLLM reports, a request wakes it, Ready means vLLM serves the
 model, and every request sent through the gateway with the official openai client is answered."""
 
 from __future__ import annotations
@@ -49,18 +49,19 @@ def patient_activator(dev_cluster, operator):
     act.proc.wait(10)
 
 
-def test_a_real_vllm_service_scales_0_2_0_from_its_own_queue(operator, patient_activator, kubectl, namespace,
-                                                             dev_cluster):
+def test_a_real_vllm_service_scales_1_2_0_from_its_own_queue_and_wakes(operator, patient_activator, kubectl,
+                                                                        namespace, dev_cluster):
+    """The load comes while one replica serves, so the second can only come from the queue Prometheus sees
+    (vLLM's own gauge, and what the gateway holds for it); from zero, the wake-up's sizing alone could ask for
+    two and prove nothing about the queue. Then idle to zero, and one request wakes it."""
     from openai import AsyncOpenAI
     activator = patient_activator
     first = service()
-    first["spec"]["scaling"]["minReplicas"] = 1  # held up until Ready is seen (idle would take it to zero first)
+    first["spec"]["scaling"]["minReplicas"] = 1
     apply(kubectl, namespace, first)
     # The first replica starts vLLM for real; Ready comes from the operator asking that vLLM for its models.
     wait_for(lambda: (condition(get(kubectl, namespace, "inferenceservice", "real"), "Ready") or {}).get("reason")
              == "ModelReady", timeout=300, interval=2, what="Ready: ModelReady from the real vLLM")
-    apply(kubectl, namespace, service())  # minReplicas 0: the idle service goes to zero
-    wait_for(lambda: replicas(kubectl, namespace, "real") == 0, timeout=240, interval=2, what="idle to zero")
 
     most, stop = [0], threading.Event()
 
@@ -86,8 +87,12 @@ def test_a_real_vllm_service_scales_0_2_0_from_its_own_queue(operator, patient_a
         watcher.join()
     assert results == [1000] * 16, [r for r in results if r != 1000][:3]
     assert most[0] == 2, f"at most {most[0]} replica(s)"
+    apply(kubectl, namespace, service())  # minReplicas 0 from now on
     reasons = [m for _, r, m in events(kubectl, namespace, "real") if r == "Scaled"]
-    assert any("-> 2 replicas" in m for m in reasons), reasons
+    # The second replica came from the queue Prometheus saw while the first served (vLLM's own gauge and the
+    # requests the gateway held for it), not from the wake-up's sizing, which alone could ask for 2.
+    assert any(m.startswith("1 -> 2 replicas: QueueAboveTarget: ") and "running on 1/1 ready" in m
+               for m in reasons), reasons
     # Prometheus scraped vLLM's own gauge, with vLLM's labels, and saw a queue in vLLM: the gateway sends a
     # replica at most its batch plus the target queue (2 + 1) and holds the rest, so vLLM's queue peaks at 1.
     series = prometheus_series(dev_cluster.prometheus_url, f'vllm:num_requests_waiting{{model_name="{SERVED}"}}')
@@ -96,6 +101,11 @@ def test_a_real_vllm_service_scales_0_2_0_from_its_own_queue(operator, patient_a
                              f'max(max_over_time(vllm:num_requests_waiting{{model_name="{SERVED}"}}[10m]))')
     assert peak and float(peak[0]["value"][1]) >= 1, peak
     wait_for(lambda: replicas(kubectl, namespace, "real") == 0, timeout=240, interval=2, what="back to zero")
+    waker = AsyncOpenAI(base_url=f"{activator.url}/{namespace}/real/v1", api_key="unused", max_retries=0, timeout=600)
+    woken = asyncio.run(waker.completions.create(model=SERVED, prompt="wake", max_tokens=4))
+    assert woken.usage.completion_tokens == 4
+    assert any(m.startswith("0 -> ") and "ActivatorWake" in m
+               for _, r, m in events(kubectl, namespace, "real") if r == "Scaled")
 
 
 def pods(kubectl, namespace: str, name: str) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 
@@ -31,15 +32,15 @@ def service(**scaling) -> dict:
                                  "idleSecondsBeforeZero": 5, "scaleDownStabilizationSeconds": 5, **scaling}}}
 
 
-def test_an_sglang_service_is_ready_and_scales_0_n_0_from_its_queue(operator, activator, kubectl, namespace,
-                                                                    dev_cluster):
+def test_an_sglang_service_scales_out_from_its_own_queue_then_to_zero_and_wakes(operator, activator, kubectl,
+                                                                                namespace, dev_cluster):
+    """The burst comes while one replica serves, so a second replica can only come from the queue Prometheus
+    sees (SGLang's own gauge): from zero, the wake-up's sizing alone once asked for 3 and proved nothing."""
     apply(kubectl, namespace, service(minReplicas=1))
     wait_for(lambda: (condition(get(kubectl, namespace, "inferenceservice", "sgl"), "Ready") or {}).get("reason")
              == "ModelReady", timeout=120, interval=1, what="Ready: ModelReady from SGLang's /v1/models")
     status = get(kubectl, namespace, "inferenceservice", "sgl")["status"]
     assert status["batch"]["size"] == 2, status["batch"]  # from --max-running-requests
-    apply(kubectl, namespace, service())
-    wait_for(lambda: replicas(kubectl, namespace, "sgl") == 0, timeout=90, interval=1, what="idle to zero")
 
     most, stop = [0], threading.Event()
 
@@ -58,13 +59,22 @@ def test_an_sglang_service_is_ready_and_scales_0_n_0_from_its_queue(operator, ac
     assert statuses.count(200) == 40, {s: statuses.count(s) for s in set(statuses)}
     assert all(json.loads(b)["usage"]["completion_tokens"] == 400 for _, b, _ in results)
     assert most[0] >= 2, f"at most {most[0]} replica(s)"
+    scaled = [m for _, r, m in events(kubectl, namespace, "sgl") if r == "Scaled"]
+    # "1 -> 3 replicas: QueueAboveTarget: 30 waiting, 2 running on 1/1 ready; target 1 waiting per replica"
+    assert any(re.match(r"1 -> \d+ replicas: QueueAboveTarget: .* running on 1/1 ready", m) for m in scaled), scaled
+    assert not [m for m in scaled if "ActivatorWake" in m or "WakeForBacklog" in m], scaled  # never at zero
     # Prometheus scraped SGLang's queue gauge, with SGLang's labels, and it held requests.
     series = prometheus_series(dev_cluster.prometheus_url, f'sglang:num_queue_reqs{{model_name="{SERVED}"}}')
     assert series and {"model_name", "engine_type", "tp_rank", "namespace"} <= set(series[0]["metric"]), series
     peak = prometheus_series(dev_cluster.prometheus_url,
                              f'max(max_over_time(sglang:num_queue_reqs{{model_name="{SERVED}"}}[10m]))')
     assert peak and float(peak[0]["value"][1]) >= 1, peak
-    assert any(m.startswith("0 -> ") for _, r, m in events(kubectl, namespace, "sgl") if r == "Scaled")
+    # Idle with minReplicas 0: to zero, said in an Event; then one request wakes it and is answered.
+    apply(kubectl, namespace, service())
     wait_for(lambda: replicas(kubectl, namespace, "sgl") == 0, timeout=120, interval=1, what="back to zero")
     wait_for(lambda: any(" -> 0 replicas" in m for _, r, m in events(kubectl, namespace, "sgl") if r == "Scaled"),
              timeout=20, what="the scale to zero in an Event")
+    woken = asyncio.run(burst(f"{activator.url}/{namespace}/sgl/v1/completions", 1, max_tokens=5))
+    assert [s for s, _, _ in woken] == [200]
+    assert any(m.startswith("0 -> ") and "ActivatorWake" in m
+               for _, r, m in events(kubectl, namespace, "sgl") if r == "Scaled")
