@@ -98,6 +98,25 @@ def start_operator(info: ClusterInfo, log_path: Path, *extra, port: int | None =
     return OperatorProcess(proc, log_path, f"http://127.0.0.1:{port}")
 
 
+def wait_for_resyncs(operator: OperatorProcess, passes: int = 1, timeout: float = 60) -> None:
+    """Until the operator has finished `passes` more resync passes over every service (its own counter):
+    evidence that a resync ran, where a fixed sleep would pass on a stalled operator too."""
+    import time
+    import urllib.request
+
+    from tests.exposition import sample_sum
+
+    def done() -> float:
+        text = urllib.request.urlopen(f"{operator.url}/metrics", timeout=5).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("tidal_operator_resyncs_total "))
+    start, deadline = done(), time.monotonic() + timeout
+    while done() < start + passes:
+        assert time.monotonic() < deadline, f"no {passes} resync pass(es) in {timeout} s: the operator stalled"
+        assert operator.proc.poll() is None, "the operator exited"
+        time.sleep(0.2)
+
+
 def install_crd(kubectl) -> None:
     kubectl("apply", "-f", str(TESTS_DIR.parent / "crds"))
     kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.cluster.test_smoke import wait_for
+from tests.conftest import wait_for_resyncs
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -104,7 +104,7 @@ def test_replicas_owned_by_the_autoscaler_survive_a_spec_change(operator, kubect
             "-p", '{"spec": {"engine": {"args": ["--enforce-eager"]}}}')
     wait_for(lambda: "--enforce-eager" in get(kubectl, namespace, "deployment", "llama-8b")
              ["spec"]["template"]["spec"]["containers"][0]["args"], what="the spec change applied")
-    time.sleep(6)  # a resync later, still untouched
+    wait_for_resyncs(operator, 2)  # two whole resyncs later (one may have begun before the change), untouched
     assert get(kubectl, namespace, "deployment", "llama-8b")["spec"]["replicas"] == 3
 
 
@@ -113,10 +113,10 @@ def test_nothing_changes_means_nothing_is_written(operator, kubectl, namespace):
                   [("s3-credentials", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])])
     wait_condition(kubectl, namespace, "resnet", "Ready", "True")
     wait_condition(kubectl, namespace, "resnet", "ScalingActive", "True")  # the autoscaler has seen it too
-    time.sleep(3)
+    wait_for_resyncs(operator, 1)  # settled: whatever the first passes had to write is written
     before = {k: get(kubectl, namespace, k, "resnet")["metadata"]["resourceVersion"]
               for k in ("tis", "deployment", "service")}
-    time.sleep(11)  # two resyncs of every service
+    wait_for_resyncs(operator, 2)  # two whole resyncs of every service
     after = {k: get(kubectl, namespace, k, "resnet")["metadata"]["resourceVersion"] for k in before}
     assert after == before, (json.dumps(get(kubectl, namespace, "tis", "resnet")["status"], indent=1),
                              events(kubectl, namespace, "resnet"))

@@ -155,3 +155,4 @@ async def _resync(memo: kopf.Memo) -> None:
         await asyncio.sleep(CONFIG.resync_seconds)
         for body in list(memo.store.services.values()):
             await _reconcile(memo, body)
+        metrics.RESYNCS.inc()

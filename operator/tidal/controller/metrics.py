@@ -31,6 +31,9 @@ SCALING_ACTIVE = Gauge("tidal_service_scaling_active", "1 while the autoscaler h
                        "(condition ScalingActive=True), else 0.", SERVICE, registry=REGISTRY)
 UNSCHEDULABLE = Gauge("tidal_service_unschedulable_replicas", "Replicas the scheduler cannot place (node pool full).",
                       SERVICE, registry=REGISTRY)
+RESYNCS = Counter("tidal_operator_resyncs", "Passes of the periodic resync over every InferenceService (each "
+                  "re-checks engine readiness and retries failed reconciles; a pass that changes nothing writes "
+                  "nothing).", registry=REGISTRY)
 LEADING = Gauge("tidal_operator_leading", "1 in the operator process that acts (the leader); a standby reports 0.",
                 registry=REGISTRY)
 
