@@ -78,4 +78,4 @@ test-cluster:
 # every run, so CI never fails at random). A failure prints a blob to reproduce it.
 test-properties-random:
 	TIDAL_HYPOTHESIS_PROFILE=random $(PYTHON) -m pytest -q -m "not cluster" tests/test_autoscaling.py \
-	  tests/test_lease.py tests/test_kube_client.py -p no:cacheprovider
+	  tests/test_lease.py tests/test_kube_client.py tests/test_gateway_hostile.py -p no:cacheprovider

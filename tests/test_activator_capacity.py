@@ -5,6 +5,7 @@ engines. The endpoints are set by hand here, as the pod watch sets them (tests/c
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 import socket
 
@@ -45,6 +46,14 @@ async def engine_load(http, port) -> tuple[float, float]:
             total("vllm:request_success_total"))
 
 
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    """Wait for a condition with a generous bound (a fixed sleep then an exact count flakes on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
+
+
 async def gateway(endpoints: Endpoints, limits=Limits()):
     gw = Gateway(endpoints, operator_url=None, limits=limits)
     runner = web.AppRunner(gw.app(), access_log=None)
@@ -65,12 +74,10 @@ def test_a_backlog_held_at_zero_spreads_over_replicas_as_they_come_up_and_none_e
                 # 30 requests of 0.5 s each arrive while the service is at zero: all are held.
                 requests = [asyncio.create_task(http.post(url, json={"prompt": "x", "max_tokens": 50}))
                             for _ in range(30)]
-                await asyncio.sleep(0.3)
-                assert gw._pending[KEY] == 30
+                await until(lambda: gw._pending.get(KEY) == 30, "all 30 held")
                 # The first replica is ready: it takes its capacity (4 in the batch + 2 waiting), no more.
                 endpoints.update(KEY, "a", Endpoint("127.0.0.1", port_a, capacity=6))
-                await asyncio.sleep(0.2)
-                assert gw._pending[KEY] == 24
+                await until(lambda: gw._pending[KEY] == 24, "the replica's 6 taken, 24 still held")
                 endpoints.update(KEY, "b", Endpoint("127.0.0.1", port_b, capacity=6))
                 pending = set(requests)
                 while pending:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.properties import examples
 from tests.upstream_recorder import UpstreamRecorder
 from tidal.devcluster.processes import free_port, http_ok
 
@@ -166,7 +167,7 @@ bodies = st.one_of(
     st.binary(max_size=200))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(endpoint=st.sampled_from(ENDPOINTS), body=bodies,
        content_type=st.sampled_from(["application/json", "multipart/form-data; boundary=x", "text/plain"]),
        prefer=st.booleans())
