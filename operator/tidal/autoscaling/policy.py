@@ -30,7 +30,7 @@ class Policy:
     # shorter, and it buys replicas for a backlog that is gone soon after they are ready (`tidal simulate`
     # on bursts from zero: 3 s 0.451 GPU-h / 4,772 misses, 5 s 0.366 / 4,849, 10 s 0.324 / 4,948, 15 s
     # 0.283 / 5,140; Knative 1.126 / 4,972. Over seeds 0-5, 10 s saves 15 % GPU time and misses 2.6 % more;
-    # on --workload varied it costs 1 % more and misses 2.4 % more: README).
+    # on --workload varied it costs 1 % more and misses 2.4 % more: docs/simulator.md).
     wake_drain_s: float = 5.0
     # Per decision, shrink to no less than current / rate (Knative's default 2).
     scale_down_rate: float = 2.0
