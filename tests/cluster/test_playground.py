@@ -1,7 +1,7 @@
 """The playground in a real browser (Debian's chromium, driven by Selenium through chromedriver), against
 the gateway on the local cluster: a model listed at zero, a chat that wakes it and streams the answer,
 its state turning to ready with the cold-start wait shown, two models side by side, the last hour from
-Prometheus, and a clear message for a wrong key. Screenshots go to $TIDAL_SCREENSHOTS or the test's
+Prometheus, a clear message for a wrong key, and a batch uploaded, followed and downloaded. Screenshots go to $TIDAL_SCREENSHOTS or the test's
 temporary directory."""
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def playground(dev_cluster, operator, kubectl):
+def playground(dev_cluster, operator, kubectl, tmp_path_factory):
     keys_ns = f"pgkeys-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", keys_ns)
     gateway = start_activator(dev_cluster, operator, "--hold-timeout", "90", "--prometheus-url",
-                              dev_cluster.prometheus_url, key_namespace=keys_ns)
+                              dev_cluster.prometheus_url, "--batch-storage", str(tmp_path_factory.mktemp("batches")),
+                              key_namespace=keys_ns)
     # Prometheus scrapes the operator too (as `make up` and the chart's ServiceMonitor arrange): the
     # playground's pictures of replicas and queue are the operator's series.
     target = dev_cluster.state_dir / "targets" / "operator-playground.json"
@@ -142,9 +143,16 @@ def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
     max_tokens.clear()
     max_tokens.send_keys("40")
     browser.find_element(By.ID, "send").click()
-    wait_for(lambda: browser.find_element(By.ID, "answer-a").get_attribute("data-done") == "true" and
-             browser.find_element(By.ID, "answer-b").get_attribute("data-done") == "true",
-             timeout=60, what="both answers streamed")
+    # Streamed: the answer grows on the page token by token (a page that waited for the whole answer would
+    # show 0, then 40). Read as it comes, until both panels say they are done.
+    seen = set()
+
+    def both_done():
+        seen.add(text(browser, "#answer-b .text").count("tok"))
+        return (browser.find_element(By.ID, "answer-a").get_attribute("data-done") == "true" and
+                browser.find_element(By.ID, "answer-b").get_attribute("data-done") == "true")
+    wait_for(both_done, timeout=60, interval=0.02, what="both answers streamed")
+    assert len(seen - {0, 40}) >= 2, f"the answer appeared all at once: {sorted(seen)}"
     for panel, model in (("#answer-a", sleepy), ("#answer-b", awake)):
         assert text(browser, f"{panel} h3") == model
         assert text(browser, f"{panel} .text").count("tok") == 40
@@ -166,3 +174,52 @@ def test_the_playground_lists_wakes_streams_compares_and_explains_a_wrong_key(
     shot(browser, "history", tmp_path)
     # The key stays in this tab's session storage only.
     assert browser.execute_script("return window.localStorage.length") == 0
+
+
+def test_the_playground_uploads_a_batch_shows_its_progress_and_downloads_its_results(
+        browser, playground, kubectl, namespace, tmp_path):
+    """A JSONL file chosen in the page: 6 requests for a model that serves and 1 for a model that does not
+    exist. The page uploads it, starts the batch, shows its progress until it completes, and saves the
+    output and error files where the browser downloads, each line once."""
+    from selenium.webdriver.common.by import By
+    gateway, keys_ns = playground
+    token = "tk-" + secrets.token_urlsafe(24)
+    make_key(kubectl, keys_ns, "batch-user", token)
+    model = f"{namespace}-batched"
+    obj = service("batched", minReplicas=1)
+    obj["spec"]["model"]["servedName"] = model
+    apply(kubectl, namespace, obj)
+    wait_condition(kubectl, namespace, "batched", "Ready", "True", "ModelReady")
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": model if i < 6 else "no-such-model", "max_tokens": 3,
+                       "messages": [{"role": "user", "content": f"question {i}"}]}} for i in range(7)]
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+
+    browser.get(f"{gateway.url}/playground/")
+    field = browser.find_element(By.ID, "api-key")
+    field.clear()  # the tab remembers the key of the test before
+    field.send_keys(token + "\n")
+    wait_for(lambda: "Connected" in text(browser, "#key-status"), timeout=15, what="connected")
+    browser.find_element(By.ID, "batch-file").send_keys(str(source))
+    browser.find_element(By.ID, "batch-start").click()
+    wait_for(lambda: text(browser, "#batch-status").startswith("Started batch-"), timeout=15,
+             what=f"the batch started ({text(browser, '#batch-status')!r})")
+    batch_id = text(browser, "#batch-status").split()[1].rstrip(";")
+    row = f"#batches tr[data-batch='{batch_id}']"
+    wait_for(lambda: text(browser, f"{row} td:nth-child(2)") == "completed", timeout=60, interval=0.5,
+             what=f"the batch completed ({text(browser, row)!r})")
+    assert text(browser, f"{row} .progress") == "7 of 7 done (6 completed, 1 failed)"
+    browser.execute_script("document.getElementById('batches-heading').scrollIntoView()")
+    shot(browser, "batch", tmp_path)
+    for label, name in (("Output", f"{batch_id}_output.jsonl"), ("Errors", f"{batch_id}_errors.jsonl")):
+        click(browser, f"{row} button[data-file]:{'first' if label == 'Output' else 'last'}-of-type")
+        wait_for(lambda: (downloads / name).exists(), timeout=15, what=f"{name} downloaded")
+    output = [json.loads(x) for x in (downloads / f"{batch_id}_output.jsonl").read_text().splitlines()]
+    errors = [json.loads(x) for x in (downloads / f"{batch_id}_errors.jsonl").read_text().splitlines()]
+    assert sorted(o["custom_id"] for o in output) == [f"q{i}" for i in range(6)]
+    assert all(o["response"]["body"]["usage"]["completion_tokens"] == 3 for o in output)
+    assert [e["custom_id"] for e in errors] == ["q6"] and errors[0]["response"]["status_code"] == 404

@@ -137,7 +137,8 @@ async function connect(event) {
   setStatus($("#key-status"), "Connecting\u2026", false);
   if (await refreshModels()) {
     setStatus($("#key-status"), "Connected: this key may use " + models.length + " model(s).", false);
-    refreshTimer = setInterval(refreshModels, 2000);
+    await refreshBatches();
+    refreshTimer = setInterval(() => { refreshModels(); refreshBatches(); }, 2000);
   }
 }
 
@@ -271,9 +272,120 @@ async function showHistory(model) {
   setStatus($("#history-status"), "", false);
 }
 
+// ---- batches: /v1/files and /v1/batches with the same key ----------------------------------------------
+const FINAL = ["completed", "failed", "expired", "cancelled"];
+
+function describeProgress(b) {
+  const c = b.request_counts || {};
+  if (b.status === "failed" && b.errors && b.errors.data && b.errors.data.length) {
+    const first = b.errors.data[0];
+    return "failed validation: " + (first.line ? "line " + first.line + ": " : "") + first.message +
+           (b.errors.data.length > 1 ? " (and " + (b.errors.data.length - 1) + " more)" : "");
+  }
+  if (!c.total) return b.status === "validating" ? "checking the file\u2026" : "";
+  const done = (c.completed || 0) + (c.failed || 0);
+  return done + " of " + c.total + " done (" + (c.completed || 0) + " completed, " + (c.failed || 0) + " failed)";
+}
+
+function downloadLink(fileId, label, name) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small";
+  button.textContent = label;
+  button.dataset.file = fileId;
+  button.addEventListener("click", () => download(fileId, name));
+  return button;
+}
+
+// The key travels in a header, so a plain link cannot fetch the file: fetch it, then save it as a blob.
+async function download(fileId, name) {
+  const response = await fetch("/v1/files/" + encodeURIComponent(fileId) + "/content", { headers: headers() });
+  if (!response.ok) {
+    setStatus($("#batch-status"), "Could not download " + name + ": " + await errorMessage(response), true);
+    return;
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = name;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+function renderBatches(batches) {
+  const table = $("#batches");
+  const body = table.querySelector("tbody");
+  body.replaceChildren();
+  table.hidden = batches.length === 0;
+  for (const b of batches) {
+    const row = document.createElement("tr");
+    row.dataset.batch = b.id;
+    const cells = [b.id, b.status, describeProgress(b), b.model || ""];
+    for (const [i, text] of cells.entries()) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      if (i === 1) cell.className = "state batch-" + b.status;
+      if (i === 2) cell.className = "progress";
+      row.appendChild(cell);
+    }
+    const results = document.createElement("td");
+    if (b.output_file_id) results.appendChild(downloadLink(b.output_file_id, "Output", b.id + "_output.jsonl"));
+    if (b.error_file_id) results.appendChild(downloadLink(b.error_file_id, "Errors", b.id + "_errors.jsonl"));
+    row.appendChild(results);
+    body.appendChild(row);
+  }
+}
+
+async function refreshBatches() {
+  const response = await fetch("/v1/batches?limit=20", { headers: headers() });
+  if (response.status === 404) {  // this gateway runs no batches (no --batch-storage)
+    setStatus($("#batch-status"), "This gateway does not run batches (it was started without batch storage).", false);
+    $("#batch-start").disabled = true;
+    return;
+  }
+  if (!response.ok) return;
+  renderBatches((await response.json()).data || []);
+}
+
+async function startBatch(event) {
+  event.preventDefault();
+  const file = $("#batch-file").files[0];
+  if (!file) return;
+  const status = $("#batch-status");
+  $("#batch-start").disabled = true;
+  try {
+    setStatus(status, "Uploading " + file.name + " (" + file.size + " bytes)\u2026", false);
+    const form = new FormData();
+    form.append("purpose", "batch");
+    form.append("file", file, file.name);
+    const uploaded = await fetch("/v1/files", { method: "POST", headers: headers(), body: form });
+    if (!uploaded.ok) {
+      setStatus(status, "The file was refused: " + explainKeyError(uploaded.status, await errorMessage(uploaded)), true);
+      return;
+    }
+    const fileObject = await uploaded.json();
+    const created = await fetch("/v1/batches", {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ input_file_id: fileObject.id, endpoint: $("#batch-endpoint").value,
+                             completion_window: "24h" }),
+    });
+    if (!created.ok) {
+      setStatus(status, "The batch was refused: " + await errorMessage(created), true);
+      return;
+    }
+    const batch = await created.json();
+    setStatus(status, "Started " + batch.id + "; its progress is below.", false);
+    await refreshBatches();
+  } finally {
+    $("#batch-start").disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", connect);
   $("#chat-form").addEventListener("submit", send);
+  $("#batch-form").addEventListener("submit", startBatch);
   if (apiKey) {
     $("#api-key").value = apiKey;
     connect();
