@@ -1,6 +1,10 @@
 """The Helm chart as users install it: lint, render, install, every example's lifecycle under the
 chart's ServiceAccounts, leader handover, RBAC audit, upgrade and uninstall.
 
+Each test sets up what it checks (the upgrade and uninstall tests bring their own service), with two
+exceptions kept on purpose and placed last: the uninstall ends the install the others share, and the RBAC
+audit reads what every test before it made the operator and the gateway do.
+
 One cluster of its own (with the apiserver's audit log on), because the chart installs the CRD and
 the RBAC and the uninstall test removes them; the session cluster keeps serving the other tests.
 """
@@ -216,7 +220,7 @@ def installed(chart_cluster, tmp_path_factory):
 
 
 def _setup_example_prerequisites(kubectl):
-    kubectl("create", "namespace", MODELS)
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MODELS}}))
     for secret, keys in (("hf-token", ["HF_TOKEN"]), ("s3-credentials", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])):
         kubectl("create", "secret", "generic", secret, "-n", MODELS, *[f"--from-literal={k}=not-real" for k in keys])
     # The cluster has no storage provisioner: a pre-made volume the example's claim binds to.
@@ -410,17 +414,31 @@ def test_an_inferencebatch_may_name_only_a_key_its_creator_may_read(installed):
     assert kubectl("--as=alice", "get", "inferencebatch", "alices", "-n", NS).returncode == 0
 
 
-def test_helm_upgrade_changes_values_and_keeps_services(installed):
+@pytest.fixture(scope="module")
+def kept(installed) -> str:
+    """A service of the upgrade and uninstall tests' own (they once relied on one an earlier test created)."""
+    kubectl = installed.kubectl
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": MODELS}}))
+    kubectl("apply", "-n", MODELS, "-f", "-", input=json.dumps({
+        "apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "kept"},
+        "spec": {"engine": {"type": "vllm"}, "model": {"uri": "hf://org/kept"}, "placement": {"nodePool": "h100"},
+                 "scaling": {"minReplicas": 1, "maxReplicas": 2}}}))
+    wait_for(_ready(kubectl, "kept"), timeout=90, interval=0.5, what="the kept service Ready")
+    return "kept"
+
+
+def test_helm_upgrade_changes_values_and_keeps_services(installed, kept):
     info, kubectl = installed.info, installed.kubectl
-    before = _tis(kubectl, "qwen-7b")["metadata"]["uid"]
+    before = _tis(kubectl, kept)["metadata"]["uid"]
     helm(info, "upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values", "--set", "activator.replicas=1",
          "--set", "operator.autoscaleIntervalSeconds=3", "--set", "defaultScaling.maxReplicas=2", "--wait")
     args = deployment_args(kubectl, NS, "tidal-operator")
     assert "--autoscale-interval=3" in args and '--scaling-defaults={"maxReplicas":2}' in args
     act = json.loads(kubectl("get", "deployment", "tidal-activator", "-n", NS, "-o", "json").stdout)
     assert act["spec"]["replicas"] == 1
-    assert _tis(kubectl, "qwen-7b")["metadata"]["uid"] == before
-    assert wait_for(_ready(kubectl, "qwen-7b"), timeout=30, what="qwen-7b still Ready")
+    assert _tis(kubectl, kept)["metadata"]["uid"] == before
+    assert wait_for(_ready(kubectl, kept), timeout=30, what="the kept service still Ready")
 
 
 def _release_objects(kubectl) -> list[str]:
@@ -429,7 +447,7 @@ def _release_objects(kubectl) -> list[str]:
     return found
 
 
-def test_helm_uninstall_leaves_nothing_behind(installed):
+def test_helm_uninstall_leaves_nothing_behind(installed, kept):
     info, kubectl = installed.info, installed.kubectl
     # As `helm uninstall` does to the pods: every replica is told to stop; the leader hands the Lease
     # back (deletes it) and a standby that was about to take over does not.
@@ -441,7 +459,7 @@ def test_helm_uninstall_leaves_nothing_behind(installed):
     assert _release_objects(kubectl) == []
     assert kubectl("get", "lease", "tidal-operator", "-n", NS, check=False).returncode != 0  # released, deleted
     # The CRD is kept by default, and with it every InferenceService.
-    assert _tis(kubectl, "qwen-7b")["metadata"]["name"] == "qwen-7b"
+    assert _tis(kubectl, kept)["metadata"]["name"] == kept
     # Reinstalled with crds.keep=false, an uninstall removes the CRD too.
     helm(info, "install", RELEASE, str(CHART), "-n", NS, "--set", "crds.keep=false", "--set", "prometheus.url=",
          "--wait")
