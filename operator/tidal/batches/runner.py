@@ -151,6 +151,7 @@ class BatchRunner:
                 yield item
 
     async def _advance(self, owner: str, batch: dict) -> None:
+        validated = None
         if batch["status"] == "validating":
             # Validated as the lines stream past, in a thread: the event loop keeps serving online requests.
             lines = await asyncio.to_thread(self._lines, owner, batch)
@@ -165,6 +166,7 @@ class BatchRunner:
                 await self._save(owner, batch)
                 return
             self._enqueued[batch["id"]] = (owner, summary.tokens)
+            validated = summary  # what is left to send is all of it: no second pass to count it
             models = list(summary.per_model)
             batch.update(status="in_progress", in_progress_at=int(self.clock()),
                          model=models[0] if len(models) == 1 else None,
@@ -173,7 +175,7 @@ class BatchRunner:
         if batch["status"] == "cancelling":
             self._cancelled.add(batch["id"])  # cancelled before a restart: finish cancelling
         if batch["status"] == "in_progress" and batch["id"] not in self._cancelled:
-            await self._send_all(owner, batch)
+            await self._send_all(owner, batch, validated)
         await self._finalise(owner, batch)
 
     def _over_enqueued_limit(self, owner: str, tokens: int) -> list[dict]:
@@ -198,11 +200,16 @@ class BatchRunner:
             tokens += tokens_to_reserve(batch["endpoint"], item.body, len(json.dumps(item.body)))
         return out, tokens
 
-    async def _send_all(self, owner: str, batch: dict) -> None:
+    async def _send_all(self, owner: str, batch: dict, validated=None) -> None:
+        """Send what has no result line yet. The input is read once more as it is sent; a batch resumed after
+        a restart (validated None) first counts what is left by model, in one more streamed pass."""
         done, completed, failed = await asyncio.to_thread(self.batches.answered, batch["id"])
         counts = batch["request_counts"]
         counts.update(completed=completed, failed=failed)
-        unsent, tokens = await asyncio.to_thread(self._unsent_by_model, owner, batch, done)
+        if validated is not None and not done:
+            unsent, tokens = dict(validated.per_model), validated.tokens
+        else:
+            unsent, tokens = await asyncio.to_thread(self._unsent_by_model, owner, batch, done)
         self._unsent[batch["id"]] = unsent
         self._enqueued.setdefault(batch["id"], (owner, tokens))  # resumed after a restart: what is left
         todo = sum(unsent.values())
