@@ -142,6 +142,16 @@ class ActivatorProcess:
         self.proc, self.url, self.metrics_url, self.log_path = proc, url, metrics_url, log_path
 
 
+def wake_token_file(dev_cluster) -> Path:
+    """The gateway's proof on wake-up calls (its ServiceAccount's token for the wake audience, as the chart
+    projects it into its pod), made once per cluster."""
+    from tidal.devcluster.stack import gateway_wake_token
+    token = dev_cluster.state_dir / "gateway-wake-token"
+    if not token.exists():
+        gateway_wake_token(dev_cluster, token)
+    return token
+
+
 def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = None):
     """`tidal activator` against the test cluster, its metrics registered with Prometheus.
 
@@ -154,11 +164,8 @@ def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = N
     import time
 
     from tidal.devcluster.processes import free_port, http_ok
-    from tidal.devcluster.stack import gateway_wake_token
     port, metrics_port = free_port(), free_port()
-    token = dev_cluster.state_dir / "gateway-wake-token"
-    if not token.exists():  # the gateway's proof on wake-up calls, as the chart projects it into its pod
-        gateway_wake_token(dev_cluster, token)
+    token = wake_token_file(dev_cluster)
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),
                              "--operator-url", operator.url, "--host", "127.0.0.1", "--port", str(port),
                              "--wake-token-file", str(token),

@@ -6,12 +6,14 @@ import asyncio
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
+from tests.conftest import wake_token_file
 from tests.exposition import TextServer
 from tests.loadgen import steady_load
 
@@ -124,11 +126,17 @@ def test_custom_promql_service_scales_on_its_own_query(dev_cluster, operator, ku
                  what="back to minReplicas")
 
 
-def test_a_wake_call_writes_the_replicas_before_it_answers(operator, kubectl, namespace):
+def test_a_wake_call_writes_the_replicas_before_it_answers(dev_cluster, operator, kubectl, namespace):
     apply(kubectl, namespace, service("sleepy", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1))
     wait_for(lambda: replicas(kubectl, namespace, "sleepy") == 0, timeout=60, interval=0.5, what="scaled to zero")
-    request = urllib.request.Request(f"{operator.url}/v1/wake/{namespace}/sleepy", json.dumps({"pending": 3}).encode(),
-                                     {"Content-Type": "application/json"})
+    url, body = f"{operator.url}/v1/wake/{namespace}/sleepy", json.dumps({"pending": 3}).encode()
+    # Without the gateway's token the door stays shut, and nothing is written.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=30)
+    assert refused.value.code == 401 and replicas(kubectl, namespace, "sleepy") == 0
+    token = wake_token_file(dev_cluster).read_text()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json",
+                                                 "Authorization": f"Bearer {token}"})
     answer = json.load(urllib.request.urlopen(request, timeout=30))
     assert (replicas(kubectl, namespace, "sleepy") or 0) >= 1, "the wake answered before writing replicas"
     assert answer["woken"] and answer["reason"] == "ActivatorWake"
