@@ -63,10 +63,13 @@ run:
 	  --prometheus-url $$($(PYTHON) -c "import json; print(json.load(open('$(STATE_DIR)/state.json'))['prometheus_url'])") \
 	  --http-port 8080
 
-# The whole suite: unit tests, then tests on a throw-away local cluster of their own. The slowest tests are
-# listed at the end, so a CI log shows which ones come close to their timeouts.
+# The whole suite: the pure lane on both cores, then the lanes that start clusters and real engines (one at a
+# time: each wants the machine). The slowest tests are listed, so a CI log shows which come close to their
+# timeouts. Both lanes always run; make test fails if either does.
 test: install
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -n 2 -m "not cluster and not real_engine" --durations=10; pure=$$?; \
+	$(PYTHON) -m pytest -q -m "cluster or real_engine" --durations=15; rest=$$?; \
+	exit $$(( pure || rest ))
 
 test-unit:
 	$(PYTHON) -m pytest -q -m "not cluster"
