@@ -27,7 +27,11 @@ pytestmark = pytest.mark.real_engine
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools" / "engines"
 SERVED = "tiny-chat"
-SPEC = {"engine": {"type": "vllm", "args": ["--enforce-eager", "--max-num-seqs=8"], "drainSeconds": 60},
+# --dtype=float32: this machine's CPU lists AMX, and in bfloat16 vLLM's CPU worker died of SIGILL (exit -4) on
+# its first step in about one start of two (AMX used before the process asked the kernel for it); in float32
+# no AMX kernel runs. A flag users may pass too: the operator renders it as given.
+SPEC = {"engine": {"type": "vllm", "args": ["--enforce-eager", "--max-num-seqs=8", "--dtype=float32"],
+                   "drainSeconds": 60},
         "model": {"uri": "hf://tidal-test/tiny-llama", "servedName": SERVED}, "resources": {"gpus": 0, "cpu": "1"}}
 
 
@@ -142,6 +146,7 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     def scrape(url=f"{replicas[0].url}/metrics"):
         return urllib.request.urlopen(url, timeout=2).read().decode()
     baseline, last = scrape(), {}
+    baseline_1 = scrape(f"{replicas[1].url}/metrics")
 
     def watch():
         while replicas[0].proc.poll() is None:
@@ -152,7 +157,6 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
             time.sleep(0.2)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    running_on_0 = {}
 
     async def one(max_tokens: int) -> int:
         answer = await client.completions.create(model=SERVED, prompt="tide", max_tokens=max_tokens,
@@ -169,7 +173,6 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
     async def load():
         long = [asyncio.create_task(one(400)) for _ in range(8)]  # in flight on both replicas
         await asyncio.sleep(2)
-        running_on_0["long"] = sample_sum(await asyncio.to_thread(scrape), "vllm:num_requests_running")
         os.kill(core, signal.SIGSTOP)
         # Least-loaded routing splits these between the replicas: replica 0's API server takes its share
         # and passes them to an engine core that will next run after the SIGTERM.
@@ -210,4 +213,8 @@ def test_a_draining_replica_finishes_its_generations_and_no_client_sees_an_error
         edge = max(b for b in buckets if 8 < b < 400)
         return sample_sum(text, "vllm:request_generation_tokens_count") - buckets[edge]
     on_0 = long_finished(last["text"]) - long_finished(baseline)
-    assert running_on_0["long"] >= 1 and on_0 == running_on_0["long"], (running_on_0, on_0)
+    on_1 = long_finished(scrape(f"{replicas[1].url}/metrics")) - long_finished(baseline_1)
+    # Each of the 8 finished exactly once, replica 0 finished its own, and none was retried after a broken
+    # connection (a generation cut off on replica 0 and run again on replica 1 would show there).
+    assert on_0 >= 1 and on_0 + on_1 == 8, (on_0, on_1)
+    assert given_back["connection"] == 0, given_back

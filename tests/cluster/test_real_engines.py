@@ -26,7 +26,9 @@ SERVED = "tiny-real"
 
 def service() -> dict:
     return {"apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "real"},
-            "spec": {"engine": {"type": "vllm", "args": ["--enforce-eager", "--max-num-seqs=2"], "drainSeconds": 60},
+            # --dtype=float32: see tests/test_real_vllm.py (bfloat16 kernels died of SIGILL on this AMX CPU)
+            "spec": {"engine": {"type": "vllm", "args": ["--enforce-eager", "--max-num-seqs=2", "--dtype=float32"],
+                                "drainSeconds": 60},
                      "model": {"uri": "hf://tidal-test/tiny-llama", "servedName": SERVED},
                      "resources": {"gpus": 1, "cpu": "1", "memory": "4Gi"},
                      "placement": {"nodePool": "h100", "podAnnotations": {"sim.tidal.dev/engine": "real"}},
