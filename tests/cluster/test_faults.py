@@ -240,7 +240,10 @@ def test_control_plane_restart_loses_nothing_and_everything_reconnects(faulty, c
     wait_condition(kubectl, ns, f"after-{component.split('-')[-1]}", "ScalingActive", "True", timeout=60)
 
 
-def test_prometheus_down_for_three_minutes_holds_replicas_then_scaling_resumes(faulty):
+def test_prometheus_down_for_a_minute_holds_replicas_then_scaling_resumes(faulty):
+    """A minute is 12 of this service's idle periods and 7 of the operator's metrics grace (8 s here): long
+    enough that an autoscaler reading an outage as idle would have scaled to zero many times over. (It was
+    three minutes; nothing in the behaviour needs more than one, and CI paid two minutes for it.)"""
     kubectl, ns, cluster = faulty["kubectl"], "faults", faulty["cluster"]
     apply(kubectl, ns, service("held", minReplicas=0, maxReplicas=4, idleSecondsBeforeZero=5,
                                scaleDownStabilizationSeconds=3))
@@ -258,12 +261,12 @@ def test_prometheus_down_for_three_minutes_holds_replicas_then_scaling_resumes(f
                 # stale) stay visible for Prometheus' 5-minute lookback after the restart.
                 evicted = get(kubectl, ns, "pods", "-l", "tidal.dev/inferenceservice=held")["items"][0]
                 kubectl("delete", "pod", evicted["metadata"]["name"], "-n", ns, "--wait=false")
-                time.sleep(180)
+                time.sleep(60)
         finally:
             cluster.start_component("prometheus")
             back_at = time.monotonic()
     during = [n for _, n in history.values]
-    print(f"Prometheus down 180 s: replicas {before} before, {sorted(set(during))} during; "
+    print(f"Prometheus down 60 s: replicas {before} before, {sorted(set(during))} during; "
           f"requests ok {load.ok}, failed {len(load.failures)}")
     assert set(during) == {before}, "replicas changed while the autoscaler was blind"
     assert "keeping the current replicas" in condition(obj, "ScalingActive")["message"]
