@@ -104,8 +104,6 @@ def wait_for_resyncs(operator: OperatorProcess, passes: int = 1, timeout: float 
     import time
     import urllib.request
 
-    from tests.exposition import sample_sum
-
     def done() -> float:
         text = urllib.request.urlopen(f"{operator.url}/metrics", timeout=5).read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

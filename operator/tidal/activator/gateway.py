@@ -24,7 +24,7 @@ from .endpoints import Endpoints
 from .errors import gateway_error as _error
 from .demand import Demand
 from .hold import UNKNOWN_FOR_S, Holding
-from .keys import ApiKey, KeyRing
+from .keys import ON_BEHALF_HEADER, ApiKey, KeyRing
 from .line import Line
 from .metrics import Metrics
 from .openai_api import model_in_body, model_object, tokens_to_reserve, triton_model
@@ -35,7 +35,6 @@ from .routing import API_PREFIXES, route
 from .upstream import UpstreamPool
 from .usage import StreamMeter, ask_for_stream_usage
 from .wake_token import WakeToken
-from ..batches.sender import ON_BEHALF_HEADER
 from ..strict_json import BadJson
 
 log = logging.getLogger("tidal.activator")

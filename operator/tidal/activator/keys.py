@@ -30,6 +30,8 @@ MODELS_ANNOTATION = "tidal.dev/models"
 NAMESPACES_ANNOTATION = "tidal.dev/namespaces"
 RPM_ANNOTATION = "tidal.dev/requests-per-minute"
 TPM_ANNOTATION = "tidal.dev/tokens-per-minute"
+# With the batch runner's process-local token, a request acts as the key this header names (batches/sender.py).
+ON_BEHALF_HEADER = "X-Tidal-On-Behalf-Of"
 BATCH_TOKENS_ANNOTATION = "tidal.dev/batch-enqueued-tokens"
 
 

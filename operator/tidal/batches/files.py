@@ -21,14 +21,6 @@ class FileStore:
     def __init__(self, storage: Storage, clock=time.time):
         self.storage, self.clock = storage, clock
 
-    def create(self, owner: str, filename: str, purpose: str, data: bytes) -> dict:
-        file_id = new_id("file")
-        obj = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(self.clock()),
-               "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None}
-        self.storage.put(f"files/{file_id}.data", data)
-        self.storage.put(f"files/{file_id}.json", json.dumps({**obj, "owner": owner}).encode())
-        return obj
-
     def begin(self, owner: str, filename: str, purpose: str) -> "Upload":
         """A file written as it arrives (blocking calls: run them in a thread), visible once committed."""
         return Upload(self, owner, filename, purpose)
@@ -52,9 +44,6 @@ class FileStore:
         if record is None or record.pop("owner") != owner:
             return None  # another key's file does not exist for this one
         return record
-
-    def content(self, owner: str, file_id: str) -> bytes | None:
-        return self.storage.get(f"files/{file_id}.data") if self.get(owner, file_id) else None
 
     def list(self, owner: str, purpose: str | None = None) -> list[dict]:
         out = []

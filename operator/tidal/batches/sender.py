@@ -9,7 +9,7 @@ import secrets
 
 import aiohttp
 
-ON_BEHALF_HEADER = "X-Tidal-On-Behalf-Of"
+from ..activator.keys import ON_BEHALF_HEADER
 
 
 class GatewaySender:
