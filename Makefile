@@ -7,10 +7,10 @@ STATE_DIR ?= $(CURDIR)/.tidal
 
 # See Tidal scale a model 0 -> N -> 0 on the local GPU cluster (builds the cluster on first use).
 demo: install
-	$(PYTHON) -m tidal.cli demo up --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev demo up --state-dir $(STATE_DIR)
 
 demo-down:
-	$(PYTHON) -m tidal.cli demo down --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev demo down --state-dir $(STATE_DIR)
 
 # What demo and test need, installing only what is missing (tools/install.sh; the Debian packages are listed in
 # tools/system-packages.txt). A second run with everything present takes seconds.
@@ -24,29 +24,29 @@ image:
 
 # The chart as an archive (out/tidal-<version>.tgz), for `helm install` from a file or a chart repository.
 chart-package:
-	$(PYTHON) -m tidal.cli dev-cluster build >/dev/null
-	$$($(PYTHON) -c 'from tidal.devcluster.binaries import binaries_dir; print(binaries_dir())')/helm package charts/tidal -d out
+	$(PYTHON) -m tidal_dev cluster build >/dev/null
+	$$($(PYTHON) -c 'from tidal_dev.cluster.binaries import binaries_dir; print(binaries_dir())')/helm package charts/tidal -d out
 
 # Build (or reuse from ~/.cache/tidal/bin) etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok and helm.
 build-cluster:
-	$(PYTHON) -m tidal.cli dev-cluster build
+	$(PYTHON) -m tidal_dev cluster build
 
 cluster:
-	$(PYTHON) -m tidal.cli dev-cluster up --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev cluster up --state-dir $(STATE_DIR)
 
 # The local stack: the cluster plus Tidal's operator and gateway; URLs and an API key in .tidal/state.json.
 up: install
-	$(PYTHON) -m tidal.cli dev-cluster up --with-tidal --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev cluster up --with-tidal --state-dir $(STATE_DIR)
 
 down:
-	$(PYTHON) -m tidal.cli dev-cluster down --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev cluster down --state-dir $(STATE_DIR)
 
 cluster-down:
-	$(PYTHON) -m tidal.cli dev-cluster down --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev cluster down --state-dir $(STATE_DIR)
 
 cluster-status:
-	$(PYTHON) -m tidal.cli dev-cluster status --state-dir $(STATE_DIR)
+	$(PYTHON) -m tidal_dev cluster status --state-dir $(STATE_DIR)
 
 # Regenerate the CRD from the pydantic model (a test fails when the committed one is stale).
 crds:
@@ -54,7 +54,7 @@ crds:
 	$(PYTHON) -m tidal.api.crd --helm > charts/tidal/templates/crd.yaml
 	$(PYTHON) -m tidal.api.crd --batch > crds/tidal.dev_inferencebatches.yaml
 	$(PYTHON) -m tidal.api.crd --batch --helm > charts/tidal/templates/crd-inferencebatch.yaml
-	$(PYTHON) -m tidal.api.chart_values > charts/tidal/values.schema.json
+	$(PYTHON) -m tidal.api.chart_values charts/tidal/values.yaml > charts/tidal/values.schema.json
 	$(PYTHON) -m tidal.api.reference > docs/crd-reference.md
 
 # Run the operator against the local cluster (make cluster first).

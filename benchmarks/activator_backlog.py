@@ -20,11 +20,11 @@ import time
 import aiohttp
 from aiohttp import web
 
-from tidal.activator.endpoints import Endpoint, Endpoints
-from tidal.activator.gateway import Gateway
-from tidal.simserver.latency import LatencyModel
-from tidal.simserver.podspec import EngineSpec
-from tidal.simserver.runtime import serve_engine
+from tidal.gateway.endpoints import Endpoint, Endpoints
+from tidal.gateway.gateway import Gateway
+from tidal.simulate.latency import LatencyModel
+from tidal_dev.simserver.podspec import EngineSpec
+from tidal_dev.simserver.runtime import serve_engine
 
 KEY = ("bench", "chat")
 

@@ -65,7 +65,7 @@ async def drive(url: str, requests: int, concurrency: int, headers: dict | None 
 
 def start_instant_engine(port: int) -> subprocess.Popen:
     """A simulated vLLM engine serving model "m" that answers at once: what is measured is the hop."""
-    return subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "tidal_dev", "sim-server", "--port", str(port),
                              "--served-model-name", "m", "--max-concurrency", "256", "--prefill-s-per-token", "0",
                              "--decode-s-per-token", "0", "--overhead-s", "0"], stdout=subprocess.DEVNULL)
 

@@ -68,7 +68,7 @@ def main() -> None:
     from tidal.clients.prometheus import Prometheus
     from tidal.controller.autoscaler import Autoscaler
     from tidal.controller.store import DeploymentState, ServiceStore
-    from tidal.devcluster.cluster import DevCluster
+    from tidal_dev.cluster.cluster import DevCluster
 
     state_dir = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
     cluster = DevCluster(state_dir, scrape_interval="2s", log=lambda *a: None)

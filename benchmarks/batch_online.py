@@ -1,7 +1,7 @@
 """Online latency with and without a batch running beside it, and how much of the capacity the online load
 leaves over the batch actually uses — side by side in one run.
 
-One simulated vLLM (`tidal sim-server`, --places of them, 8 by default, 10 ms a token: a 20-token request
+One simulated vLLM (`tidal-dev sim-server`, --places of them, 8 by default, 10 ms a token: a 20-token request
 keeps a place 0.2 s, so 8 places serve 40 requests a second) behind `tidal activator` with a batch directory (the gateway
 pinned to core 0, the engine and this client on core 1). Online clients send 20-token chat requests as a
 Poisson stream at 30 % of the capacity. Each round measures them for --seconds alone, then again while a
@@ -86,7 +86,7 @@ def main() -> None:
     capacity_per_s = places / (TOKENS * TOKEN_S)  # 8 places: 40 requests a second
     engine_port, port, metrics = free_port(), free_port(), free_port()
     py = [sys.executable, "-m", "tidal.cli"]
-    engine = subprocess.Popen(["taskset", "-c", "1", *py, "sim-server", "--model", "m", "--port", str(engine_port),
+    engine = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "tidal_dev", "sim-server", "--model", "m", "--port", str(engine_port),
                                "--max-concurrency", str(places), "--decode-s-per-token", str(TOKEN_S),
                                "--overhead-s", "0", "--prefill-s-per-token", "0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,11 +36,11 @@ def routing_cost_us(n: int = 200_000) -> dict[str, float]:
     This is the only code the two routes do not share, measured without the loopback's noise."""
     import timeit
 
-    from tidal.activator.catalog import Catalog, Entry
-    from tidal.activator.endpoints import Endpoints
-    from tidal.activator.gateway import Gateway
-    from tidal.activator.keys import ApiKey, KeyRing, digest
-    from tidal.activator.routing import route
+    from tidal.gateway.catalog import Catalog, Entry
+    from tidal.gateway.endpoints import Endpoints
+    from tidal.gateway.gateway import Gateway
+    from tidal.gateway.keys import ApiKey, KeyRing, digest
+    from tidal.gateway.routing import route
 
     catalog, ring = Catalog(), KeyRing()
     catalog.put(Entry(("bench", "m"), "m", "vllm", ""))
@@ -60,7 +60,7 @@ def routing_cost_us(n: int = 200_000) -> dict[str, float]:
 
         def one():
             key = ring.authenticate(request.headers["Authorization"])
-            return gateway._resolve(request, route(request.path, request.headers["Host"]), body, key)
+            return gateway.router.resolve(request, request.path, route(request.path, request.headers["Host"]), body, key)
         assert not hasattr(one(), "status"), one()
         out[name] = round(min(timeit.repeat(one, number=n, repeat=3)) / n * 1e6, 2)
     return out

@@ -32,9 +32,9 @@ def _port_free(host, port):
 
 def serve(pods: int, port: int, ready, stop):
     os.sched_setaffinity(0, {0})
-    from tidal.simserver.latency import LatencyModel
-    from tidal.simserver.podspec import EngineSpec
-    from tidal.simserver.runtime import serve_engine
+    from tidal.simulate.latency import LatencyModel
+    from tidal_dev.simserver.podspec import EngineSpec
+    from tidal_dev.simserver.runtime import serve_engine
 
     # Small requests; the engine itself adds 1 ms + 1 ms per token, so CPU is the bound.
     latency = LatencyModel(prefill_s_per_token=0.0, decode_s_per_token=0.001, overhead_s=0.001,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tidal.devcluster.cluster import ClusterInfo, DevCluster
+from tidal_dev.cluster.cluster import ClusterInfo, DevCluster
 
 TESTS_DIR = Path(__file__).parent
 TEST_NODES = TESTS_DIR / "nodepools-test.yaml"
@@ -35,7 +35,7 @@ def dev_cluster(tmp_path_factory) -> ClusterInfo:
 
 @pytest.fixture(scope="session")
 def k8s(dev_cluster):
-    from tidal.devcluster.bootstrap import api_client
+    from tidal_dev.cluster.bootstrap import api_client
     api = api_client(dev_cluster.kubeconfig)
     yield api
     api.close()
@@ -83,7 +83,7 @@ def start_operator(info: ClusterInfo, log_path: Path, *extra, port: int | None =
     import sys
     import time
 
-    from tidal.devcluster.processes import free_port, http_ok
+    from tidal_dev.cluster.processes import free_port, http_ok
     log = open(log_path, "a")
     port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "run", "--kubeconfig", str(info.kubeconfig),
@@ -143,7 +143,7 @@ class ActivatorProcess:
 def wake_token_file(dev_cluster) -> Path:
     """The gateway's proof on wake-up calls (its ServiceAccount's token for the wake audience, as the chart
     projects it into its pod), made once per cluster."""
-    from tidal.devcluster.stack import gateway_wake_token
+    from tidal_dev.cluster.stack import gateway_wake_token
     token = dev_cluster.state_dir / "gateway-wake-token"
     if not token.exists():
         gateway_wake_token(dev_cluster, token)
@@ -161,7 +161,7 @@ def start_activator(dev_cluster, operator, *extra, key_namespace: str | None = N
     import sys
     import time
 
-    from tidal.devcluster.processes import free_port, http_ok
+    from tidal_dev.cluster.processes import free_port, http_ok
     port, metrics_port = free_port(), free_port()
     token = wake_token_file(dev_cluster)
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--kubeconfig", str(dev_cluster.kubeconfig),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.processes import free_port, http_ok
 
 
 @dataclass

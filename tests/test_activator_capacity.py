@@ -12,11 +12,11 @@ import socket
 import aiohttp
 from aiohttp import web
 
-from tidal.activator.endpoints import Endpoint, Endpoints
-from tidal.activator.gateway import Gateway, Limits
-from tidal.simserver.latency import LatencyModel
-from tidal.simserver.podspec import EngineSpec
-from tidal.simserver.runtime import serve_engine
+from tidal.gateway.endpoints import Endpoint, Endpoints
+from tidal.gateway.gateway import Gateway, Limits
+from tidal.simulate.latency import LatencyModel
+from tidal_dev.simserver.podspec import EngineSpec
+from tidal_dev.simserver.runtime import serve_engine
 
 KEY = ("ns", "chat")
 
@@ -74,10 +74,10 @@ def test_a_backlog_held_at_zero_spreads_over_replicas_as_they_come_up_and_none_e
                 # 30 requests of 0.5 s each arrive while the service is at zero: all are held.
                 requests = [asyncio.create_task(http.post(url, json={"prompt": "x", "max_tokens": 50}))
                             for _ in range(30)]
-                await until(lambda: gw._pending.get(KEY) == 30, "all 30 held")
+                await until(lambda: gw.holds.pending.get(KEY) == 30, "all 30 held")
                 # The first replica is ready: it takes its capacity (4 in the batch + 2 waiting), no more.
                 endpoints.update(KEY, "a", Endpoint("127.0.0.1", port_a, capacity=6))
-                await until(lambda: gw._pending[KEY] == 24, "the replica's 6 taken, 24 still held")
+                await until(lambda: gw.holds.pending[KEY] == 24, "the replica's 6 taken, 24 still held")
                 endpoints.update(KEY, "b", Endpoint("127.0.0.1", port_b, capacity=6))
                 pending = set(requests)
                 while pending:
@@ -94,7 +94,7 @@ def test_a_backlog_held_at_zero_spreads_over_replicas_as_they_come_up_and_none_e
         assert max(peaks.values()) <= 6, peaks
         # Without the capacity the first replica would have taken all 30 and the second none.
         assert served[port_a] + served[port_b] == 30 and min(served.values()) >= 10, served
-        assert gw._pending == {} and gw._lines == {}  # nothing left behind
+        assert gw.holds.pending == {} and gw.holds.lines == {}  # nothing left behind
 
     asyncio.run(scenario())
 
@@ -109,7 +109,7 @@ def test_without_a_known_capacity_nothing_is_held_and_a_full_line_answers_429_na
             async with aiohttp.ClientSession() as http:
                 answers = await asyncio.gather(*(http.post(url, json={"prompt": "x", "max_tokens": 5})
                                                  for _ in range(20)))
-                assert [a.status for a in answers] == [200] * 20 and gw._pending == {}
+                assert [a.status for a in answers] == [200] * 20 and gw.holds.pending == {}
                 # Now a capacity of 1: one in flight, two held, the rest refused with the reason.
                 endpoints.update(KEY, "a", None)
                 endpoints.update(KEY, "a", Endpoint("127.0.0.1", port, capacity=1))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tidal.activator.routing import route
+from tidal.gateway.routing import route
 
 
 @pytest.mark.parametrize("path,host,expected", [

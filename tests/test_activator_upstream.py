@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from tidal.activator.upstream import Refused, UpstreamPool
-from tidal.simserver.latency import LatencyModel
-from tidal.simserver.podspec import EngineSpec
-from tidal.simserver.runtime import serve_engine
+from tidal.gateway.upstream import Refused, UpstreamPool
+from tidal.simulate.latency import LatencyModel
+from tidal_dev.simserver.podspec import EngineSpec
+from tidal_dev.simserver.runtime import serve_engine
 
 
 def free_port():

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.test_gateway_openai import FULL, ONLY_A, Stack, free_port
-from tidal.batches.service import BatchService
+from tidal.gateway.batches.service import BatchService
 
 
 class BatchStack(Stack):
@@ -171,7 +171,7 @@ def test_a_key_sees_only_its_own_files_and_batches_and_bad_requests_name_the_fie
 
 # ---- a gateway process, killed and restarted ----------------------------------------------------------
 class Processes:
-    """A simulated vLLM (`tidal sim-server`, 8 slots, 50 ms a token) and `tidal activator` with a batch
+    """A simulated vLLM (`tidal-dev sim-server`, 8 slots, 50 ms a token) and `tidal activator` with a batch
     directory, as separate processes, so the gateway can be SIGKILLed mid-batch and started again."""
 
     def __init__(self, tmp_path, storage=None, env=None):
@@ -182,14 +182,14 @@ class Processes:
         self.tmp, self.sys, self.subprocess = tmp_path, sys, subprocess
         self.storage, self.env = storage or str(tmp_path / "batches"), env or {}
         self.engine_port, self.port, self.metrics = free_port(), free_port(), free_port()
-        self.engine = subprocess.Popen([sys.executable, "-m", "tidal.cli", "sim-server", "--model", "m",
+        self.engine = subprocess.Popen([sys.executable, "-m", "tidal_dev", "sim-server", "--model", "m",
                                         "--port", str(self.engine_port), "--max-concurrency", "8",
                                         "--decode-s-per-token", "0.05", "--overhead-s", "0"],
                                        stdout=open(tmp_path / "engine.log", "w"), stderr=self.subprocess.STDOUT)
         self.gateway = None
 
     def start_gateway(self):
-        from tidal.devcluster.processes import http_ok
+        from tidal_dev.cluster.processes import http_ok
         self.gateway = self.subprocess.Popen(
             [self.sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics), "--api-keys", "off", "--playground", "off",
@@ -318,12 +318,12 @@ def test_online_requests_are_not_held_behind_a_running_batch(tmp_path):
     sent meanwhile go straight to the replica, never into the gateway's line."""
     async def scenario():
         async with BatchStack(tmp_path, concurrency=32) as stack:
-            from tidal.activator.endpoints import Endpoint
+            from tidal.gateway.endpoints import Endpoint
             endpoint = stack.gateway.endpoints.get(("ns-a", "model-a"))[0]
             slow_port = free_port()
-            from tidal.simserver.latency import LatencyModel
-            from tidal.simserver.podspec import EngineSpec
-            from tidal.simserver.runtime import serve_engine
+            from tidal.simulate.latency import LatencyModel
+            from tidal_dev.simserver.podspec import EngineSpec
+            from tidal_dev.simserver.runtime import serve_engine
             latency = LatencyModel(prefill_s_per_token=0, decode_s_per_token=0.02, overhead_s=0, max_concurrency=8)
             _, runners = await serve_engine(EngineSpec("vllm", ("model-a",), "model-a", slow_port, None, latency),
                                             "127.0.0.1")

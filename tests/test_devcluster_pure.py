@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tidal.devcluster.nodes import load_description, node_manifests
-from tidal.devcluster.pod_discovery import TargetsFile, scrape_target
-from tidal.devcluster.stages import _millis, stages
+from tidal_dev.cluster.nodes import load_description, node_manifests
+from tidal_dev.cluster.pod_discovery import TargetsFile, scrape_target
+from tidal_dev.cluster.stages import _millis, stages
 
 
 def test_default_description_has_two_gpu_pools_and_a_cpu_pool():
@@ -24,7 +24,7 @@ def test_default_description_has_two_gpu_pools_and_a_cpu_pool():
 
 
 def test_two_clusters_get_different_pod_addresses():
-    from tidal.devcluster.nodes import cluster_octet
+    from tidal_dev.cluster.nodes import cluster_octet
     desc = load_description()
     a, b = cluster_octet("/work/a/.tidal"), cluster_octet("/tmp/pytest-of-root/cluster0")
     assert a != b and 16 <= a < 255

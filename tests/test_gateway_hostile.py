@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.properties import examples
 from tests.upstream_recorder import UpstreamRecorder
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.processes import free_port, http_ok
 
 TOKEN = "hostile-test-" + "k" * 24
 MODEL = "model-a"

@@ -14,13 +14,13 @@ import pytest
 from aiohttp import web
 
 from tests.exposition import sample_sum
-from tidal.activator.catalog import Catalog, Entry
-from tidal.activator.endpoints import Endpoint, Endpoints
-from tidal.activator.gateway import Gateway
-from tidal.activator.keys import KeyRing, key_from_secret
-from tidal.simserver.latency import LatencyModel
-from tidal.simserver.podspec import EngineSpec
-from tidal.simserver.runtime import serve_engine
+from tidal.gateway.catalog import Catalog, Entry
+from tidal.gateway.endpoints import Endpoint, Endpoints
+from tidal.gateway.gateway import Gateway
+from tidal.gateway.keys import KeyRing, key_from_secret
+from tidal.simulate.latency import LatencyModel
+from tidal_dev.simserver.podspec import EngineSpec
+from tidal_dev.simserver.runtime import serve_engine
 
 FULL, ONLY_A, LIMITED = "full-" + "x" * 20, "only-a-" + "y" * 20, "limited-" + "z" * 20
 

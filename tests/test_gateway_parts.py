@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from tidal.activator.catalog import Catalog, entry_from_object
-from tidal.activator.keys import KeyRing, key_from_secret
-from tidal.activator.openai_api import model_in_body, triton_model
-from tidal.activator.ratelimits import RateLimiter
-from tidal.activator.routing import route
-from tidal.activator.usage import StreamMeter, ask_for_stream_usage, from_answer
+from tidal.gateway.catalog import Catalog, entry_from_object
+from tidal.gateway.keys import KeyRing, key_from_secret
+from tidal.gateway.openai_api import model_in_body, triton_model
+from tidal.gateway.ratelimits import RateLimiter
+from tidal.gateway.routing import route
+from tidal.gateway.usage import StreamMeter, ask_for_stream_usage, from_answer
 from tidal.api.v1alpha1 import parse_spec
 from tidal.planning.served_names import Claim, conflict, owners
 from tidal.planning.status import Observation, plan_status
@@ -257,7 +257,7 @@ def test_network_policy_admits_the_gateway_and_prometheus_and_nothing_else(engin
 def test_gateway_errors_take_the_kserve_shape_for_v2_clients_and_engine_answers_pass_untouched():
     from aiohttp import web
 
-    from tidal.activator import errors
+    from tidal.gateway import errors
     made = errors.rate_limited("requests", "5", 12, {"x-ratelimit-limit-requests": "5"})
     kserve = errors.in_kserve_shape(made)
     assert kserve.status == 429 and json.loads(kserve.body) == {"error": json.loads(made.body)["error"]["message"]}
@@ -267,7 +267,7 @@ def test_gateway_errors_take_the_kserve_shape_for_v2_clients_and_engine_answers_
 
 
 def test_the_wake_call_says_how_fast_held_requests_arrive_and_how_long_requests_take():
-    from tidal.activator.demand import Demand
+    from tidal.gateway.demand import Demand
     demand = Demand()
     key = ("ml", "chat")
     assert demand.wake_call(key, 1, 0.0) == {"pending": 1, "arrival_rate": 0.0}  # no request time yet
@@ -285,7 +285,7 @@ def test_the_wake_call_says_how_fast_held_requests_arrive_and_how_long_requests_
 
 
 def test_made_up_services_do_not_grow_the_gateways_memory():
-    from tidal.activator import demand as module
+    from tidal.gateway import demand as module
     demand = module.Demand()
     for i in range(module.MAX_SERVICES + 500):
         demand.held(("x", f"made-up-{i}"), 0.0)

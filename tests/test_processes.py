@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tidal.devcluster import processes
-from tidal.devcluster.processes import Component, ComponentError, http_ok, pid_alive, start, stop_pid
+from tidal_dev.cluster import processes
+from tidal_dev.cluster.processes import Component, ComponentError, http_ok, pid_alive, start, stop_pid
 
 
 def http_server(port_name="web"):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tidal.api.v1alpha1 import parse_spec
-from tidal.devcluster.processes import free_port
+from tidal_dev.cluster.processes import free_port
 from tidal.engines import engine
 from tidal.render.deployment import render_deployment
 from tidal.render.settings import RenderSettings

@@ -22,10 +22,10 @@ from tests.exposition import sample_sum
 from tests.static_gateway import static_gateway
 from tidal.api.v1alpha1 import parse_spec
 from tidal.clients.engine_health import triton_model_ready
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.processes import free_port, http_ok
 from tidal.render.deployment import render_deployment
 from tidal.render.settings import RenderSettings
-from tidal.simserver.real import TRITON_SCRIPT, triton_command
+from tidal_dev.simserver.real import engine_tool, triton_command
 
 pytestmark = pytest.mark.real_engine
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ class Triton:
         shutil.copytree(ROOT / "tools" / "engines" / "triton-models", repository)
         container = render_deployment("delay", "ml", "uid", parse_spec(SPEC), RenderSettings())["spec"][
             "template"]["spec"]["containers"][0]
-        backends = Path(subprocess.run([str(TRITON_SCRIPT), "--print-backend-directory"], capture_output=True,
+        backends = Path(subprocess.run([str(engine_tool("tritonserver.sh")), "--print-backend-directory"], capture_output=True,
                                        text=True, check=True).stdout.strip())
         self.host, self.ports = host, {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         command = triton_command(container, repository, host, self.ports, backends)

@@ -18,10 +18,10 @@ import pytest
 
 from tests.static_gateway import static_gateway
 from tidal.api.v1alpha1 import parse_spec
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.processes import free_port, http_ok
 from tidal.render.deployment import render_deployment
 from tidal.render.settings import RenderSettings
-from tidal.simserver.real import vllm_command
+from tidal_dev.simserver.real import vllm_command
 
 pytestmark = pytest.mark.real_engine
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.s3_server import s3_server
 from tests.test_batches import Processes, killed_mid_batch_resumes
-from tidal.batches.storage import DirectoryStorage
+from tidal.gateway.batches.storage import DirectoryStorage
 from tidal.clients.s3 import FOLD_AFTER, S3Storage
 
 

@@ -9,10 +9,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tidal.simserver.latency import LatencyModel
-from tidal.simserver.podspec import EngineSpec
-from tidal.simserver.runtime import serve_engine
-from tidal.simserver.scheduler import FifoScheduler
+from tidal.simulate.latency import LatencyModel
+from tidal_dev.simserver.podspec import EngineSpec
+from tidal_dev.simserver.runtime import serve_engine
+from tidal_dev.simserver.scheduler import FifoScheduler
 
 FAST = LatencyModel(prefill_s_per_token=0.0, decode_s_per_token=0.001, overhead_s=0.001, max_concurrency=4)
 
@@ -209,14 +209,14 @@ def test_tritonclient_sees_ready_models_and_gets_an_inference():
     ({"command": ["python", "app.py"]}, None),
 ])
 def test_engine_settings_are_read_from_the_container_command(container, expected):
-    from tidal.simserver.podspec import engine_spec
+    from tidal_dev.simserver.registry import engine_spec
     spec = engine_spec(container, {})
     got = None if spec is None else (spec.engine, spec.models, spec.served_name, spec.port, spec.metrics_port)
     assert got == expected
 
 
 def test_a100_pods_are_slower_and_annotations_override_the_latency():
-    from tidal.simserver.podspec import engine_spec
+    from tidal_dev.simserver.registry import engine_spec
     container = {"command": ["vllm", "serve", "m"]}
     h100 = engine_spec(container, {}, "NVIDIA-H100-80GB-HBM3").latency
     a100 = engine_spec(container, {}, "NVIDIA-A100-SXM4-80GB").latency

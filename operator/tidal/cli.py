@@ -9,95 +9,6 @@ import sys
 from pathlib import Path
 
 
-def _dev_cluster(args: argparse.Namespace) -> int:
-    from .devcluster import binaries
-    from .devcluster.cluster import DevCluster
-    from .devcluster.processes import ComponentError
-
-    if args.action == "build":
-        print(binaries.ensure_binaries().directory)
-        return 0
-    cluster = DevCluster(Path(args.state_dir), Path(args.nodes) if args.nodes else None,
-                         scrape_interval=args.scrape_interval)
-    if args.action == "up":
-        from .devcluster import stack
-        try:
-            info = stack.up(Path(args.state_dir), Path(args.nodes) if args.nodes else None, args.scrape_interval) \
-                if args.with_tidal else cluster.up()
-        except (ComponentError, binaries.BuildError, TimeoutError, RuntimeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        print(f"""
-The local GPU cluster is up{' with Tidal (operator and gateway)' if args.with_tidal else ''}.
-  export KUBECONFIG={info.kubeconfig}
-  export PATH={info.binaries_dir}:$PATH      # kubectl and helm matching the server
-  kubectl get nodes -L tidal.dev/pool,nvidia.com/gpu.product
-  Prometheus: {info.prometheus_url}""")
-        if args.with_tidal:
-            print(f"""  Gateway (OpenAI API): {info.extra['gateway_url']}/v1   operator: {info.extra['operator_url']}
-  Playground: {info.extra['playground_url']} (paste the API key)
-  API key: in {Path(args.state_dir).resolve() / 'state.json'} (api_key), e.g.
-    curl {info.extra['gateway_url']}/v1/models -H "Authorization: Bearer $(python3 -c 'import json; print(json.load(open(\"{Path(args.state_dir).resolve() / 'state.json'}\"))[\"api_key\"])')"
-  kubectl apply -f examples/demo-scale-to-zero.yaml   # then ask for model "llama-3.1-8b"
-  Stop it with: make down""")
-        else:
-            print("  Stop it with: make cluster-down")
-        return 0
-    if args.action == "down":
-        from .devcluster import stack
-        stack.down(Path(args.state_dir))
-        return 0
-    status = cluster.status()
-    print(json.dumps(status, indent=2))
-    return 0 if status["running"] else 3
-
-
-def _sim_server(args: argparse.Namespace) -> int:
-    import asyncio
-    import dataclasses
-
-    from .simserver.latency import LatencyModel
-    from .simserver.runtime import serve_engine
-    from .simserver.podspec import EngineSpec
-
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyModel)
-                 if getattr(args, f.name, None) is not None}
-    latency = LatencyModel(**overrides)
-    models = tuple(args.model)
-    from .simserver.registry import simulated
-    if args.engine not in simulated():
-        print(f"--engine {args.engine!r}: not a simulated engine; known: {', '.join(sorted(simulated()))}",
-              file=sys.stderr)
-        return 2
-    spec = EngineSpec(args.engine, models, args.served_model_name, args.port, args.metrics_port, latency)
-
-    async def serve():
-        _, runners = await serve_engine(spec, args.host)
-        ports = ", ".join(str(address[1]) for runner in runners for address in runner.addresses)
-        print(f"simulated {args.engine} serving {', '.join(models)} on {args.host}:{ports} ({latency})", flush=True)
-        await asyncio.Event().wait()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def _sim_runtime(args: argparse.Namespace) -> int:
-    import asyncio
-    import logging
-
-    from .simserver.runtime import run_runtime
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(run_runtime(args.kubeconfig, args.health_port, args.targets_file))
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 def _run_operator(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
@@ -179,115 +90,13 @@ def _scaling_defaults(text: str) -> dict:
     return defaults
 
 
-def _scaling_default(field: str):
-    from .api.v1alpha1 import Scaling
-    return Scaling.model_fields[field].default
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    import time
-
-    from .autoscaling import Policy
-    from .simulate.engine import SimConfig
-    from .simulate.report import BOUNDS, POLICIES, physical_limit, run_all, write
-    from .simulate.trace import load_trace
-    from .simserver.latency import LatencyModel
-
-    from .simulate.clairvoyant import clairvoyant_hours
-    from .simulate.workloads import bursts_from_zero, demo_replay, rate_scaled, varied_bursts
-
-    started = time.monotonic()
-    try:
-        requests = load_trace(Path(args.trace))
-    except (OSError, ValueError) as err:
-        print(f"error: cannot read the trace: {err}", file=sys.stderr)
-        return 2
-    names = list(POLICIES) if args.policy == "all" else [n.strip() for n in args.policy.split(",")]
-    unknown = [n for n in names if n not in POLICIES + BOUNDS]
-    if unknown or not names:
-        print(f"error: --policy {args.policy!r}: unknown {', '.join(unknown) or 'empty'}; choose from "
-              f"{', '.join(POLICIES + BOUNDS)} (comma-separated) or all", file=sys.stderr)
-        return 2
-    if args.workload == "bursts":
-        requests = bursts_from_zero(requests, seed=args.seed)  # sizes from the trace, timing generated
-    elif args.workload == "varied":
-        requests = varied_bursts(requests, seed=args.seed)
-    elif args.workload == "demo":
-        try:
-            requests = demo_replay(requests)
-        except ValueError as err:
-            print(f"error: --workload demo: {err}", file=sys.stderr)
-            return 2
-    if args.rate_scale != 1:
-        try:
-            requests = rate_scaled(requests, args.rate_scale)
-        except ValueError as err:
-            print(f"error: --rate-scale: {err}", file=sys.stderr)
-            return 2
-    latency = LatencyModel(max_concurrency=args.max_concurrency)
-    if args.fleet:
-        return _simulate_fleet(args, requests, names, latency, started)
-    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
-    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
-                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
-    results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
-    paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
-                  clairvoyant_hours(requests, latency, args.cold_start))
-    print()
-    print(paths["markdown"].read_text())
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']} in {time.monotonic() - started:.1f} s")
-    return 0
-
-
-def _simulate_fleet(args, requests, names, latency, started) -> int:
-    """--fleet N: N services built from the trace (shifted, scaled), sharing a pool of --pool-gpus GPUs."""
-    import time
-
-    from .autoscaling import Policy
-    from .simulate.clairvoyant import clairvoyant_hours
-    from .simulate.engine import SimConfig
-    from .simulate.fleet import simulate_fleet
-    from .simulate.report import make_policy
-    from .simulate.workloads import fleet
-
-    traces = fleet(requests, args.fleet, seed=args.seed)
-    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
-    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
-                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
-    bound = sum(clairvoyant_hours(t, latency, args.cold_start) for t in traces)
-    print(f"{args.fleet} services, {sum(len(t) for t in traces):,} requests, a pool of {args.pool_gpus} GPUs")
-    rows = []
-    for name in names:
-        print(f"simulating {name} over the fleet", flush=True)
-        r = simulate_fleet(traces, lambda n=name: make_policy(n, cfg, scaling), cfg, args.pool_gpus)
-        rows.append(r)
-    table = [f"| policy | pool GPU-hours | x clairvoyant | cold starts | waited for a GPU | waited > {args.slo:g} s | lost |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {r.policy} | {r.gpu_hours:.2f} | {r.gpu_hours / bound:.2f} | {r.cold_starts} | {r.pending_launches} | "
-              f"{r.slo_misses} | {r.lost} |" for r in rows]
-    table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fleet.md").write_text("\n".join(table) + "\n")
-    (out / "fleet.json").write_text(json.dumps({"services": args.fleet, "pool_gpus": args.pool_gpus,
-                                                "clairvoyant_gpu_hours": bound,
-                                                "results": [r.__dict__ for r in rows]}, indent=2))
-    print("\n".join(table))
-    print(f"wrote {out / 'fleet.md'}, {out / 'fleet.json'} in {time.monotonic() - started:.1f} s")
-    return 0
-
-
 def _activator(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import os
 
-    from .activator.gateway import Limits
-    from .activator.main import Static, serve
+    from .gateway.call import Limits
+    from .gateway.main import Static, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     static = Static(capacity=args.static_capacity)
@@ -347,60 +156,8 @@ def _usage(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev-cluster", help="a local Kubernetes control plane with simulated GPU node pools")
-    dev.add_argument("action", choices=["up", "down", "status", "build"])
-    dev.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"),
-                     help="where the cluster keeps its data, logs and kubeconfig (default: ./.tidal)")
-    dev.add_argument("--nodes", help="node pool description (default: the built-in nodepools.yaml)")
-    dev.add_argument("--scrape-interval", default="2s", help="Prometheus scrape interval (default 2s)")
-    dev.add_argument("--with-tidal", action="store_true",
-                     help="up: also start Tidal's operator and gateway (API keys on, a bootstrap key made) and "
-                          "record their URLs and the key in state.json")
-    dev.set_defaults(func=_dev_cluster)
-
-    demo = sub.add_parser("demo", help="the local cluster, the operator and an example model (make demo)")
-    demo.add_argument("action", choices=["up", "down"])
-    demo.add_argument("--state-dir", default=str(Path.cwd() / ".tidal"))
-    demo.add_argument("--short", action="store_true", help="a one-minute slice of the trace (for tests)")
-    demo.add_argument("--down-at-end", action="store_true", help="stop everything when the demo ends")
-    demo.add_argument("--trace", help="request trace to replay (default: ../shared/traces/azure-llm-2023-code.csv)")
-    demo.set_defaults(func=lambda a: __import__("tidal.demo", fromlist=["main"]).main(
-        a.action, a.state_dir, a.short, a.down_at_end, a.trace))
-
-    sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
-    sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "
-                                                   "(timestamp, input_tokens, output_tokens)")
-    sim.add_argument("--policy", default="all",
-                     help="all (tidal, keda-hpa, knative-kpa), or names separated by commas; reactive-bound: "
-                          "every replica at a burst's first request, the lowest latency a service at zero can have")
-    sim.add_argument("--out", default="out/simulation", help="directory for simulation.json/.md/.png")
-    sim.add_argument("--cold-start", type=float, default=60.0, help="seconds from launch to ready (median)")
-    sim.add_argument("--cold-start-sigma", type=float, default=0.0, help="lognormal spread of the cold start")
-    sim.add_argument("--slo", type=float, default=5.0, help="queue-wait SLO in seconds")
-    sim.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus scrape interval, seconds")
-    sim.add_argument("--max-concurrency", type=int, default=48, help="requests one replica runs at once")
-    sim.add_argument("--min-replicas", type=int, default=0)
-    sim.add_argument("--max-replicas", type=int, default=8)
-    sim.add_argument("--target-queue", type=float, default=_scaling_default("targetQueueDepth"),
-                     help="waiting requests per replica (Tidal, HPA); default: the API's")
-    sim.add_argument("--idle-seconds", type=float, default=_scaling_default("idleSecondsBeforeZero"),
-                     help="Tidal's idle period before zero; default: the API's")
-    sim.add_argument("--fixed-idle", action="store_true",
-                     help="Tidal's idle period as written (spec.scaling.adaptIdlePeriod: false)")
-    sim.add_argument("--scale-down-window", type=float, default=_scaling_default("scaleDownStabilizationSeconds"),
-                     help="Tidal's scale-down window; default: the API's")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--rate-scale", type=float, default=1.0,
-                     help="replay the trace this many times faster (arrival rate x N, same requests)")
-    sim.add_argument("--fleet", type=int, default=0, metavar="N",
-                     help="simulate N services built from the trace (shifted and scaled), sharing a pool")
-    sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool")
-    sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
-                     help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
-                          "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
-                          "30 min; --seed); request sizes drawn from the trace; demo: what `make demo` sends "
-                          "(its warm-up, 5 quiet minutes, its burst)")
-    sim.set_defaults(func=_simulate)
+    from .simulate.command import add_simulate
+    add_simulate(sub)
 
     act = sub.add_parser("activator", help="the request gateway: routes to ready replicas, holds requests "
                                            "for a service at zero and wakes it")
@@ -502,33 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 
-    sim = sub.add_parser("sim-server", help="run one simulated vLLM or Triton server (no GPU needed)")
-    sim.add_argument("--engine", default="vllm", help="the simulated engine (vllm, triton, ...)")
-    sim.add_argument("--model", action="append", default=None,
-                     help="model name (repeat for several Triton models)")
-    sim.add_argument("--served-model-name")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8000)
-    sim.add_argument("--metrics-port", type=int, default=8002, help="Triton's metrics port")
-    sim.add_argument("--max-concurrency", dest="max_concurrency", type=int)
-    sim.add_argument("--prefill-s-per-token", dest="prefill_s_per_token", type=float)
-    sim.add_argument("--decode-s-per-token", dest="decode_s_per_token", type=float)
-    sim.add_argument("--overhead-s", dest="overhead_s", type=float)
-    sim.set_defaults(func=_sim_server)
-
-    runtime = sub.add_parser("sim-runtime", help="serve a simulated engine for every Running engine pod "
-                                                 "of the local cluster (started by dev-cluster up)")
-    runtime.add_argument("--kubeconfig", required=True)
-    runtime.add_argument("--health-port", type=int)
-    runtime.add_argument("--targets-file", help="write Prometheus file-discovery targets for annotated pods here")
-    runtime.set_defaults(func=_sim_runtime)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "model", "") is None:
-        args.model = ["meta-llama/Llama-3.1-8B-Instruct"]
     sys.exit(args.func(args))
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import yaml
 
-from tidal.devcluster.cluster import ClusterInfo
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.cluster import ClusterInfo
+from tidal_dev.cluster.processes import free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tidal"
 
 
 def helm(info: ClusterInfo | None, *args, check=True) -> subprocess.CompletedProcess:
-    from tidal.devcluster.binaries import binaries_dir
+    from tidal_dev.cluster.binaries import binaries_dir
     binary = str((info.binaries_dir if info else binaries_dir()) / "helm")
     cmd = [binary, *(["--kubeconfig", str(info.kubeconfig)] if info else []), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -85,7 +85,7 @@ def test_load_raises_replicas_to_max_and_idle_returns_them_to_zero(operator, kub
 
 
 def test_prometheus_outage_holds_replicas_then_scaling_resumes(dev_cluster, operator, kubectl, namespace):
-    from tidal.devcluster.cluster import DevCluster
+    from tidal_dev.cluster.cluster import DevCluster
     cluster = DevCluster(dev_cluster.state_dir)
     apply(kubectl, namespace, service("steady", idleSecondsBeforeZero=4, scaleDownStabilizationSeconds=2))
     wait_condition(kubectl, namespace, "steady", "Ready", "True", "ModelReady")

@@ -25,8 +25,8 @@ from tests.cluster.chart_helpers import (CHART, ChartProcess, audit_events, depl
 from tests.cluster.test_operator import EXAMPLES, condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import TEST_NODES, Kubectl
-from tidal.devcluster.cluster import DevCluster
-from tidal.devcluster.processes import free_port
+from tidal_dev.cluster.cluster import DevCluster
+from tidal_dev.cluster.processes import free_port
 
 pytestmark = pytest.mark.cluster
 RELEASE, NS, MODELS = "tidal", "tidal-system", "models"

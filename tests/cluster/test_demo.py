@@ -18,7 +18,7 @@ def test_demo_scales_zero_to_many_to_zero_and_fails_no_request(tmp_path, dev_clu
     # dev_cluster: the binaries are built; the demo brings up its own cluster in its own state directory.
     state_dir = tmp_path / "demo"
     try:
-        proc = subprocess.run([sys.executable, "-m", "tidal.cli", "demo", "up", "--short", "--state-dir",
+        proc = subprocess.run([sys.executable, "-m", "tidal_dev", "demo", "up", "--short", "--state-dir",
                                str(state_dir)], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = json.loads((state_dir / "demo" / "summary.json").read_text())
@@ -41,6 +41,6 @@ def test_demo_scales_zero_to_many_to_zero_and_fails_no_request(tmp_path, dev_clu
         assert sample_sum(metrics, "tidal_activator_responses_total", code="2xx", **demo) >= summary["served"]
         assert sample_sum(metrics, "tidal_activator_responses_total", code="5xx", **demo) == 0
     finally:
-        down = subprocess.run([sys.executable, "-m", "tidal.cli", "demo", "down", "--state-dir", str(state_dir)],
+        down = subprocess.run([sys.executable, "-m", "tidal_dev", "demo", "down", "--state-dir", str(state_dir)],
                               capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, down.stderr

@@ -19,7 +19,7 @@ from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
 from tests.cluster.service_proxy import ServiceProxy
 from tests.conftest import TEST_NODES, Kubectl, install_crd, start_activator, start_operator
-from tidal.devcluster.cluster import DevCluster
+from tidal_dev.cluster.cluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

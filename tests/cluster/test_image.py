@@ -18,8 +18,8 @@ from tests.cluster.test_operator import EXAMPLES, get, wait_condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import TEST_NODES, Kubectl, install_crd
 from tidal import __version__
-from tidal.devcluster.cluster import DevCluster
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.cluster import DevCluster
+from tidal_dev.cluster.processes import free_port, http_ok
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""`tidal dev-cluster up/down` as a user runs it: nothing left behind, stale state recovered."""
+"""`tidal-dev cluster up/down` as a user runs it: nothing left behind, stale state recovered."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from tidal.devcluster.processes import pid_alive, port_is_listening
+from tidal_dev.cluster.processes import pid_alive, port_is_listening
 from tests.conftest import TEST_NODES
 
 pytestmark = pytest.mark.cluster
 
 
 def tidal(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "tidal.cli", "dev-cluster", *args],
+    proc = subprocess.run([sys.executable, "-m", "tidal_dev", "cluster", *args],
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"tidal {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

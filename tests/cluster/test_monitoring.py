@@ -143,7 +143,7 @@ def test_no_query_references_a_metric_nobody_exports():
     """Typos in dashboards and alerts would only show as empty panels: every tidal_* series they name is one
     the operator's or the gateway's registry really exports (read from the registries, not from strings in
     the code: a quoted name in a comment or a test helper exports nothing)."""
-    from tidal.activator.metrics import Metrics
+    from tidal.gateway.metrics import Metrics
     from tidal.controller import metrics as operator_metrics
     exported = set()
     for registry in (operator_metrics.REGISTRY, Metrics(300.0).registry):

@@ -19,7 +19,7 @@ import pytest
 from tests.cluster.test_smoke import wait_for
 from tests.exposition import TextServer
 from tidal.clients.prometheus import Prometheus, PrometheusError
-from tidal.devcluster.processes import free_port, http_ok
+from tidal_dev.cluster.processes import free_port, http_ok
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tidal.devcluster.nodes import load_description
+from tidal_dev.cluster.nodes import load_description
 from tests.conftest import TEST_NODES
 from tests.exposition import TextServer
 

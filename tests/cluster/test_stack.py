@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cluster
 
 def test_up_records_urls_and_a_bootstrap_key_that_serves_and_down_stops_everything(tmp_path, dev_cluster):
     state_dir = tmp_path / "stack"
-    cli = [sys.executable, "-m", "tidal.cli", "dev-cluster"]
+    cli = [sys.executable, "-m", "tidal_dev", "cluster"]
     try:
         up = subprocess.run([*cli, "up", "--with-tidal", "--state-dir", str(state_dir)], capture_output=True,
                             text=True, timeout=300)

@@ -18,7 +18,6 @@ import yaml
 from .crd import _schema_of
 from .v1alpha1 import Scaling
 
-CHART = Path(__file__).resolve().parents[3] / "charts" / "tidal"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 FREE_FORM = {"type": "object"}  # passed through to Kubernetes, which validates it
 CONSTRAINTS: dict[str, dict] = {
@@ -123,12 +122,14 @@ def _schema(path: str, value, docs: dict[str, str]) -> dict:
     return node
 
 
-def generate() -> str:
-    text = (CHART / "values.yaml").read_text()
+def generate(text: str) -> str:
+    """The schema of a values.yaml, given its text."""
     schema = _schema("", yaml.safe_load(text), descriptions(text))
     schema = {"$schema": "https://json-schema.org/draft-07/schema#", "title": "Tidal chart values", **schema}
     return json.dumps(schema, indent=2) + "\n"
 
 
 if __name__ == "__main__":
-    sys.stdout.write(generate())
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m tidal.api.chart_values charts/tidal/values.yaml")
+    sys.stdout.write(generate(Path(sys.argv[1]).read_text()))

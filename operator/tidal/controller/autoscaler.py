@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
+from ..autoscaling.observe import EngineQueue, GatewayDemand, Replicas, observe
 from ..clients.kube import Kube, unreachable
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
@@ -40,6 +41,17 @@ def policy_of(spec: InferenceServiceSpec, gpu: Gpu | None = None) -> Policy:
                   max_concurrency=concurrency, idle_seconds=s.idleSecondsBeforeZero,
                   adaptive_idle=s.adaptIdlePeriod,
                   scale_down_window_s=s.scaleDownStabilizationSeconds, scale_up_window_s=s.scaleUpStabilizationSeconds)
+
+
+def engine_queue(load: ServiceLoad | None, spec: InferenceServiceSpec, query_error: str | None) -> EngineQueue:
+    """Prometheus's answer for one service as the observation's slow source (None: no answer this round)."""
+    if load is None:
+        return EngineQueue(answered=False, query_error=query_error)
+    adapter = engine(spec.engine.type)
+    return EngineQueue(waiting=load.waiting, running=load.running if adapter.inflight_metric else 0.0,
+                       held=load.pending, batch_backlog=load.batch_backlog,
+                       queue_exported=bool(spec.scaling.query) or adapter.queue_metric in load.seen,
+                       trustworthy=not load.unknown, query_error=query_error)
 
 
 def custom_query(spec: InferenceServiceSpec, namespace: str, name: str) -> str | None:
@@ -227,23 +239,12 @@ class Autoscaler:
         deployment = self.store.deployments.get(key)
         if deployment is None:
             return None  # the reconciler has not created it yet
-        adapter = engine(spec.engine.type)
-        known = load is not None and not load.unknown
-        if known and deployment.ready > 0 and not spec.scaling.query and adapter.queue_metric not in load.seen:
-            known = False  # pods serve but export nothing: a scrape problem, not an idle service
-        if load is None and deployment.ready == 0 and deployment.replicas == 0:
-            load, known = ServiceLoad(), True  # at zero there are no pods to report: no load is the truth
-        if load is None:
-            load = ServiceLoad()
-        running = load.running if adapter.inflight_metric else 0.0
         held_rate, request_s = self._held_demand(key, time.monotonic())
-        return Observation(current=deployment.replicas, ready=min(deployment.ready, deployment.replicas),
-                           waiting=load.waiting if known else None, running=running if known else None,
-                           pending=load.pending + extra_pending, batch_backlog=load.batch_backlog,
-                           held_rate=held_rate, request_s=request_s,
-                           cold_start_s=self.cold_starts.last(key, status),
-                           unschedulable=len(self.store.unschedulable.get(key, ())),
-                           pool_capacity=self._pool_capacity(spec), query_error=self._query_errors.get(key))
+        replicas = Replicas(deployment.replicas, deployment.ready, len(self.store.unschedulable.get(key, ())),
+                            self._pool_capacity(spec))
+        return observe(replicas, [engine_queue(load, spec, self._query_errors.get(key)),
+                                  GatewayDemand(extra_pending, held_rate, request_s)],
+                       cold_start_s=self.cold_starts.last(key, status))
 
     async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool | None,
                      extra_pending: float = 0.0) -> Decision | None:

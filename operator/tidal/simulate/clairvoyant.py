@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from ..simserver.latency import LatencyModel
+from .latency import LatencyModel
 from .trace import Request
 
 

@@ -7,7 +7,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from ..simserver.latency import LatencyModel
+from .latency import LatencyModel
 from .policies import SimPolicy, View
 from .service import Service
 from .trace import Request

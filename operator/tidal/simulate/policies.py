@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..autoscaling import Observation, Policy, ScalerState, decide
+from ..autoscaling.observe import EngineQueue, GatewayDemand, Replicas, observe
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,26 @@ class TidalPolicy(SimPolicy):
         self.cold_since: float | None = None
         self.cold_start_s: float | None = None
 
-    def _decide(self, view: View, waiting, running) -> int:
+    def observed(self, view: View, wake: bool = False) -> Observation:
+        """What the operator would observe on a tick (or on the gateway's wake-up call), through its own rules
+        (autoscaling/observe.py): the modelled scrape and the gateway's held requests."""
+        if wake or not view.ready:
+            # A wake-up call queries nothing, and while nothing serves there is no engine series: Prometheus
+            # answers with none, and no load is the truth.
+            queue = EngineQueue(queue_exported=False)
+        else:
+            # Until a scrape has seen the ready replicas their series do not exist: the operator holds
+            # (MetricsUnavailable) rather than reading an idle service.
+            queue = EngineQueue(waiting=view.scraped_waiting, running=view.scraped_running,
+                                queue_exported=view.scraped_series)
+        replicas = Replicas(view.current, view.ready, view.unschedulable)
+        gateway = GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)
+        return observe(replicas, [queue, gateway], cold_start_s=self.cold_start_s)
+
+    def _decide(self, view: View, wake: bool = False) -> int:
         if view.ready and self.cold_since is not None:
             self.cold_start_s, self.cold_since = view.now - self.cold_since, None
-        obs = Observation(current=view.current, ready=view.ready, waiting=waiting, running=running,
-                          pending=view.held if view.ready == 0 else 0.0, held_rate=view.held_rate,
-                          cold_start_s=self.cold_start_s, request_s=view.request_s,
-                          unschedulable=view.unschedulable)
-        d = decide(obs, self.state, self.policy, view.now)
+        d = decide(self.observed(view, wake), self.state, self.policy, view.now)
         self.state = d.state
         self.reasons[d.reason] = self.reasons.get(d.reason, 0) + 1
         if view.current == 0 and d.replicas > 0:
@@ -76,21 +89,11 @@ class TidalPolicy(SimPolicy):
         return d.replicas
 
     def tick(self, view: View) -> int:
-        if not view.ready:
-            return self._decide(view, 0.0, 0.0)  # nothing serves: no load is the truth
-        if not view.scraped_series:
-            # Replicas are ready but no scrape has seen them yet: the operator finds no queue series for
-            # pods that serve and holds (MetricsUnavailable) rather than reading an idle service.
-            return self._decide(view, None, None)
-        return self._decide(view, view.scraped_waiting, view.scraped_running)
+        return self._decide(view)
 
     def poke(self, view: View) -> int | None:
-        # The activator's wake-up call. The operator's wake endpoint does not query Prometheus: at zero it
-        # knows nothing of the engines (a wake changes nothing that exists); while replicas start and none
-        # serves, there is no engine queue to know, and the held requests are the whole demand.
-        if view.ready:
-            return None
-        return self._decide(view, None, None) if view.current == 0 else self._decide(view, 0.0, 0.0)
+        # The activator's wake-up call, only while no replica serves (then the tick decides).
+        return None if view.ready else self._decide(view, wake=True)
 
 
 class KedaHpaPolicy(SimPolicy):

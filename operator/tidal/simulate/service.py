@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..autoscaling.demand import ArrivalRate, RequestTime
-from ..simserver.latency import LatencyModel
+from .latency import LatencyModel
 
 
 @dataclass

@@ -1,0 +1,83 @@
+"""What the world shows, turned into the `Observation` that `decide` reads: the one place the rules live.
+
+The operator (controller/autoscaler.py) and the simulator (simulate/policies.py) both build observations
+here, each from its own sources: the operator from Prometheus's answer and the gateway's wake-up calls, the
+simulator from its modelled scrapes and gateway. A signal is a source: a small object that folds what it
+knows into the observation. A new signal (say, the gateway's arrivals every second) is one new source.
+
+The rules, each once:
+- Never read missing data as idle. Prometheus not answering, a NaN sample, or serving replicas whose queue
+  series no scrape has seen yet (a pod is discovered and scraped 1-2 intervals after it is ready) all leave
+  `waiting`/`running` None, which `decide` answers by holding the replicas.
+- At zero there are no pods to report: no answer is the truth there (0 waiting, 0 running).
+- Held requests count as waiting demand: the gateway's own gauge as Prometheus scraped it, plus what its
+  latest wake-up call said.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Protocol
+
+from .decide import Observation
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """What the Deployment shows, and where its pool stands."""
+    current: int  # replicas asked for
+    ready: int  # ready pods as the Deployment reports them (after a scale to zero, the last one may still show)
+    unschedulable: int = 0  # Pending because the node pool is full
+    pool_capacity: int | None = None  # the most replicas the pool could hold; None: unknown
+
+
+class Signal(Protocol):
+    def fold(self, obs: Observation, replicas: Replicas) -> Observation:
+        """The observation with what this source knows folded in."""
+
+
+@dataclass(frozen=True)
+class EngineQueue:
+    """The slow truth: the engines' queue as Prometheus last scraped it (the gauges summed over the service's
+    pods), or no answer at all (`answered=False`: Prometheus down, or not asked on a wake-up call)."""
+    answered: bool = True
+    waiting: float = 0.0
+    running: float = 0.0  # 0 for an engine that exports no in-flight gauge
+    held: float = 0.0  # the gateway's held-requests gauge, as scraped
+    batch_backlog: float = 0.0  # batch requests the gateway has not sent yet
+    queue_exported: bool = True  # the engine's queue series is in the answer (always, for a custom query)
+    trustworthy: bool = True  # False on a NaN or infinite sample
+    query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
+
+    def fold(self, obs: Observation, replicas: Replicas) -> Observation:
+        if not self.answered:
+            known = replicas.current == 0 and replicas.ready == 0
+        else:
+            known = self.trustworthy and (self.queue_exported or replicas.ready == 0)
+        waiting, running = (self.waiting, self.running) if self.answered else (0.0, 0.0)
+        return replace(obs, waiting=waiting if known else None, running=running if known else None,
+                       pending=obs.pending + self.held, batch_backlog=self.batch_backlog,
+                       query_error=self.query_error)
+
+
+@dataclass(frozen=True)
+class GatewayDemand:
+    """The gateway's wake-up calls while it holds requests for a service with nothing serving: how many it
+    holds now, how fast they arrive and how long its requests took lately."""
+    held: float = 0.0
+    arrivals_per_s: float = 0.0
+    request_s: float | None = None
+
+    def fold(self, obs: Observation, replicas: Replicas) -> Observation:
+        return replace(obs, pending=obs.pending + self.held, held_rate=self.arrivals_per_s,
+                       request_s=self.request_s)
+
+
+def observe(replicas: Replicas, signals: Iterable[Signal], cold_start_s: float | None = None) -> Observation:
+    """One observation: the replicas, then each signal folded in, in order."""
+    obs = Observation(current=replicas.current, ready=min(replicas.ready, replicas.current), waiting=None,
+                      running=None, cold_start_s=cold_start_s, unschedulable=replicas.unschedulable,
+                      pool_capacity=replicas.pool_capacity)
+    for signal in signals:
+        obs = signal.fold(obs, replicas)
+    return obs

@@ -1,0 +1,149 @@
+"""`tidal simulate`: replay a request trace through autoscaling policies (one service, or a fleet sharing a pool)
+and write the figures (simulation.json/.md/.png, fleet.json/.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _scaling_default(field: str):
+    from ..api.v1alpha1 import Scaling
+    return Scaling.model_fields[field].default
+
+
+def add_simulate(sub) -> None:
+    """The `simulate` subcommand on the `tidal` command line."""
+    sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
+    sim.add_argument("--trace", required=True, help="CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or JSONL "
+                                                   "(timestamp, input_tokens, output_tokens)")
+    sim.add_argument("--policy", default="all",
+                     help="all (tidal, keda-hpa, knative-kpa), or names separated by commas; reactive-bound: "
+                          "every replica at a burst's first request, the lowest latency a service at zero can have")
+    sim.add_argument("--out", default="out/simulation", help="directory for simulation.json/.md/.png")
+    sim.add_argument("--cold-start", type=float, default=60.0, help="seconds from launch to ready (median)")
+    sim.add_argument("--cold-start-sigma", type=float, default=0.0, help="lognormal spread of the cold start")
+    sim.add_argument("--slo", type=float, default=5.0, help="queue-wait SLO in seconds")
+    sim.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus scrape interval, seconds")
+    sim.add_argument("--max-concurrency", type=int, default=48, help="requests one replica runs at once")
+    sim.add_argument("--min-replicas", type=int, default=0)
+    sim.add_argument("--max-replicas", type=int, default=8)
+    sim.add_argument("--target-queue", type=float, default=_scaling_default("targetQueueDepth"),
+                     help="waiting requests per replica (Tidal, HPA); default: the API's")
+    sim.add_argument("--idle-seconds", type=float, default=_scaling_default("idleSecondsBeforeZero"),
+                     help="Tidal's idle period before zero; default: the API's")
+    sim.add_argument("--fixed-idle", action="store_true",
+                     help="Tidal's idle period as written (spec.scaling.adaptIdlePeriod: false)")
+    sim.add_argument("--scale-down-window", type=float, default=_scaling_default("scaleDownStabilizationSeconds"),
+                     help="Tidal's scale-down window; default: the API's")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--rate-scale", type=float, default=1.0,
+                     help="replay the trace this many times faster (arrival rate x N, same requests)")
+    sim.add_argument("--fleet", type=int, default=0, metavar="N",
+                     help="simulate N services built from the trace (shifted and scaled), sharing a pool")
+    sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool")
+    sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
+                     help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
+                          "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
+                          "30 min; --seed); request sizes drawn from the trace; demo: what `make demo` sends "
+                          "(its warm-up, 5 quiet minutes, its burst)")
+    sim.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import time
+
+    from ..autoscaling import Policy
+    from .engine import SimConfig
+    from .report import BOUNDS, POLICIES, physical_limit, run_all, write
+    from .trace import load_trace
+    from .latency import LatencyModel
+
+    from .clairvoyant import clairvoyant_hours
+    from .workloads import bursts_from_zero, demo_replay, rate_scaled, varied_bursts
+
+    started = time.monotonic()
+    try:
+        requests = load_trace(Path(args.trace))
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read the trace: {err}", file=sys.stderr)
+        return 2
+    names = list(POLICIES) if args.policy == "all" else [n.strip() for n in args.policy.split(",")]
+    unknown = [n for n in names if n not in POLICIES + BOUNDS]
+    if unknown or not names:
+        print(f"error: --policy {args.policy!r}: unknown {', '.join(unknown) or 'empty'}; choose from "
+              f"{', '.join(POLICIES + BOUNDS)} (comma-separated) or all", file=sys.stderr)
+        return 2
+    if args.workload == "bursts":
+        requests = bursts_from_zero(requests, seed=args.seed)  # sizes from the trace, timing generated
+    elif args.workload == "varied":
+        requests = varied_bursts(requests, seed=args.seed)
+    elif args.workload == "demo":
+        try:
+            requests = demo_replay(requests)
+        except ValueError as err:
+            print(f"error: --workload demo: {err}", file=sys.stderr)
+            return 2
+    if args.rate_scale != 1:
+        try:
+            requests = rate_scaled(requests, args.rate_scale)
+        except ValueError as err:
+            print(f"error: --rate-scale: {err}", file=sys.stderr)
+            return 2
+    latency = LatencyModel(max_concurrency=args.max_concurrency)
+    if args.fleet:
+        return _simulate_fleet(args, requests, names, latency, started)
+    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
+                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
+                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
+    results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
+    paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
+                  clairvoyant_hours(requests, latency, args.cold_start))
+    print()
+    print(paths["markdown"].read_text())
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _simulate_fleet(args, requests, names, latency, started) -> int:
+    """--fleet N: N services built from the trace (shifted, scaled), sharing a pool of --pool-gpus GPUs."""
+    import time
+
+    from ..autoscaling import Policy
+    from .clairvoyant import clairvoyant_hours
+    from .engine import SimConfig
+    from .fleet import simulate_fleet
+    from .report import make_policy
+    from .workloads import fleet
+
+    traces = fleet(requests, args.fleet, seed=args.seed)
+    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
+                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
+                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
+    bound = sum(clairvoyant_hours(t, latency, args.cold_start) for t in traces)
+    print(f"{args.fleet} services, {sum(len(t) for t in traces):,} requests, a pool of {args.pool_gpus} GPUs")
+    rows = []
+    for name in names:
+        print(f"simulating {name} over the fleet", flush=True)
+        r = simulate_fleet(traces, lambda n=name: make_policy(n, cfg, scaling), cfg, args.pool_gpus)
+        rows.append(r)
+    table = [f"| policy | pool GPU-hours | x clairvoyant | cold starts | waited for a GPU | waited > {args.slo:g} s | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {r.policy} | {r.gpu_hours:.2f} | {r.gpu_hours / bound:.2f} | {r.cold_starts} | {r.pending_launches} | "
+              f"{r.slo_misses} | {r.lost} |" for r in rows]
+    table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.md").write_text("\n".join(table) + "\n")
+    (out / "fleet.json").write_text(json.dumps({"services": args.fleet, "pool_gpus": args.pool_gpus,
+                                                "clairvoyant_gpu_hours": bound,
+                                                "results": [r.__dict__ for r in rows]}, indent=2))
+    print("\n".join(table))
+    print(f"wrote {out / 'fleet.md'}, {out / 'fleet.json'} in {time.monotonic() - started:.1f} s")
+    return 0
