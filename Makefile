@@ -64,13 +64,13 @@ run:
 	  --http-port 8080
 
 # The whole suite, in three lanes that always all run (make test fails if any does): the pure tests on both
-# cores; the cluster tests on both cores, each worker with a cluster of its own (a module's tests stay on one
-# worker, in order); then, one at a time, the tests that want the machine to themselves: the real engines (vLLM's
+# cores; the cluster tests on both cores, each worker with a cluster of its own (`--dist loadfile`: a module's
+# tests stay on one worker, in order, so its module fixtures are made once); then, one at a time, the tests that want the machine to themselves: the real engines (vLLM's
 # CPU build takes both cores) and the real browser. The slowest tests are listed, so a CI log shows which come
 # close to their timeouts.
 test: install
 	$(PYTHON) -m pytest -q -n 2 -m "not cluster and not real_engine" --durations=10; pure=$$?; \
-	$(PYTHON) -m pytest -q -n 2 --dist loadgroup -m "cluster and not real_engine and not browser" --durations=20; \
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "cluster and not real_engine and not browser" --durations=20; \
 	cluster=$$?; \
 	$(PYTHON) -m pytest -q -m "real_engine or (cluster and browser)" --durations=20; alone=$$?; \
 	exit $$(( pure || cluster || alone ))

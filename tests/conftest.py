@@ -18,10 +18,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "dev_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
-        # With `-n 2 --dist loadgroup` (make test's cluster lane) a module's tests stay on one worker, in
-        # order: its module fixtures (a chart installed once, a cluster of its own) are made once, and
-        # test_chart.py's RBAC audit reads what the module's earlier tests did.
-        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")

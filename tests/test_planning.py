@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import ValidationError
 
 from tidal.api.v1alpha1 import parse_spec
@@ -114,3 +115,24 @@ def test_unschedulable_and_deadline_are_reported():
 def test_initial_replicas():
     assert initial_replicas(spec(scaling={"minReplicas": 0, "maxReplicas": 4})) == 1
     assert initial_replicas(spec(scaling={"minReplicas": 3, "maxReplicas": 4})) == 3
+
+
+@pytest.mark.model_cache
+def test_a_failed_model_fetch_is_the_ready_condition_naming_its_reason():
+    """The kubelet's status of a replica whose fetch init container failed (tidal fetch-model writes its reason
+    as the first word of the termination message), while the next attempt waits in CrashLoopBackOff."""
+    def pod(message, exit_code=1):
+        return {"status": {"initContainerStatuses": [{
+            "name": "fetch-model", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message}}}]}}
+    too_small = pod("CacheTooSmall: s3://m/llama is 140.0 GiB; the node's model cache holds 100.0 GiB")
+    status = plan_status({}, Observation(1, deployment=deployment(1, 0), pods=[too_small]), "t")
+    [c] = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert (c["status"], c["reason"]) == ("False", "CacheTooSmall") and "140.0 GiB" in c["message"]
+    missing = pod("ModelFetchFailed: s3://m/nope: s3://m/nope/: no objects there")
+    assert ready(plan_status({}, Observation(1, deployment=deployment(1, 0), pods=[missing]), "t")) == \
+        ("False", "ModelFetchFailed")
+    killed = pod("", exit_code=137)  # OOM-killed: no message of its own
+    status = plan_status({}, Observation(1, deployment=deployment(1, 0), pods=[killed]), "t")
+    [c] = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert c["reason"] == "ModelFetchFailed" and "137" in c["message"]

@@ -25,7 +25,7 @@ from tidal.simulate.trace import load_trace
 from tidal.simulate.workloads import DEMO_SHORT_WINDOW_S, DEMO_SPEEDUP, DEMO_WARMUP_REQUESTS, DEMO_WINDOW_S, demo_slice
 
 EXAMPLE = Path("examples") / "demo-scale-to-zero.yaml"  # in the checkout
-DEMO_NODES = Path(__file__).parent / "devcluster" / "demo-nodepools.yaml"
+DEMO_NODES = Path(__file__).parent / "cluster" / "demo-nodepools.yaml"
 TRACE = Path("..") / "shared" / "traces" / "azure-llm-2023-code.csv"  # beside the checkout
 NAMESPACE, NAME = "default", "demo"
 

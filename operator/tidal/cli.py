@@ -20,7 +20,7 @@ def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .controller import handlers
-    from .render.settings import NetworkPolicySettings, RenderSettings
+    from .render.settings import ModelCacheSettings, NetworkPolicySettings, RenderSettings
 
     handlers.CONFIG.kubeconfig = args.kubeconfig
     handlers.CONFIG.resync_seconds = args.resync_seconds
@@ -43,9 +43,20 @@ def _run_operator(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    cache = None
+    if args.model_cache_root:
+        from .modelcache.fetch import parse_bytes
+        try:
+            parse_bytes(args.model_cache_budget)
+        except ValueError:
+            print(f"error: --model-cache-budget {args.model_cache_budget!r}: use bytes or a quantity like 500Gi",
+                  file=sys.stderr)
+            return 2
+        cache = ModelCacheSettings(args.model_cache_root, args.model_cache_budget,
+                                   args.model_cache_image or ModelCacheSettings().image)
     handlers.CONFIG.render = dataclasses.replace(RenderSettings(), pool_label=args.pool_label,
                                                  startup_budget_seconds=args.startup_budget_seconds,
-                                                 network_policy=policy)
+                                                 network_policy=policy, model_cache=cache)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call at INFO; our own decisions are what matter
@@ -158,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from .simulate.command import add_simulate
     add_simulate(sub)
+    from .modelcache.fetch import add_fetch_model
+    add_fetch_model(sub)
 
     act = sub.add_parser("activator", help="the request gateway: routes to ready replicas, holds requests "
                                            "for a service at zero and wakes it")
@@ -219,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool-label", default="tidal.dev/pool", help="node label naming a node pool")
     run.add_argument("--startup-budget-seconds", type=int, default=1800,
                      help="how long a replica may take to load its model before Kubernetes restarts it")
+    run.add_argument("--model-cache-root", help="fetch s3:// and hf:// models once per node into this directory "
+                                                "on the node (a hostPath); default: once per replica, into the pod")
+    run.add_argument("--model-cache-budget", default="500Gi", help="bytes the cache may hold per node")
+    run.add_argument("--model-cache-image", help="the image whose `tidal fetch-model` fills the cache "
+                                                 "(Tidal's own; the chart passes its image)")
     run.add_argument("--resync-seconds", type=float, default=30.0, help="re-check every service this often")
     run.add_argument("--prometheus-url", help="Prometheus to read queue depth from; without it, no autoscaling")
     run.add_argument("--service-label", default="tidal_dev_inferenceservice",

@@ -46,6 +46,10 @@ def vllm_command(container: dict, model_dir: Path, host: str, port: int, workdir
                  vllm_bin: Path) -> RealCommand:
     """`vllm serve <path in the pod> ...` -> the same with the local model directory, host and port."""
     argv = [*container["command"], *container.get("args", [])]
+    wrapper: list[str] = []
+    if argv[:2] == ["/bin/sh", "-c"] and len(argv) > 3:
+        # Run from the node's model cache: the wrapper that holds the model's in-use lock stays around the engine.
+        wrapper, argv = argv[:3], argv[3:]
     if argv[:2] != ["vllm", "serve"] or len(argv) < 3:
         raise ValueError(f"not a rendered `vllm serve <model>` command: {argv}")
     argv = [*argv[:2], str(model_dir), *argv[3:]]
@@ -65,7 +69,11 @@ def vllm_command(container: dict, model_dir: Path, host: str, port: int, workdir
         "OMP_NUM_THREADS": "1",
         "OMP_WAIT_POLICY": "PASSIVE",
     })
-    return RealCommand([str(vllm_bin / "vllm"), *argv[1:]], env)
+    if wrapper:  # the pod's paths of the cache entry, as they are on this machine (modelcache/layout.py)
+        entry = model_dir.parent
+        env["TIDAL_MODEL_IN_USE"] = str(entry / "in-use")
+        env["VLLM_CACHE_ROOT"] = str(entry.parent.parent / "engine-cache" / entry.name)
+    return RealCommand([*wrapper, str(vllm_bin / "vllm"), *argv[1:]], env)
 
 
 def triton_command(container: dict, repository: Path, host: str, ports: dict[str, int], backends: Path) -> RealCommand:

@@ -52,7 +52,9 @@ def engine_spec(container: dict, annotations: dict, gpu_product: str | None = No
     words = [a.rsplit("/", 1)[-1] for a in argv]
     # A shell wrapper (sh -c "exec vllm serve ...") is split into words too.
     if len(argv) >= 3 and words[0] in ("sh", "bash") and argv[1] == "-c":
-        argv = argv[2].split()
+        # `sh -c '... exec "$0" "$@"' vllm serve ...` (an engine run from the node's model cache): the engine's
+        # argv follows the script; otherwise the script itself is the command line.
+        argv = argv[3:] if argv[2].rstrip().endswith('exec "$0" "$@"') and len(argv) > 3 else argv[2].split()
         words = [a.rsplit("/", 1)[-1] for a in argv]
     latency = pod_latency(annotations, gpu_product)
     for engine in simulated().values():

@@ -24,6 +24,8 @@ CONSTRAINTS: dict[str, dict] = {
     "image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
     "image.repository": {"minLength": 1},
     "image.digest": {"pattern": r"^(sha256:[a-f0-9]{64})?$"},
+    "operator.modelCache.hostPath": {"pattern": r"^/"},
+    "operator.modelCache.budget": {"pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"},
     "networkPolicy.gatewayClients": {"type": "array", "items": {"type": "object"}},
     "imagePullSecrets": {"type": "array", "items": {"type": "object", "required": ["name"],
                                                      "properties": {"name": {"type": "string"}}}},

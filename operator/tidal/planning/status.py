@@ -35,6 +35,29 @@ def _unschedulable(pods: list[dict]) -> str | None:
     return next((m for m in map(pod_unschedulable, pods) if m), None)
 
 
+FETCH_CONTAINER = "fetch-model"
+FETCH_REASONS = ("ModelFetchFailed", "CacheTooSmall", "CacheFull")  # the first word of its termination message
+
+
+def fetch_failure(pods: list[dict]) -> tuple[str, str] | None:
+    """(reason, message) when a replica's model fetch failed: its init container's termination message, as
+    `tidal fetch-model` wrote it (`CacheTooSmall: ...`). The kubelet retries it; the last failure is kept in
+    lastState while the next attempt waits (CrashLoopBackOff)."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if status.get("name") != FETCH_CONTAINER:
+                continue
+            for state in (status.get("state") or {}, status.get("lastState") or {}):
+                ended = state.get("terminated")
+                if ended and ended.get("exitCode", 0) != 0:
+                    message = (ended.get("message") or "").strip() or \
+                        f"the model fetch exited with code {ended.get('exitCode')} ({ended.get('reason', '')})"
+                    reason = message.split(":", 1)[0]
+                    return (reason, message.split(":", 1)[1].strip()) if reason in FETCH_REASONS \
+                        else ("ModelFetchFailed", message)
+    return None
+
+
 def _deployment_failed(deployment: dict) -> str | None:
     for cond in (deployment.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
@@ -58,6 +81,9 @@ def ready_condition(obs: Observation) -> tuple[str, str, str]:
     if failed and ready == 0:
         return "False", "ProgressDeadlineExceeded", failed
     if ready == 0:
+        fetch = fetch_failure(obs.pods)
+        if fetch:
+            return "False", fetch[0], fetch[1]
         pending = _unschedulable(obs.pods)
         if pending:
             return "False", "Unschedulable", pending

@@ -9,7 +9,7 @@ from ..engines import engine
 from ..engines.base import EngineAdapter, ModelLocation, Probe
 from ..engines.gpus import Gpu
 from .labels import CAPACITY_ANNOTATION, common_labels, owner_reference, selector_labels, stamp_hash
-from .model_fetch import model_volume
+from .model_fetch import HOLD_IN_USE, model_volume
 from .settings import GPU_PRODUCT_LABEL, GPU_RESOURCE, RenderSettings
 
 PROBE_PERIOD_S = 10
@@ -77,15 +77,17 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         resources["requests"][GPU_RESOURCE] = str(spec.resources.gpus)
         resources["limits"][GPU_RESOURCE] = str(spec.resources.gpus)
     image = f"{spec.engine.image or adapter.image}:{spec.engine.tag or adapter.tag}"
+    argv = adapter.command(location) + list(spec.engine.args)
     container = {
         "name": "engine",
         "image": image,
-        "command": adapter.command(location)[:1],
-        "args": adapter.command(location)[1:] + list(spec.engine.args),
+        # From the node's model cache, the engine runs holding the model's in-use lock (model_fetch.py).
+        "command": ["/bin/sh", "-c", HOLD_IN_USE] if models.hold_in_use else argv[:1],
+        "args": argv if models.hold_in_use else argv[1:],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in adapter.ports],
-        "env": _env(spec, adapter),
+        "env": _env(spec, adapter) + list(models.env),
         "resources": resources,
-        "volumeMounts": [models.mount, {"name": "dshm", "mountPath": "/dev/shm"},
+        "volumeMounts": [models.mount, *models.more_mounts, {"name": "dshm", "mountPath": "/dev/shm"},
                          {"name": "tmp", "mountPath": "/tmp"}],
         "startupProbe": _probe(adapter.startup_probe, PROBE_PERIOD_S,
                                math.ceil(settings.startup_budget_seconds / PROBE_PERIOD_S)),

@@ -6,6 +6,13 @@
   pvc://claim/path    -> the claim mounted read-only at /models; the model is /models/path
 
 Credentials are always referenced from the Secret (secretKeyRef / a Secret volume), never copied.
+
+With the node cache on (settings.model_cache), s3:// and hf:// models are fetched once per node instead: the
+init container runs `tidal fetch-model` into the node's cache directory (a hostPath), and the engine mounts
+that directory read-only and loads `entries/<key>/model` (modelcache/layout.py). While it runs, the engine
+holds a shared lock on the entry's `in-use` file (fd 9, taken by flock(1) before `exec`: the lock lives as long
+as the engine's process), so the cache never evicts a model a replica uses. What the engine keeps between
+starts (vLLM's compile cache) lives beside the weights, in `engine-cache/<key>`, the one place it may write.
 """
 
 from __future__ import annotations
@@ -13,11 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.v1alpha1 import Model
-from .settings import RenderSettings
+from ..modelcache.layout import ENGINE_CACHE, cache_key, in_use_path, weights_path
+from .settings import ModelCacheSettings, RenderSettings
 
 MODELS_DIR = "/models"
 DOWNLOAD_DIR = f"{MODELS_DIR}/model"
 GCS_KEY_DIR = "/var/run/secrets/tidal/gcs"
+CACHE_DIR = "/model-cache"  # the node's cache root, inside the pod
+ENGINE_CACHE_DIR = "/engine-cache"
+CACHED_SCHEMES = ("s3", "hf")
+# The engine's command runs under this: fd 9 opens the entry's in-use file, flock takes a shared lock on it, and
+# exec keeps fd 9 open, so the lock lasts exactly as long as the engine's process (the args are its argv).
+HOLD_IN_USE = 'exec 9<"$TIDAL_MODEL_IN_USE" && flock -s 9 && exec "$0" "$@"'
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,9 @@ class ModelVolume:
     init_containers: list[dict]
     mount: dict  # how the engine container mounts the models volume
     model_path: str  # the path the engine loads
+    more_mounts: tuple[dict, ...] = ()  # the engine's own cache, beside the weights
+    env: tuple[dict, ...] = ()
+    hold_in_use: bool = False  # run the engine under HOLD_IN_USE
 
 
 def _secret_env(secret: str, key: str, optional: bool = False) -> dict:
@@ -39,9 +56,45 @@ def _fetcher(image: str, command: list[str], env: list[dict], mounts: list[dict]
             "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}}
 
 
+def _credentials_env(scheme: str, secret: str | None) -> list[dict]:
+    if not secret:
+        return []
+    if scheme == "hf":
+        return [_secret_env(secret, "HF_TOKEN")]
+    return [_secret_env(secret, "AWS_ACCESS_KEY_ID"), _secret_env(secret, "AWS_SECRET_ACCESS_KEY"),
+            _secret_env(secret, "AWS_SESSION_TOKEN", optional=True),
+            _secret_env(secret, "AWS_DEFAULT_REGION", optional=True)]
+
+
+def cached_model_volume(model: Model, cache: ModelCacheSettings, container_security: dict) -> ModelVolume:
+    """Fetched once per node into the cache (see the module's docstring)."""
+    key = cache_key(model.uri, model.revision)
+    command = ["tidal", "fetch-model", "--uri", model.uri, "--cache-root", CACHE_DIR, "--budget", cache.budget]
+    if model.revision:
+        command += ["--revision", model.revision]
+    secret = model.credentials.secretName if model.credentials else None
+    fetcher = _fetcher(cache.image, command, [{"name": "HOME", "value": "/tmp"},
+                                              *_credentials_env(model.scheme, secret)],
+                       [{"name": "tmp", "mountPath": "/tmp"}], container_security)
+    fetcher["volumeMounts"] = [{"name": "model-cache", "mountPath": CACHE_DIR}, *fetcher["volumeMounts"][1:]]
+    fetcher["resources"] = {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}  # it streams
+    return ModelVolume(
+        volumes=[{"name": "model-cache", "hostPath": {"path": cache.root, "type": "DirectoryOrCreate"}}],
+        init_containers=[fetcher],
+        mount={"name": "model-cache", "mountPath": CACHE_DIR, "readOnly": True},
+        model_path=weights_path(CACHE_DIR, key),
+        more_mounts=({"name": "model-cache", "mountPath": ENGINE_CACHE_DIR, "subPath": f"{ENGINE_CACHE}/{key}"},),
+        env=({"name": "TIDAL_MODEL_IN_USE", "value": in_use_path(CACHE_DIR, key)},
+             {"name": "VLLM_CACHE_ROOT", "value": ENGINE_CACHE_DIR}),
+        hold_in_use=True,
+    )
+
+
 def model_volume(model: Model, settings: RenderSettings, container_security: dict) -> ModelVolume:
     secret = model.credentials.secretName if model.credentials else None
     scheme, path = model.scheme, model.path
+    if settings.model_cache is not None and scheme in CACHED_SCHEMES:
+        return cached_model_volume(model, settings.model_cache, container_security)
     if scheme == "pvc":
         claim, _, sub = path.partition("/")
         return ModelVolume(

@@ -18,6 +18,15 @@ class NetworkPolicySettings:
 
 
 @dataclass(frozen=True)
+class ModelCacheSettings:
+    """The node-local model cache (modelcache/): where it lives on every GPU node, how much it may hold, and
+    the image whose `tidal fetch-model` fills it (Tidal's own)."""
+    root: str = "/var/lib/tidal/models"
+    budget: str = "500Gi"
+    image: str = "ghcr.io/tidal-dev/tidal:0.1.0"
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     pool_label: str = "tidal.dev/pool"
     # Tolerated on every GPU replica: GPU node pools are commonly tainted so that only GPU work lands there.
@@ -35,5 +44,7 @@ class RenderSettings:
     # After the pod leaves the endpoints, keep serving this long so that every proxy has seen it.
     prestop_sleep_seconds: int = 5
     run_as_user: int = 1000
+    # s3:// and hf:// models fetched once per node into this cache; None: each replica downloads its own copy.
+    model_cache: ModelCacheSettings | None = None
     # One NetworkPolicy per service admitting only the gateway and Prometheus; None: render none.
     network_policy: NetworkPolicySettings | None = field(default_factory=NetworkPolicySettings)
