@@ -127,7 +127,8 @@ def _activator(args: argparse.Namespace) -> int:
             print("error: --static-api-key: use NAME=TOKEN with a token of at least 16 characters", file=sys.stderr)
             return 2
         static.add_key(name, token)
-    limits = Limits(max_pending=args.max_pending, hold_timeout_s=args.hold_timeout)
+    limits = Limits(max_pending=args.max_pending, hold_timeout_s=args.hold_timeout,
+                    keepalive_s=args.stream_keepalive)
     key_namespace = None if args.api_keys == "off" else (args.api_key_namespace or os.environ.get("POD_NAMESPACE")
                                                          or "tidal-system")
     try:
@@ -181,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--metrics-port", type=int, default=9090, help="/metrics and /healthz")
     act.add_argument("--max-pending", type=int, default=1000, help="requests held per service at zero; then 429")
     act.add_argument("--hold-timeout", type=float, default=300.0, help="seconds a request is held; then 503")
+    act.add_argument("--stream-keepalive", type=float, default=15.0,
+                     help="a held request that asked for a stream gets its answer begun after this many seconds, "
+                          "and an SSE comment line every this many seconds until a replica takes it (so proxies that "
+                          "cut silent connections do not)")
     act.add_argument("--drain-seconds", type=float, default=5.0,
                      help="on SIGTERM, keep serving (closing connections after each answer) this long before "
                           "refusing new connections; then wait for requests in flight")

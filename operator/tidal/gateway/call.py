@@ -14,6 +14,7 @@ class Limits:
     hold_timeout_s: float = 300.0  # then 503 with Retry-After
     max_body_bytes: int = 16 * 2**20
     upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
+    keepalive_s: float = 15.0  # a held streamed request: its answer begins, and an SSE comment every this long
 
 
 @dataclass

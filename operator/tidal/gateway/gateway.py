@@ -16,7 +16,7 @@ import time
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from . import errors
+from . import errors, keepalive
 from .accounting import Accounting
 from .admission import Admission
 from .batch_door import BatchDoor
@@ -162,19 +162,27 @@ class Gateway:
 
     async def _serve(self, request, call: Call) -> web.StreamResponse:
         """A replica with room (holding until there is one), then the hop; a replica that gives the request
-        back unprocessed is left out and another tried."""
+        back unprocessed is left out and another tried. A streamed request held through a long wake gets its
+        answer begun, with keep-alive comments, meanwhile (keepalive.py)."""
         key = call.service
         tried: set[int] = set()
+        opened: web.StreamResponse | None = None
         for _ in range(self.limits.upstream_attempts):
-            endpoint = await self.holds.endpoint(key, tried, call)
+            def find():
+                return self.holds.endpoint(key, tried, call)
+            if call.meter is not None:  # an OpenAI request with "stream": true
+                endpoint, opened = await keepalive.hold(request, call.model, self.limits.keepalive_s, find, opened)
+            else:
+                endpoint = await find()
             if isinstance(endpoint, web.Response):
-                return endpoint
+                return endpoint if opened is None else await keepalive.fail(opened, endpoint)
             tried.add(id(endpoint))
-            result = await self.proxy.forward(request, call, endpoint)
+            result = await self.proxy.forward(request, call, endpoint, opened)
             if result is not None:
                 return result
-        return _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
-                                                   f"{self.limits.upstream_attempts} attempts", retry_after=1)
+        error = _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
+                                                    f"{self.limits.upstream_attempts} attempts", retry_after=1)
+        return error if opened is None else await keepalive.fail(opened, error)
 
     # ---- for the playground and batches ------------------------------------------------------------
     def model_for_key(self, authorization: str | None, model: str) -> Entry | web.Response:

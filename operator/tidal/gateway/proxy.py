@@ -13,6 +13,7 @@ from ..engines.base import refusals
 from .call import Call
 from .demand import Demand
 from .endpoints import Endpoint
+from . import keepalive
 from .errors import gateway_error as _error
 from .metrics import Metrics
 from .unprocessed import EMPTY, STREAM_HEAD_LIMIT, aborted_unprocessed, stream_verdict
@@ -45,8 +46,10 @@ class Proxy:
         if self._upstream is not None:
             await self._upstream.close()
 
-    async def forward(self, request, call: Call, endpoint: Endpoint) -> web.StreamResponse | None:
-        """Forward to one endpoint; None when it refused before taking the request (try another)."""
+    async def forward(self, request, call: Call, endpoint: Endpoint,
+                      opened: web.StreamResponse | None = None) -> web.StreamResponse | None:
+        """Forward to one endpoint; None when it refused before taking the request (try another). `opened`: the
+        answer already begun for a streamed request held through a long wake (keepalive.py)."""
         key, body = call.service, call.body
         target = call.path  # as the caller encoded it, query included (request_checks.py)
         # The caller's API key is the gateway's business: it never reaches the engine.
@@ -83,7 +86,10 @@ class Proxy:
             out_headers.append(("x-tidal-held-seconds", f"{call.held_s:.3f}"))
             if call.woke:
                 out_headers.append(("x-tidal-woke", "true"))
-            if small:
+            if opened is not None and upstream.status != 200:  # the stream has begun: the error is its last event
+                body = answer if answer is not None else await upstream.read()  # an error: small
+                return await keepalive.fail(opened, web.Response(status=upstream.status, body=body))
+            if small and opened is None:
                 # A small complete answer: one read, one write (most non-streamed completions).
                 response = web.Response(status=upstream.status, body=answer)
                 for k, v in [*out_headers, *call.headers.items()]:
@@ -92,10 +98,15 @@ class Proxy:
                     call.usage = from_answer(answer)
                     self.demand.served(key, time.monotonic() - sent)
                 return response
-            response = web.StreamResponse(status=upstream.status)
-            for k, v in [*out_headers, *call.headers.items()]:
-                response.headers.add(k, v)
-            await response.prepare(request)
+            if opened is not None:
+                response = opened  # begun while held: the engine's events follow the keep-alive comments
+                if small:
+                    head = answer
+            else:
+                response = web.StreamResponse(status=upstream.status)
+                for k, v in [*out_headers, *call.headers.items()]:
+                    response.headers.add(k, v)
+                await response.prepare(request)
             meter = call.meter if upstream.status == 200 else None
             if head:
                 out = meter.feed(head) if meter else head
