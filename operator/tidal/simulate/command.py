@@ -8,10 +8,19 @@ import json
 import sys
 from pathlib import Path
 
+from .nodes import CacheModel
+
 
 def _scaling_default(field: str):
     from ..api.v1alpha1 import Scaling
     return Scaling.model_fields[field].default
+
+
+def cache_model(args: argparse.Namespace) -> CacheModel | None:
+    if args.model_cache is None:
+        return None
+    return CacheModel(args.model_cache == "on", args.model_gb, args.fetch_gbps, args.cache_gb_per_node,
+                      args.gpus_per_node, args.prefetch)
 
 
 def add_simulate(sub) -> None:
@@ -43,7 +52,21 @@ def add_simulate(sub) -> None:
                      help="replay the trace this many times faster (arrival rate x N, same requests)")
     sim.add_argument("--fleet", type=int, default=0, metavar="N",
                      help="simulate N services built from the trace (shifted and scaled), sharing a pool")
-    sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool")
+    sim.add_argument("--pool-gpus", type=int, default=64, help="with --fleet: GPUs in the shared pool (with "
+                                                                "--model-cache, also a single service's nodes)")
+    sim.add_argument("--model-cache", choices=["on", "off"],
+                     help="model each cold start as fetching the weights (--model-gb at --fetch-gbps) then loading "
+                          "them (--cold-start), on nodes of --gpus-per-node GPUs: on, each node keeps what it fetched "
+                          "(--cache-gb-per-node) and replicas prefer nodes that hold their model; off, every cold "
+                          "start fetches. Unset: a cold start is --cold-start alone")
+    sim.add_argument("--model-gb", type=float, default=16.0, help="with --model-cache: the model's size")
+    sim.add_argument("--fetch-gbps", type=float, default=0.5,
+                     help="with --model-cache: GB a second from the model store to a node")
+    sim.add_argument("--cache-gb-per-node", type=float, default=500.0, help="with --model-cache on: each node's budget")
+    sim.add_argument("--gpus-per-node", type=int, default=8, help="with --model-cache: GPUs of each node")
+    sim.add_argument("--prefetch", action="store_true",
+                     help="with --model-cache on: every model is on some of the pool's nodes before the first "
+                          "request (spread within the budgets), as spec.model.cache.prefetch would put it")
     sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
                      help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
                           "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
@@ -96,7 +119,8 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.fleet:
         return _simulate_fleet(args, requests, names, latency, started)
     cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
+                    cache=cache_model(args), pool_gpus=args.pool_gpus)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
                      adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
@@ -122,7 +146,8 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
 
     traces = fleet(requests, args.fleet, seed=args.seed)
     cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo)
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
+                    cache=cache_model(args), pool_gpus=args.pool_gpus)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
                      adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
@@ -133,17 +158,22 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
         print(f"simulating {name} over the fleet", flush=True)
         r = simulate_fleet(traces, lambda n=name: make_policy(n, cfg, scaling), cfg, args.pool_gpus)
         rows.append(r)
-    table = [f"| policy | pool GPU-hours | x clairvoyant | cold starts | waited for a GPU | waited > {args.slo:g} s | lost |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    cached = cfg.cache is not None
+    table = [f"| policy | pool GPU-hours | x clairvoyant | cold starts | waited for a GPU | waited > {args.slo:g} s | lost |"
+             + (" cache hits | cold start p50 |" if cached else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cached else "")]
     table += [f"| {r.policy} | {r.gpu_hours:.2f} | {r.gpu_hours / bound:.2f} | {r.cold_starts} | {r.pending_launches} | "
-              f"{r.slo_misses} | {r.lost} |" for r in rows]
+              f"{r.slo_misses} | {r.lost} |"
+              + (f" {r.cache_hit_ratio:.0%} | {r.cold_start_p50_s:.1f} s |" if cached else "") for r in rows]
     table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fleet.md").write_text("\n".join(table) + "\n")
     (out / "fleet.json").write_text(json.dumps({"services": args.fleet, "pool_gpus": args.pool_gpus,
                                                 "clairvoyant_gpu_hours": bound,
-                                                "results": [r.__dict__ for r in rows]}, indent=2))
+                                                "results": [{k: v for k, v in r.__dict__.items() if v is not None
+                                                             or k not in ("cache_hit_ratio", "cold_start_p50_s")}
+                                                            for r in rows]}, indent=2))
     print("\n".join(table))
     print(f"wrote {out / 'fleet.md'}, {out / 'fleet.json'} in {time.monotonic() - started:.1f} s")
     return 0

@@ -8,8 +8,9 @@ import math
 from dataclasses import dataclass, field
 
 from .latency import LatencyModel
+from .nodes import CacheModel, Nodes
 from .policies import SimPolicy, View
-from .service import Service
+from .service import Pool, Service
 from .trace import Request
 
 
@@ -24,6 +25,10 @@ class SimConfig:
     hold_timeout_s: float = 600.0  # a request held longer at zero gets a 503: lost
     initial_replicas: int = 0
     sample_s: float = 5.0
+    # --model-cache on|off: cold starts as a fetch (from model size and bandwidth) plus the load, on GPU nodes
+    # with a cache each (nodes.py); None: a cold start is one figure, cold_start_s.
+    cache: CacheModel | None = None
+    pool_gpus: int = 64  # GPUs of the nodes a single service's replicas go to, with `cache`
 
 
 @dataclass
@@ -40,9 +45,13 @@ class Result:
     ttft_p99: float
     timeline: list[tuple[float, int, int, int]]  # (t, replicas, ready, queued)
     extra: dict = field(default_factory=dict)
+    cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
+    cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
 
     def row(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        # The cache's figures only where it was modelled: the other results stay as they were.
+        return {k: v for k, v in self.__dict__.items() if k != "timeline" and
+                not (k in ("cache_hit_ratio", "cold_start_p50_s") and v is None)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -54,6 +63,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progress=None) -> Result:
     svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed)
+    if cfg.cache is not None:
+        svc.pool = Pool(cfg.pool_gpus, Nodes(cfg.cache, cfg.pool_gpus))
+        if cfg.cache.enabled and cfg.cache.prefetch:
+            svc.pool.nodes.prefetch([svc.model])
     events: list = []
     seq = itertools.count()
 
@@ -85,6 +98,12 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
         if desired is not None and desired != svc.current():
             for replica in svc.scale_to(desired, now):
                 push(replica.ready_at, "ready", replica)
+        started_by_release()
+
+    def started_by_release():  # replicas that waited for a GPU of the modelled nodes
+        while svc.pool is not None and svc.pool.started:
+            _, replica = svc.pool.started.pop()
+            push(replica.ready_at, "ready", replica)
 
     def start(now):
         for done_at, replica in svc.dispatch(now):
@@ -108,6 +127,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
         elif kind == "done":
             last_done = now
             svc.finish(payload, now)
+            started_by_release()
             start(now)
         elif kind == "ready":
             start(now)
@@ -135,7 +155,14 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
         lost=sum(1 for o in svc.outcomes if o.lost) + len(requests) - len(svc.outcomes),
         wait_p50=_percentile(waits, 0.5), wait_p99=_percentile(waits, 0.99),
         ttft_p50=_percentile([o.ttft for o in served], 0.5), ttft_p99=_percentile([o.ttft for o in served], 0.99),
-        timeline=timeline, extra=dict(getattr(policy, "reasons", {})))
+        timeline=timeline, extra=dict(getattr(policy, "reasons", {})),
+        **cache_figures(svc.pool.nodes if svc.pool else None, svc.cold_start_times))
+
+
+def cache_figures(nodes: Nodes | None, cold_starts: list[float]) -> dict:
+    if nodes is None:
+        return {}
+    return {"cache_hit_ratio": nodes.hit_ratio(), "cold_start_p50_s": _percentile(cold_starts, 0.5)}
 
 
 def physical_limit_hours(requests: list[Request], latency: LatencyModel) -> float:

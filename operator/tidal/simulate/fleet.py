@@ -8,7 +8,8 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
-from .engine import SimConfig
+from .engine import SimConfig, cache_figures
+from .nodes import Nodes
 from .policies import View
 from .service import Pool, Service
 from .trace import Request
@@ -25,12 +26,16 @@ class FleetResult:
     lost: int
     pending_launches: int  # replicas that had to wait for a GPU
     wait_max: float  # the longest queue wait of a served request
+    cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
+    cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
 
 
 def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, pool_gpus: int) -> FleetResult:
-    pool = Pool(pool_gpus)
-    services = [Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed + i, pool=pool)
-                for i in range(len(traces))]
+    pool = Pool(pool_gpus, Nodes(cfg.cache, pool_gpus) if cfg.cache is not None else None)
+    services = [Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed + i, pool=pool,
+                        model=f"model-{i}") for i in range(len(traces))]
+    if pool.nodes is not None and cfg.cache.enabled and cfg.cache.prefetch:
+        pool.nodes.prefetch([s.model for s in services])
     policies = [make_policy() for _ in traces]
     events: list = []
     seq = itertools.count()
@@ -116,4 +121,5 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         cold_starts=sum(s.cold_starts for s in services),
         slo_misses=sum(1 for o in outcomes if o.lost or o.wait > cfg.slo_wait_s),
         lost=sum(1 for o in outcomes if o.lost) + total - len(outcomes), pending_launches=waited_for_gpu,
-        wait_max=max((o.wait for o in outcomes if not o.lost), default=0.0))
+        wait_max=max((o.wait for o in outcomes if not o.lost), default=0.0),
+        **cache_figures(pool.nodes, [t for s in services for t in s.cold_start_times]))

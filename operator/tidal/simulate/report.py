@@ -41,10 +41,15 @@ def run_all(requests: list[Request], names: list[str], cfg: SimConfig, scaling: 
 def markdown(results: list[Result], limit_hours: float, cfg: SimConfig, clairvoyant: float | None = None) -> str:
     lines = [f"| policy | GPU-replica-hours | x clairvoyant | cold starts | waited > {cfg.slo_wait_s:g} s | lost "
              "| queue wait p50 / p99 | TTFT p50 / p99 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    cached = any(r.cache_hit_ratio is not None for r in results)
+    if cached:
+        lines[0] += " cache hits | cold start p50 |"
+        lines[1] += "---:|---:|"
     for r in results:
         ratio = f"{r.gpu_hours / clairvoyant:.2f}" if clairvoyant else ""
         lines.append(f"| {r.policy} | {r.gpu_hours:.3f} | {ratio} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
-                     f"{r.wait_p50:.2f} s / {r.wait_p99:.1f} s | {r.ttft_p50:.2f} s / {r.ttft_p99:.1f} s |")
+                     f"{r.wait_p50:.2f} s / {r.wait_p99:.1f} s | {r.ttft_p50:.2f} s / {r.ttft_p99:.1f} s |"
+                     + (f" {r.cache_hit_ratio or 0:.0%} | {r.cold_start_p50_s or 0:.1f} s |" if cached else ""))
     if clairvoyant is not None:
         lines.append(f"| clairvoyant (knows every arrival; no request waits) | {clairvoyant:.3f} | 1.00 | | 0 | 0 | | |")
     lines.append(f"| physical limit (all slots always busy) | {limit_hours:.3f} | | | | | | |")
@@ -80,7 +85,8 @@ def write(results: list[Result], limit_hours: float, cfg: SimConfig, out: Path, 
     paths = {"json": out / "simulation.json", "markdown": out / "simulation.md", "png": out / "simulation.png"}
     paths["json"].write_text(json.dumps({
         "trace": trace, "config": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
-                                   for k, v in cfg.__dict__.items()},
+                                   for k, v in cfg.__dict__.items()
+                                   if cfg.cache is not None or k not in ("cache", "pool_gpus")},
         "physical_limit_gpu_hours": limit_hours, "clairvoyant_gpu_hours": clairvoyant,
         "results": [r.row() for r in results]}, indent=2, default=str))
     paths["markdown"].write_text(f"Trace: `{trace}`, cold start {cfg.cold_start_s:g} s, SLO: queue wait "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..autoscaling.demand import ArrivalRate, RequestTime
 from .latency import LatencyModel
+from .nodes import Nodes
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Replica:
     inflight: int = 0
     draining: bool = False
     removed_at: float | None = None
+    node: int | None = None  # with modelled nodes: where it runs
 
     def ready(self, now: float) -> bool:
         return not self.draining and self.ready_at <= now
@@ -30,26 +32,40 @@ class Pool:
     """A node pool with a fixed number of GPUs shared by a fleet of services (one GPU per replica). A replica
     launched while every GPU is taken waits (Pending) and starts its cold start when one frees, oldest first."""
 
-    def __init__(self, gpus: int):
+    def __init__(self, gpus: int, nodes: Nodes | None = None):
         self.free = gpus
+        self.nodes = nodes  # GPU nodes with model caches (nodes.py); None: a cold start is one phase
         self.pending: collections.deque = collections.deque()  # (service, replica) waiting for a GPU
         self.started: list = []  # (service, replica) given a GPU by a release, for the loop to schedule
 
     def take(self, service: "Service", replica: "Replica", now: float) -> bool:
         if self.free > 0:
             self.free -= 1
+            if self.nodes is not None:
+                self._place(service, replica, now, replica.ready_at - now)
             return True
         self.pending.append((service, replica))
         return False
 
-    def release(self, now: float) -> None:
+    def _place(self, service: "Service", replica: "Replica", now: float, load_s: float) -> None:
+        """On a node: the cold start is the weights' fetch (none on a cache hit) and then the load."""
+        replica.node, fetch_s = self.nodes.place(service.model, now)
+        replica.launched, replica.ready_at = now, now + fetch_s + load_s
+        service.cold_start_times.append(fetch_s + load_s)
+
+    def release(self, now: float, replica: "Replica | None" = None, model: str = "") -> None:
         self.free += 1
+        if self.nodes is not None and replica is not None and replica.node is not None:
+            self.nodes.release(replica.node, model)
         while self.pending and self.free > 0:
             service, replica = self.pending.popleft()
             if replica.draining:  # scaled away before it ever got a GPU
                 continue
             self.free -= 1
-            replica.launched, replica.ready_at = now, now + service.cold_start()
+            if self.nodes is not None:
+                self._place(service, replica, now, service.cold_start())
+            else:
+                replica.launched, replica.ready_at = now, now + service.cold_start()
             self.started.append((service, replica))
 
     def withdraw(self, replica: "Replica") -> None:
@@ -75,6 +91,8 @@ class Service:
     outcomes: list[Outcome] = field(default_factory=list)
     cold_starts: int = 0
     pool: Pool | None = None  # a finite pool shared with other services; None: a GPU is always free
+    model: str = "model"  # which weights its replicas load (with modelled node caches)
+    cold_start_times: list = field(default_factory=list)  # fetch + load of each placed cold start
     held_arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # as the activator counts them
     request_time: RequestTime = field(default_factory=RequestTime)  # as the activator averages them
     _ids: int = 0
@@ -136,7 +154,7 @@ class Service:
     def _remove(self, replica: Replica, now: float) -> None:
         replica.removed_at = now
         if self.pool is not None:
-            self.pool.release(now)
+            self.pool.release(now, replica, self.model)
 
     def held(self, now: float) -> tuple[float, float, float | None]:
         """What an activator sees while no replica is ready: requests held, how fast they arrive, and how
