@@ -46,3 +46,51 @@ def test_status_keeps_the_last_cold_start_and_writes_it_only_when_it_changes():
     assert out["lastColdStartSeconds"] == 42.5
     again = plan_scaling_status(out, decision, 1, 0.0, 1, 1002.0, cold_start_s=42.46)
     assert again == out
+
+
+# ---- where the seconds went (#30.3) ------------------------------------------------------------------
+def kubelet_pod(fetch: tuple[str, str] | None = ("20:00:05", "20:00:35")) -> dict:
+    """A replica's status as a kubelet writes it (second resolution): created 20:00:00, scheduled at :02, the
+    fetch container from :05 to :35, the engine started at :40, Ready at 20:01:30."""
+    def t(hms):
+        return f"2026-12-06T{hms}Z"
+    status = {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t("20:00:02")},
+                             {"type": "Ready", "status": "True", "lastTransitionTime": t("20:01:30")}],
+              "containerStatuses": [{"name": "engine", "state": {"running": {"startedAt": t("20:00:40")}}}]}
+    if fetch:
+        status["initContainerStatuses"] = [{"name": "fetch-model", "state": {"terminated": {
+            "exitCode": 0, "startedAt": t(fetch[0]), "finishedAt": t(fetch[1])}}}]
+    return {"metadata": {"creationTimestamp": t("20:00:00")}, "status": status}
+
+
+def test_a_cold_start_is_split_into_its_phases_that_sum_to_what_the_operator_timed():
+    from tidal.planning.cold_start_phases import phases, summary
+    parts = phases(kubelet_pod(), total_s=93.0)
+    assert parts == {"scheduling": 2.0, "image_pull": 3.0 + 5.0, "weight_fetch": 30.0, "engine_load": 50.0,
+                     "ready": 3.0}
+    assert sum(parts.values()) == 93.0
+    assert summary(93.0, parts) == ("woke in 93.0 s: scheduling 2 s, image pull 8 s, weight fetch 30 s, "
+                                    "engine load 50 s, ready 3 s")
+    hit = phases(kubelet_pod(fetch=("20:00:05", "20:00:05")), total_s=63.0)  # the node's cache had the weights
+    assert hit["weight_fetch"] == 0.0 and hit["image_pull"] == 38.0
+    pvc = phases(kubelet_pod(fetch=None), total_s=93.0)  # no fetch container: a pvc:// model
+    assert pvc["weight_fetch"] == 0.0 and pvc["image_pull"] == 38.0
+    unstarted = kubelet_pod()
+    del unstarted["status"]["containerStatuses"]
+    assert phases(unstarted, 93.0) is None  # no invented figures
+
+
+def test_the_clock_observes_each_phase_and_status_carries_them_only_when_they_change():
+    from tidal.controller import metrics
+    clock = ColdStarts()
+    engine_load = lambda: sum(s.value for m in metrics.COLD_START_PHASE.collect() for s in m.samples  # noqa: E731
+                              if s.name.endswith("_sum") and s.labels["phase"] == "engine_load")
+    before = engine_load()
+    clock.explained(KEY, {"scheduling": 1.0, "image_pull": 2.0, "weight_fetch": 0.0, "engine_load": 50.0,
+                          "ready": 1.0})
+    assert engine_load() == before + 50.0
+    decision = Decision(1, "ActivatorWake", "", ScalerState())
+    status = plan_scaling_status({}, decision, 0, None, 1, 1000.0, cold_start_phases=clock.last_phases(KEY))
+    assert status["lastColdStartPhases"]["engine_load"] == 50.0
+    same = dict(clock.last_phases(KEY))  # the same figures, another object: nothing new to write
+    assert plan_scaling_status(status, decision, 1, None, 1, 1001.0, cold_start_phases=same) == status

@@ -53,4 +53,8 @@ class InferenceServiceStatus(_Model):
     batch: BatchStatus | None = Field(None, description="The batch one replica runs (vLLM: --max-num-seqs).")
     lastColdStartSeconds: float | None = Field(None, description="The last cold start, from the scale-from-zero "
                                                "decision to the first ready replica; sizes the next wake-up.")
+    lastColdStartPhases: dict[str, float] | None = Field(
+        None, description="Where the last cold start's seconds went, from its first ready replica: scheduling, "
+                          "image_pull, weight_fetch (0 when the node's model cache had the weights), engine_load, "
+                          "ready (the rest of the operator's clock).")
     lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")

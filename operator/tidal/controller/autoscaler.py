@@ -21,6 +21,8 @@ from ..clients.kube import Kube, unreachable
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
 from ..engines.gpus import Gpu
+from ..render.labels import SERVICE_LABEL
+from ..planning import cold_start_phases
 from ..planning.checks import pool_capacity, replica_gpu
 from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
@@ -301,7 +303,8 @@ class Autoscaler:
         before, after = await update_status(
             self.kube, self.store, body,
             lambda cur: plan_scaling_status(cur, decision, obs.current, obs.waiting, generation, now, report,
-                                            spec.scaling.idleSecondsBeforeZero, obs.cold_start_s))
+                                            spec.scaling.idleSecondsBeforeZero, obs.cold_start_s,
+                                            self.cold_starts.last_phases(key)))
         old, new = get_condition(before.get("conditions"), "ScalingActive"), get_condition(after.get("conditions"),
                                                                                           "ScalingActive")
         metrics.SCALING_ACTIVE.labels(*key).set(1 if (new or {}).get("status") == "True" else 0)
@@ -313,6 +316,22 @@ class Autoscaler:
             await self.kube.event(body, "Normal" if new["status"] == "True" else "Warning", new["reason"],
                                   new["message"])
         return decision
+
+    async def explain_cold_start(self, key: Key, took: float) -> None:
+        """Where a finished cold start's seconds went, from its first ready replica: metric, status, Event."""
+        try:
+            pods = await self.kube.list_pods(key[0], f"{SERVICE_LABEL}={key[1]}")
+        except Exception as err:  # an explanation is not worth failing the watch that noticed readiness
+            log.warning("%s/%s: cold start of %.0f s not explained: %s", *key, took, unreachable(err) or err)
+            return
+        explained = [(parts, p) for p in pods if (parts := cold_start_phases.phases(p, took)) is not None]
+        if not explained:
+            return
+        parts, _ = min(explained, key=lambda e: cold_start_phases.ready_at(e[1]))
+        self.cold_starts.explained(key, parts)
+        body = self.store.services.get(key)
+        if body is not None:
+            await self.kube.event(body, "Normal", "ColdStart", cold_start_phases.summary(took, parts))
 
     async def wake(self, namespace: str, name: str, pending: float, arrivals_per_s: float = 0.0,
                    request_s: float | None = None) -> Decision | None:

@@ -1,7 +1,9 @@
 """Cold starts as the operator times them: from the decision that takes a service from zero replicas to
 its first ready replica (scheduling, image pull, model load, engine start).
 
-Each wake-up's is observed in `tidal_cold_start_seconds`, and the last one per service sizes the next
+Each wake-up's is observed in `tidal_cold_start_seconds`, and its phases (from the first ready replica's status:
+scheduling, image pull, weight fetch, engine load, ready) in `tidal_cold_start_phase_seconds{phase}`,
+`status.lastColdStartPhases` and a `ColdStart` Event; and the last one per service sizes the next
 wake-up (what arrives during a cold start is waiting when it ends). A new service's first replica, the
 one its Deployment is created with, is timed too (its first wake-up then knows what one costs) but not
 observed: the metric counts wake-ups, as the gateway's does. It is also written to the service's
@@ -20,6 +22,7 @@ class ColdStarts:
         self._since: dict[Key, float] = {}  # monotonic time of each service's scale-from-zero decision
         self._last: dict[Key, float] = {}
         self._launches: set[Key] = set()  # clocks started by a Deployment's creation, not by a wake-up
+        self._phases: dict[Key, dict[str, float]] = {}
 
     def begun(self, key: Key, now: float, wake_up: bool = True) -> None:
         if key not in self._since:
@@ -32,7 +35,8 @@ class ColdStarts:
         self._since.pop(key, None)
         self._launches.discard(key)
 
-    def replicas_ready(self, key: Key, ready: int, now: float) -> None:
+    def replicas_ready(self, key: Key, ready: int, now: float) -> float | None:
+        """The cold start's seconds when this ends one (a wake-up's or a new service's first replica)."""
         if ready > 0 and key in self._since:
             took = now - self._since.pop(key)
             self._last[key] = took
@@ -40,6 +44,17 @@ class ColdStarts:
                 self._launches.discard(key)
             else:
                 metrics.COLD_START.labels(*key).observe(took)
+            return took
+        return None
+
+    def explained(self, key: Key, parts: dict[str, float]) -> None:
+        """Where the last cold start's seconds went (planning/cold_start_phases.py), for status."""
+        self._phases[key] = parts
+        for phase, seconds in parts.items():
+            metrics.COLD_START_PHASE.labels(phase).observe(seconds)
+
+    def last_phases(self, key: Key) -> dict[str, float] | None:
+        return self._phases.get(key)
 
     def last(self, key: Key, status: dict | None = None) -> float | None:
         """The last measured cold start; after a restart, the one status kept."""
@@ -52,3 +67,4 @@ class ColdStarts:
         self._since.pop(key, None)
         self._launches.discard(key)
         self._last.pop(key, None)
+        self._phases.pop(key, None)

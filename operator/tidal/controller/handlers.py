@@ -121,7 +121,9 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
         ready = memo.store.deployments[key].ready
         metrics.READY.labels(*key).set(ready)
         if memo.autoscaler:
-            memo.autoscaler.cold_starts.replicas_ready(key, ready, time.monotonic())
+            took = memo.autoscaler.cold_starts.replicas_ready(key, ready, time.monotonic())
+            if took is not None:
+                await memo.autoscaler.explain_cold_start(key, took)
     await _owner_changed(namespace, labels, memo)
 
 

@@ -24,6 +24,10 @@ SCALE_EVENTS = Counter("tidal_autoscaler_scale_events", "Replica changes written
 COLD_START = Histogram("tidal_cold_start_seconds", "From the scale-from-zero decision to the first ready replica.",
                        SERVICE, buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800),
                        registry=REGISTRY)
+COLD_START_PHASE = Histogram("tidal_cold_start_phase_seconds", "Where cold starts' seconds went: scheduling, "
+                             "image_pull, weight_fetch (0 on a node-cache hit), engine_load, ready.", ["phase"],
+                             buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1800),
+                             registry=REGISTRY)
 GPU_SECONDS = Counter("tidal_gpu_seconds", "GPU-seconds held by the service's scheduled replicas (replicas x GPUs "
                       "per replica, over time): what the service costs.", SERVICE, registry=REGISTRY)
 READY = Gauge("tidal_service_ready_replicas", "Ready replicas, per service.", SERVICE, registry=REGISTRY)

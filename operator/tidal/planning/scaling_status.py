@@ -41,10 +41,13 @@ def restored_state(status: dict) -> ScalerState:
 
 def plan_scaling_status(current: dict, decision: Decision, previous_replicas: int, queue: float | None,
                         generation: int, now: float, report_condition: bool = True,
-                        idle_seconds: float = 120.0, cold_start_s: float | None = None) -> dict:
+                        idle_seconds: float = 120.0, cold_start_s: float | None = None,
+                        cold_start_phases: dict[str, float] | None = None) -> dict:
     out = dict(current)
     if cold_start_s is not None and current.get("lastColdStartSeconds") != round(cold_start_s, 1):
         out["lastColdStartSeconds"] = round(cold_start_s, 1)
+    if cold_start_phases is not None and current.get("lastColdStartPhases") != cold_start_phases:
+        out["lastColdStartPhases"] = cold_start_phases
     out["desiredReplicas"] = decision.replicas
     if queue is not None:
         out["queueDepth"] = round(queue)
