@@ -69,3 +69,6 @@ def test_the_command_reports_cache_hits_and_the_cold_start_p50_only_when_modelle
     assert on["cold_starts"] == off["cold_starts"] == 2
     assert (on["cache_hit_ratio"], off["cache_hit_ratio"]) == (0.5, 0.0)
     assert off["cold_start_p50_s"] == 60 + 32 and on["cold_start_p50_s"] <= off["cold_start_p50_s"]
+    # The phases the operator reports, as far as the simulator models them.
+    assert off["cold_start_phases_p50_s"] == {"weight_fetch": 32.0, "engine_load": 60.0}
+    assert "cold_start_phases_p50_s" not in plain

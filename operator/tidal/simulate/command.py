@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from .engine import CACHE_FIGURES
 from .nodes import CacheModel
 
 
@@ -172,8 +173,7 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
     (out / "fleet.json").write_text(json.dumps({"services": args.fleet, "pool_gpus": args.pool_gpus,
                                                 "clairvoyant_gpu_hours": bound,
                                                 "results": [{k: v for k, v in r.__dict__.items() if v is not None
-                                                             or k not in ("cache_hit_ratio", "cold_start_p50_s")}
-                                                            for r in rows]}, indent=2))
+                                                             or k not in CACHE_FIGURES} for r in rows]}, indent=2))
     print("\n".join(table))
     print(f"wrote {out / 'fleet.md'}, {out / 'fleet.json'} in {time.monotonic() - started:.1f} s")
     return 0

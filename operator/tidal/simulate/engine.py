@@ -31,6 +31,9 @@ class SimConfig:
     pool_gpus: int = 64  # GPUs of the nodes a single service's replicas go to, with `cache`
 
 
+CACHE_FIGURES = ("cache_hit_ratio", "cold_start_p50_s", "cold_start_phases_p50_s")
+
+
 @dataclass
 class Result:
     policy: str
@@ -47,11 +50,11 @@ class Result:
     extra: dict = field(default_factory=dict)
     cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
     cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
+    cold_start_phases_p50_s: dict | None = None  # with --model-cache: weight_fetch, engine_load medians
 
     def row(self) -> dict:
         # The cache's figures only where it was modelled: the other results stay as they were.
-        return {k: v for k, v in self.__dict__.items() if k != "timeline" and
-                not (k in ("cache_hit_ratio", "cold_start_p50_s") and v is None)}
+        return {k: v for k, v in self.__dict__.items() if k != "timeline" and not (k in CACHE_FIGURES and v is None)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -162,7 +165,10 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
 def cache_figures(nodes: Nodes | None, cold_starts: list[float]) -> dict:
     if nodes is None:
         return {}
-    return {"cache_hit_ratio": nodes.hit_ratio(), "cold_start_p50_s": _percentile(cold_starts, 0.5)}
+    # The phases the operator reports (status.lastColdStartPhases) that the simulator models.
+    phases = {"weight_fetch": _percentile(nodes.fetches, 0.5), "engine_load": _percentile(nodes.loads, 0.5)}
+    return {"cache_hit_ratio": nodes.hit_ratio(), "cold_start_p50_s": _percentile(cold_starts, 0.5),
+            "cold_start_phases_p50_s": phases}
 
 
 def physical_limit_hours(requests: list[Request], latency: LatencyModel) -> float:

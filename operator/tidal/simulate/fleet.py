@@ -28,6 +28,7 @@ class FleetResult:
     wait_max: float  # the longest queue wait of a served request
     cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
     cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
+    cold_start_phases_p50_s: dict | None = None  # with --model-cache: weight_fetch, engine_load medians
 
 
 def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, pool_gpus: int) -> FleetResult:

@@ -36,6 +36,7 @@ class Nodes:
         per = model.gpus_per_node
         self.nodes = [Node(min(per, gpus - i)) for i in range(0, gpus, per)]
         self.fetches: list[float] = []  # the fetch phase of every cold start placed (0 for a cache hit)
+        self.loads: list[float] = []  # its load phase (the engine loading the weights)
 
     def prefetch(self, names: list[str]) -> None:
         """Every model onto as many nodes as the budgets allow, spread evenly: 50 models of 16 GB on 8 nodes of

@@ -50,6 +50,7 @@ class Pool:
     def _place(self, service: "Service", replica: "Replica", now: float, load_s: float) -> None:
         """On a node: the cold start is the weights' fetch (none on a cache hit) and then the load."""
         replica.node, fetch_s = self.nodes.place(service.model, now)
+        self.nodes.loads.append(load_s)
         replica.launched, replica.ready_at = now, now + fetch_s + load_s
         service.cold_start_times.append(fetch_s + load_s)
 
