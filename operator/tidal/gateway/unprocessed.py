@@ -37,15 +37,18 @@ def aborted_unprocessed(answer: bytes) -> bool:
 EMPTY, GENERATING = "empty", "generating"
 
 
-def stream_verdict(head: bytes) -> str | None:
+def stream_verdict(head: bytes, refusals: tuple[bytes, ...] = ()) -> str | None:
     """EMPTY when the stream ended ([DONE]) before any event but the chat role preamble and a usage chunk
-    counting no token; GENERATING at the first other event (a token, an error); None while the complete
-    events so far say neither."""
+    counting no token, or when its first other event is an error carrying one of the engines' `refusals` (the
+    engine shutting down or gone); GENERATING at the first other event (a token, another error); None while
+    the complete events so far say neither."""
     for event in head.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:  # the last part is not complete yet
         data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
         if not data:
             continue  # a comment or keep-alive
         if data == b"[DONE]":
+            return EMPTY
+        if b'"error"' in data and any(r in data for r in refusals):
             return EMPTY
         if not _nothing_generated(data):
             return GENERATING
