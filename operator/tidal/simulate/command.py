@@ -166,7 +166,8 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
     table += [f"| {r.policy} | {r.gpu_hours:.2f} | {r.gpu_hours / bound:.2f} | {r.cold_starts} | {r.pending_launches} | "
               f"{r.slo_misses} | {r.lost} |"
               + (f" {r.cache_hit_ratio:.0%} | {r.cold_start_p50_s:.1f} s |" if cached else "") for r in rows]
-    table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |")
+    table.append(f"| clairvoyant (each service alone, pool unlimited) | {bound:.2f} | 1.00 | | | 0 | 0 |"
+                 + (" | |" if cached else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fleet.md").write_text("\n".join(table) + "\n")
