@@ -8,8 +8,8 @@
   ready         the rest of the operator's clock: the Deployment creating the pod, and the pod's readiness
                 reaching the operator
 
-The kubelet writes times to the second, so each phase is rounded to it and the parts sum to the total the
-operator measured (a phase is never negative). A pod without those times (not started by a kubelet) gets no
+The kubelet writes times to the second, so a short cold start's whole seconds can add up to more than it took:
+they are then scaled to the total the operator measured, so the parts always sum to it (never negative). A pod without those times (not started by a kubelet) gets no
 phases rather than invented ones.
 """
 
@@ -58,6 +58,9 @@ def phases(pod: dict, total_s: float) -> dict[str, float] | None:
         pull, fetch = engine_started - scheduled, 0.0
     out = {"scheduling": max(0.0, scheduled - created), "image_pull": max(0.0, pull),
            "weight_fetch": max(0.0, fetch), "engine_load": max(0.0, ready - engine_started)}
+    seen = sum(out.values())
+    if seen > total_s:  # whole seconds can add up to more than a short cold start took: share it out
+        out = {k: v * total_s / seen for k, v in out.items()}
     out["ready"] = max(0.0, total_s - sum(out.values()))
     return {k: round(v, 1) for k, v in out.items()}
 
