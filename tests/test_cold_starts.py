@@ -69,7 +69,7 @@ def test_a_cold_start_is_split_into_its_phases_that_sum_to_what_the_operator_tim
     assert parts == {"scheduling": 2.0, "image_pull": 3.0 + 5.0, "weight_fetch": 30.0, "engine_load": 50.0,
                      "ready": 3.0}
     assert sum(parts.values()) == 93.0
-    assert summary(93.0, parts) == ("woke in 93.0 s: scheduling 2 s, image pull 8 s, weight fetch 30 s, "
+    assert summary(93.0, parts) == ("cold start of 93.0 s: scheduling 2 s, image pull 8 s, weight fetch 30 s, "
                                     "engine load 50 s, ready 3 s")
     hit = phases(kubelet_pod(fetch=("20:00:05", "20:00:05")), total_s=93.0)  # the node's cache had the weights
     assert hit["weight_fetch"] == 0.0 and hit["image_pull"] == 38.0

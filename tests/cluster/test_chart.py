@@ -272,11 +272,14 @@ def test_every_example_runs_its_lifecycle_under_the_charts_service_account(insta
     for name in names.values():
         kubectl("patch", "tis", name, "-n", MODELS, "--type=merge", "-p",
                 json.dumps({"spec": {"engine": {"env": [{"name": "EDITED", "value": "yes"}]}}}))
-    for name in names.values():
-        wait_for(_ready(kubectl, name), timeout=90, interval=0.5, what=f"{name} Ready after the edit")
+    def edited(name):
         dep = json.loads(kubectl("get", "deployment", name, "-n", MODELS, "-o", "json").stdout)
-        env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
-        assert {"name": "EDITED", "value": "yes"} in env
+        return {"name": "EDITED", "value": "yes"} in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    for name in names.values():
+        # The change reaches the Deployment (a Ready read at once could be the status from before the edit),
+        # then the service is Ready again.
+        wait_for(lambda: edited(name), timeout=90, interval=0.5, what=f"{name}'s Deployment carries the edit")
+        wait_for(_ready(kubectl, name), timeout=90, interval=0.5, what=f"{name} Ready after the edit")
     for filename in EXAMPLE_FILES[:2]:
         kubectl("delete", "-n", MODELS, "-f", str(EXAMPLES / filename), "--wait=true")
     for name in list(names.values())[:2]:

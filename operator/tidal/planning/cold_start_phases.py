@@ -71,6 +71,6 @@ def ready_at(pod: dict) -> float:
 
 
 def summary(seconds: float, parts: dict[str, float]) -> str:
-    """One line for the Event: `woke in 92.0 s: scheduling 1.0 s, image pull 3.0 s, ...`."""
+    """One line for the Event: `cold start of 92.0 s: scheduling 1 s, image pull 3 s, ...`."""
     named = ", ".join(f"{k.replace('_', ' ')} {parts[k]:g} s" for k in PHASES)
-    return f"woke in {seconds:.1f} s: {named}"
+    return f"cold start of {seconds:.1f} s: {named}"
