@@ -15,19 +15,10 @@ phases rather than invented ones.
 
 from __future__ import annotations
 
-import datetime
+from .scaling_status import from_iso as _time
 
 PHASES = ("scheduling", "image_pull", "weight_fetch", "engine_load", "ready")
 FETCH_CONTAINER, ENGINE_CONTAINER = "fetch-model", "engine"
-
-
-def _time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _condition(pod: dict, type_: str) -> float | None:

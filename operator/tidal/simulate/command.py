@@ -24,6 +24,19 @@ def cache_model(args: argparse.Namespace) -> CacheModel | None:
                       args.gpus_per_node, args.prefetch)
 
 
+def _config(args: argparse.Namespace, latency):
+    """The simulation's settings and Tidal's scaling policy, from the command line (one service or a fleet)."""
+    from ..autoscaling import Policy
+    from .engine import SimConfig
+    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
+                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
+                    cache=cache_model(args), pool_gpus=args.pool_gpus)
+    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
+                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
+                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
+    return cfg, scaling
+
+
 def add_simulate(sub) -> None:
     """The `simulate` subcommand on the `tidal` command line."""
     sim = sub.add_parser("simulate", help="replay a request trace through autoscaling policies: GPU cost and latency")
@@ -79,8 +92,6 @@ def add_simulate(sub) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     import time
 
-    from ..autoscaling import Policy
-    from .engine import SimConfig
     from .report import BOUNDS, POLICIES, physical_limit, run_all, write
     from .trace import load_trace
     from .latency import LatencyModel
@@ -119,12 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
     latency = LatencyModel(max_concurrency=args.max_concurrency)
     if args.fleet:
         return _simulate_fleet(args, requests, names, latency, started)
-    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
-                    cache=cache_model(args), pool_gpus=args.pool_gpus)
-    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
-                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
+    cfg, scaling = _config(args, latency)
     results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
     paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
                   clairvoyant_hours(requests, latency, args.cold_start))
@@ -138,20 +144,13 @@ def _simulate_fleet(args, requests, names, latency, started) -> int:
     """--fleet N: N services built from the trace (shifted, scaled), sharing a pool of --pool-gpus GPUs."""
     import time
 
-    from ..autoscaling import Policy
     from .clairvoyant import clairvoyant_hours
-    from .engine import SimConfig
     from .fleet import simulate_fleet
     from .report import make_policy
     from .workloads import fleet
 
     traces = fleet(requests, args.fleet, seed=args.seed)
-    cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
-                    seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
-                    cache=cache_model(args), pool_gpus=args.pool_gpus)
-    scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
-                     max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
-                     adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
+    cfg, scaling = _config(args, latency)
     bound = sum(clairvoyant_hours(t, latency, args.cold_start) for t in traces)
     print(f"{args.fleet} services, {sum(len(t) for t in traces):,} requests, a pool of {args.pool_gpus} GPUs")
     rows = []
