@@ -179,3 +179,49 @@ def test_the_local_clusters_simulated_engine_reads_the_wrapped_command():
     spec = engine_spec(engine, {})
     assert spec is not None and spec.engine == "vllm" and spec.port == 8000
 
+
+
+def prefetch_pod(uri: str, budget: str = "1Gi") -> dict:
+    from tidal.render import render_prefetch
+    spec = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": uri, "cache": {"prefetch": True}},
+                       "placement": {"nodePool": "a100"}})
+    settings = RenderSettings(model_cache=ModelCacheSettings(root="/var/lib/tidal/models", budget=budget))
+    return render_prefetch("llm", "ml", "uid-1", spec, settings)["spec"]["template"]["spec"]
+
+
+def test_a_prefetch_pod_fetches_then_keeps_its_model_from_eviction_until_stopped(s3, tiny_model, tmp_path):
+    """The prefetch DaemonSet's two containers, run as the node would: the fetch, then the holder (the same
+    command with --hold). While the holder runs, the cache refuses to evict the model for another; stopped
+    (SIGTERM, as the kubelet does), it exits cleanly and lets go."""
+    counting = TcpForwarder(int(s3.url.rsplit(":", 1)[1]))
+    root, size = tmp_path / "node-cache", model_bytes(tiny_model)
+    pod = prefetch_pod("s3://models/tiny")
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"] and pod["containers"][0]["name"] == "hold"
+    from tests.s3_server import ACCESS_KEY, SECRET_KEY
+    env = {**os.environ, "AWS_ENDPOINT_URL": counting.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+    def run(container: dict) -> subprocess.Popen:
+        argv = [a.replace(CACHE_DIR, str(root)) for a in container["command"]]
+        assert argv[:2] == ["tidal", "fetch-model"], argv
+        return subprocess.Popen([sys.executable, "-m", "tidal.cli", *argv[1:], "--termination-log",
+                                 str(tmp_path / "termination-log")], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    init = run(pod["initContainers"][0])
+    assert init.wait(120) == 0, init.stdout.read()
+    holder = run(pod["containers"][0])
+    entry = root / ENTRIES / cache_key("s3://models/tiny")
+    try:
+        deadline = time.monotonic() + 20
+        while not in_use(entry):
+            assert time.monotonic() < deadline and holder.poll() is None, "the holder never took the lock"
+            time.sleep(0.05)
+        assert counting.gets("/models/tiny/") == len(list(tiny_model.iterdir())), "the holder fetched again"
+        store = CacheStore(root, budget_bytes=int(size * 1.5), clock=lambda: time.time() + 3600)
+        with pytest.raises(CacheFull, match="in use"):
+            store.ensure("s3://models/tiny-copy", None, S3Source("models/tiny-copy", s3.client()))
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        code = holder.wait(10)
+    assert code == 0, holder.stdout.read()
+    assert not in_use(entry)

@@ -136,3 +136,63 @@ def test_a_failed_model_fetch_is_the_ready_condition_naming_its_reason():
     status = plan_status({}, Observation(1, deployment=deployment(1, 0), pods=[killed]), "t")
     [c] = [c for c in status["conditions"] if c["type"] == "Ready"]
     assert c["reason"] == "ModelFetchFailed" and "137" in c["message"]
+
+
+# ---- which nodes hold a model (#30.2) ------------------------------------------------------------------------
+
+def _node(name, pool, *labels):
+    return {"metadata": {"name": name, "labels": {"tidal.dev/pool": pool, **{k: "true" for k in labels}}}}
+
+
+def _fetched_pod(node, exit_code=0):
+    return {"spec": {"nodeName": node}, "status": {"initContainerStatuses": [
+        {"name": "fetch-model", "state": {"terminated": {"exitCode": exit_code}}}]}}
+
+
+def test_nodes_where_a_fetch_succeeded_get_the_label_and_count_as_cached():
+    from tidal.planning.cache_nodes import fetched_on, plan_cache_nodes
+    label = "model-cache.tidal.dev/0123456789abcdef"
+    nodes = [_node("a1", "a100", label), _node("a2", "a100"), _node("a3", "a100"), _node("h1", "h100")]
+    pods = [_fetched_pod("a2"), _fetched_pod("a3", exit_code=1), _fetched_pod("h1"),
+            {"spec": {"nodeName": "a3"}, "status": {"initContainerStatuses": [
+                {"name": "fetch-model", "state": {"running": {}}}]}}]  # still fetching: not yet
+    assert fetched_on(pods) == {"a2", "h1"}
+    plan = plan_cache_nodes(nodes, {"tidal.dev/pool": "a100"}, label, fetched_on(pods))
+    # a1 already carries it; a2 and h1 (a replica placed off the pool by the user's own selector) get it
+    assert plan.to_label == ["a2", "h1"] and (plan.cached, plan.pool) == (2, 3)
+    gone = plan_cache_nodes(nodes, {"tidal.dev/pool": "a100"}, label, {"a-deleted-node"})
+    assert gone.to_label == [] and (gone.cached, gone.pool) == (1, 3)
+
+
+def test_the_prefetched_condition_counts_pool_nodes_whose_prefetch_pod_holds_the_model():
+    from tidal.planning.cache_nodes import pool_nodes_holding, prefetch_condition
+    nodes = [_node("a1", "a100", "stale-label"), _node("a2", "a100"), _node("h1", "h100")]
+    # labels outlive a deleted service's DaemonSet: only the prefetch pods that fetched count
+    assert pool_nodes_holding(nodes, {"tidal.dev/pool": "a100"}, {"a2", "h1"}) == 1
+    assert prefetch_condition(4, 4, None) == ("True", "Prefetched", "the weights are cached on 4 of 4 pool node(s)")
+    assert prefetch_condition(1, 4, None)[:2] == ("False", "Prefetching")
+    status, reason, message = prefetch_condition(1, 4, ("CacheTooSmall", "140.0 GiB > 100.0 GiB"))
+    assert (status, reason) == ("False", "CacheTooSmall") and "140.0 GiB" in message and "1 of 4" in message
+    assert prefetch_condition(0, 0, None)[1] == "NoPoolNodes"
+
+
+def test_status_reports_cached_and_pool_nodes_and_drops_them_when_the_cache_is_off():
+    from tidal.planning.cache_nodes import CachePlan
+    on = plan_status({}, Observation(1, deployment=deployment(1, 1), cache=CachePlan([], 2, 4),
+                                     prefetch=("False", "Prefetching", "on 2 of 4")), "t")
+    assert (on["cachedNodes"], on["poolNodes"]) == (2, 4)
+    assert [c["reason"] for c in on["conditions"] if c["type"] == "Prefetched"] == ["Prefetching"]
+    off = plan_status(on, Observation(1, deployment=deployment(1, 1)), "t")
+    assert "cachedNodes" not in off and "poolNodes" not in off
+    assert not [c for c in off["conditions"] if c["type"] == "Prefetched"]
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"model": {"uri": "gs://b/m", "cache": {"prefetch": True}}, "placement": {"nodePool": "a100"}},
+     "gs:// models are not cached per node"),
+    ({"model": {"uri": "s3://b/m", "cache": {"prefetch": True}}}, "needs placement.nodePool"),
+])
+def test_prefetch_that_cannot_happen_is_refused_naming_the_field(spec, field):
+    with pytest.raises(ValidationError, match="model.cache.prefetch") as err:
+        parse_spec({"engine": {"type": "vllm"}, **spec})
+    assert field in str(err.value)

@@ -151,3 +151,55 @@ def test_service_ports(engine, ports):
     svc = render_service("llm", "ml", "uid", parse_spec({"engine": {"type": engine}, "model": {"uri": "pvc://c/m"}}))
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == ports
     assert svc["spec"]["selector"] == {"tidal.dev/inferenceservice": "llm"}
+
+
+# ---- the model cache's prefetch and locality (#30.2) ---------------------------------------------------------
+
+def _cached_spec(**model):
+    return parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "s3://models/llama", **model},
+                       "resources": {"gpus": 2},
+                       "placement": {"nodePool": "a100", "affinity": {"nodeAffinity": {
+                           "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                               {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}}})
+
+
+def test_a_cached_replica_prefers_nodes_holding_its_weights_and_keeps_the_users_affinity():
+    from tidal.modelcache.layout import cache_key, node_label
+    from tidal.render.settings import ModelCacheSettings
+    settings = RenderSettings(model_cache=ModelCacheSettings())
+    pod = render_deployment("llm", "ml", "u", _cached_spec(), settings)["spec"]["template"]["spec"]
+    label = node_label(cache_key("s3://models/llama"))
+    assert label.startswith("model-cache.tidal.dev/") and len(label.split("/")[1]) <= 63
+    node = pod["affinity"]["nodeAffinity"]
+    assert node["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {"weight": 100, "preference": {"matchExpressions": [{"key": label, "operator": "Exists"}]}}]
+    # a preference only: the user's requirement is kept, and nothing requires the label
+    assert node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0][
+        "key"] == "zone"
+    assert label not in str(node["requiredDuringSchedulingIgnoredDuringExecution"])
+    without = render_deployment("llm", "ml", "u", _cached_spec(), RenderSettings())["spec"]["template"]["spec"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in without["affinity"]["nodeAffinity"]
+
+
+def test_the_prefetch_daemonset_runs_on_the_pool_takes_no_gpu_and_is_not_an_endpoint():
+    from tidal.render import render_prefetch, wants_prefetch
+    from tidal.render.labels import SERVICE_LABEL
+    from tidal.render.settings import ModelCacheSettings
+    settings = RenderSettings(model_cache=ModelCacheSettings(budget="200Gi"))
+    spec = _cached_spec(cache={"prefetch": True})
+    assert wants_prefetch(spec, settings) and not wants_prefetch(spec, RenderSettings())
+    assert not wants_prefetch(_cached_spec(), settings)
+    ds = render_prefetch("llm", "ml", "uid-1", spec, settings)
+    assert ds["kind"] == "DaemonSet" and ds["metadata"]["name"] == "llm-prefetch"
+    assert ds["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    pod = ds["spec"]["template"]["spec"]
+    deployment = render_deployment("llm", "ml", "uid-1", spec, settings)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == deployment["nodeSelector"] == {"tidal.dev/pool": "a100"}
+    assert pod["tolerations"] == deployment["tolerations"]  # onto the tainted GPU nodes, like the replicas
+    assert pod["initContainers"] == deployment["initContainers"]  # the same fetch, into the same cache
+    assert pod["containers"][0]["command"] == deployment["initContainers"][0]["command"] + ["--hold"]
+    for container in pod["initContainers"] + pod["containers"]:
+        assert "nvidia.com/gpu" not in str(container["resources"])
+    # The Service selects the service's label: a prefetch pod must never receive requests.
+    assert SERVICE_LABEL not in ds["spec"]["template"]["metadata"]["labels"]
+    assert pod["automountServiceAccountToken"] is False and "priorityClassName" not in pod

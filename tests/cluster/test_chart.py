@@ -25,6 +25,7 @@ from tests.cluster.chart_helpers import (CHART, ChartProcess, audit_events, depl
 from tests.cluster.test_operator import EXAMPLES, condition
 from tests.cluster.test_smoke import wait_for
 from tests.conftest import TEST_NODES, Kubectl
+from tidal.modelcache.layout import cache_key, node_label
 from tidal_dev.cluster.cluster import DevCluster
 from tidal_dev.cluster.processes import free_port
 
@@ -73,6 +74,15 @@ ACTIVATOR_PERMISSIONS = {
     ("", "secrets", "list"): "API keys (Secrets labelled tidal.dev/api-key in the release namespace only)",
     ("", "secrets", "watch"): "a revoked key stops working within a second",
 }
+# With operator.modelCache.enabled (the install below has it): prefetch DaemonSets, and the labels on the nodes
+# whose caches hold a model.
+MODEL_CACHE_PERMISSIONS = {
+    ("apps", "daemonsets", "get"): "the live prefetch DaemonSet, compared with the plan",
+    ("apps", "daemonsets", "create"): "a server-side apply that creates the prefetch DaemonSet needs it",
+    ("apps", "daemonsets", "patch"): "server-side apply of the prefetch DaemonSet",
+    ("apps", "daemonsets", "delete"): "prefetch turned off",
+    ("", "nodes", "patch"): "the label model-cache.tidal.dev/<key> on a node whose cache holds the model",
+}
 # With activator.batches.enabled (the install below has it): each batch is an InferenceBatch.
 BATCH_PERMISSIONS = {
     ("tidal.dev", "inferencebatches", "list"): "InferenceBatches created with kubectl, to run them",
@@ -101,6 +111,8 @@ def test_chart_lints_and_renders_least_privilege():
         assert container["capabilities"]["drop"] == ["ALL"]
     assert granted(docs, OPERATOR_SA) == set(OPERATOR_PERMISSIONS)
     assert granted(docs, ACTIVATOR_SA) == set(ACTIVATOR_PERMISSIONS)
+    cached = template("--set", "operator.modelCache.enabled=true")
+    assert granted(cached, OPERATOR_SA) == set(OPERATOR_PERMISSIONS) | set(MODEL_CACHE_PERMISSIONS)
     # The chart's CRD is the generated one, behind crds.enabled and kept on uninstall by default.
     crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert sorted(crds) == ["inferencebatches.tidal.dev", "inferenceservices.tidal.dev"]
@@ -187,7 +199,7 @@ def installed(chart_cluster, tmp_path_factory):
     values.write_text(yaml.safe_dump({
         "prometheus": {"url": info.prometheus_url},
         "operator": {"leaderElection": {"leaseDurationSeconds": 6}, "autoscaleIntervalSeconds": 1,
-                     "metricsGraceSeconds": 8, "resyncSeconds": 5},
+                     "metricsGraceSeconds": 8, "resyncSeconds": 5, "modelCache": {"enabled": True}},
         "activator": {"replicas": 1, "batches": {"enabled": True}}}))
     # The batches' claim binds to this volume (the local cluster has no provisioner); the activator
     # process below keeps its files in the same directory, as the pod would through the mount.
@@ -351,6 +363,118 @@ def test_a_batch_is_an_inferencebatch_under_the_charts_service_account(installed
     assert "Forbidden" not in installed.activator.log() and "(403)" not in installed.activator.log()
 
 
+def _models_namespace(kubectl):
+    """The namespace and Secret the model-cache tests use (made here too: they must not rely on an earlier test)."""
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MODELS}}))
+    if kubectl("get", "secret", "s3-credentials", "-n", MODELS, check=False).returncode != 0:
+        kubectl("create", "secret", "generic", "s3-credentials", "-n", MODELS,
+                "--from-literal=AWS_ACCESS_KEY_ID=not-real", "--from-literal=AWS_SECRET_ACCESS_KEY=not-real")
+
+
+def _nodes(kubectl, selector: str) -> set[str]:
+    return {n.split("/", 1)[1] for n in kubectl("get", "nodes", "-l", selector, "-o", "name").stdout.split()}
+
+
+def test_a_prefetched_model_is_cached_on_every_pool_node_as_status_and_kubectl_get_show(installed):
+    """The example with spec.model.cache.prefetch, under the chart's model cache (operator.modelCache.enabled):
+    one prefetch pod per pool node (a DaemonSet on the pool), each node that fetched labelled, status and
+    `kubectl get` counting them; a new model version is prefetched again; prefetch off removes the DaemonSet."""
+    kubectl = installed.kubectl
+    _models_namespace(kubectl)
+    kubectl("apply", "-n", MODELS, "-f", str(EXAMPLES / "vllm-prefetch-a100.yaml"))
+    name, a100 = "gemma-9b", _nodes(kubectl, "tidal.dev/pool=a100")
+    assert len(a100) == 4
+
+    def prefetched(uri):
+        obj = _tis(kubectl, name)
+        c = condition(obj, "Prefetched") or {}
+        return obj if c.get("status") == "True" and obj["spec"]["model"]["uri"] == uri and \
+            obj["status"].get("observedGeneration") == obj["metadata"]["generation"] else None
+    obj = wait_for(lambda: prefetched("s3://models/gemma-2-9b-it"), timeout=90, interval=0.5,
+                   what="Prefetched=True")
+    assert (obj["status"]["cachedNodes"], obj["status"]["poolNodes"]) == (4, 4)
+    assert condition(obj, "Prefetched")["message"] == "the weights are cached on 4 of 4 pool node(s)"
+    ds = wait_for(lambda: (d := json.loads(kubectl("get", "daemonset", f"{name}-prefetch", "-n", MODELS, "-o",
+                                                   "json").stdout))["status"].get("numberReady") == 4 and d,
+                  timeout=30, what="the DaemonSet's 4 pods ready")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"tidal.dev/pool": "a100"}
+    assert ds["status"]["desiredNumberScheduled"] == 4  # one per pool node, none elsewhere
+    label = node_label(cache_key("s3://models/gemma-2-9b-it"))
+    assert _nodes(kubectl, label) == a100  # the pool's nodes, and no other
+    deployment = json.loads(kubectl("get", "deployment", name, "-n", MODELS, "-o", "json").stdout)
+    assert label in json.dumps(deployment["spec"]["template"]["spec"]["affinity"])
+    table = kubectl("get", "tis", name, "-n", MODELS).stdout.splitlines()
+    assert "CACHED" in table[0].split() and table[1].split()[table[0].split().index("CACHED")] == "4"
+    assert "POOL" in kubectl("get", "tis", name, "-n", MODELS, "-o", "wide").stdout.splitlines()[0].split()
+    said = [(e["type"], e["reason"]) for e in json.loads(kubectl(
+        "get", "events", "-n", MODELS, "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout)["items"]]
+    assert ("Normal", "Prefetched") in said, said
+    # A new version of the model: the DaemonSet changes with it, and every pool node fetches it too.
+    kubectl("patch", "tis", name, "-n", MODELS, "--type=merge", "-p",
+            json.dumps({"spec": {"model": {"uri": "s3://models/gemma-2-9b-it-v2"}}}))
+    wait_for(lambda: prefetched("s3://models/gemma-2-9b-it-v2"), timeout=90, interval=0.5,
+             what="the new version Prefetched")
+    assert _nodes(kubectl, node_label(cache_key("s3://models/gemma-2-9b-it-v2"))) == a100
+    # Prefetch off: no more DaemonSet (the copies stay on the nodes, no longer held), no Prefetched condition.
+    kubectl("patch", "tis", name, "-n", MODELS, "--type=merge", "-p",
+            json.dumps({"spec": {"model": {"cache": {"prefetch": False}}}}))
+    wait_for(lambda: kubectl("get", "daemonset", f"{name}-prefetch", "-n", MODELS, check=False).returncode != 0,
+             timeout=60, interval=0.5, what="the prefetch DaemonSet deleted")
+    obj = wait_for(lambda: (o := _tis(kubectl, name)) and condition(o, "Prefetched") is None and o, timeout=30,
+                   what="the Prefetched condition gone")
+    assert obj["status"]["cachedNodes"] == 4
+    kubectl("delete", "tis", name, "-n", MODELS, "--wait=true")
+
+
+def test_a_wake_lands_where_the_weights_are_and_never_waits_for_such_a_node(installed):
+    """A replica that fetched its model labels its node; each later wake from zero goes back there (without the
+    preference the scheduler picks any of the pool's free nodes: three wakes land on the first node by chance
+    about once in 27 runs). When that node is full, the next replica starts on another at once."""
+    kubectl = installed.kubectl
+    _models_namespace(kubectl)
+    name = "near-weights"
+
+    def apply(min_replicas: int, max_replicas: int = 2) -> None:
+        kubectl("apply", "-n", MODELS, "-f", "-", input=json.dumps({
+            "apiVersion": "tidal.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
+            "spec": {"engine": {"type": "vllm"},
+                     "model": {"uri": "s3://models/near-weights", "credentials": {"secretName": "s3-credentials"}},
+                     "resources": {"gpus": 8}, "placement": {"nodePool": "h100"},  # a whole node per replica
+                     "scaling": {"minReplicas": min_replicas, "maxReplicas": max_replicas,
+                                 "idleSecondsBeforeZero": 0, "adaptIdlePeriod": False,
+                                 "scaleDownStabilizationSeconds": 0}}}))
+
+    def ready_pods() -> list[dict]:
+        pods = json.loads(kubectl("get", "pods", "-n", MODELS, "-l", f"tidal.dev/inferenceservice={name}",
+                                  "-o", "json").stdout)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp") and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+    def no_pods() -> bool:
+        return not kubectl("get", "pods", "-n", MODELS, "-l", f"tidal.dev/inferenceservice={name}",
+                           "-o", "name").stdout.strip()
+    label = node_label(cache_key("s3://models/near-weights"))
+    apply(1)
+    [first] = wait_for(lambda: len(p := ready_pods()) == 1 and p, timeout=90, interval=0.5, what="one replica")
+    home = first["spec"]["nodeName"]
+    wait_for(lambda: _nodes(kubectl, label) == {home}, timeout=30, interval=0.5, what=f"{home} labelled")
+    obj = wait_for(lambda: (o := _tis(kubectl, name))["status"].get("cachedNodes") == 1 and o, timeout=30,
+                   what="status.cachedNodes 1")
+    assert obj["status"]["poolNodes"] == 4
+    for _ in range(3):
+        apply(0)
+        wait_for(no_pods, timeout=90, interval=0.5, what="scaled to zero")
+        apply(1)
+        [woken] = wait_for(lambda: len(p := ready_pods()) == 1 and p, timeout=90, interval=0.5, what="woken")
+        assert woken["spec"]["nodeName"] == home, f"woke on {woken['spec']['nodeName']}, the weights are on {home}"
+    apply(2)  # the node with the weights is full: the second replica goes elsewhere, and does not wait
+    pods = wait_for(lambda: len(p := ready_pods()) == 2 and p, timeout=90, interval=0.5, what="a second replica")
+    other = next(p["spec"]["nodeName"] for p in pods if p["spec"]["nodeName"] != home)
+    wait_for(lambda: _nodes(kubectl, label) == {home, other}, timeout=30, interval=0.5, what=f"{other} labelled")
+    wait_for(lambda: _tis(kubectl, name)["status"].get("cachedNodes") == 2, timeout=30, what="status.cachedNodes 2")
+    kubectl("delete", "tis", name, "-n", MODELS, "--wait=true")
+
+
 def test_the_standby_takes_over_when_the_leader_is_killed(installed):
     kubectl = installed.kubectl
     leader = installed.leader()
@@ -476,7 +600,7 @@ def test_helm_uninstall_leaves_nothing_behind(installed, kept):
 
 def test_rbac_grants_exactly_what_the_operator_and_activator_use(chart_cluster, installed):
     cluster, _ = chart_cluster
-    for account, expected in ((OPERATOR_SA, OPERATOR_PERMISSIONS),
+    for account, expected in ((OPERATOR_SA, {**OPERATOR_PERMISSIONS, **MODEL_CACHE_PERMISSIONS}),
                               (ACTIVATOR_SA, {**ACTIVATOR_PERMISSIONS, **BATCH_PERMISSIONS})):
         events = audit_events(cluster.audit_log_path, f"system:serviceaccount:{NS}:{account}")
         assert events, f"no audited requests from {account}"

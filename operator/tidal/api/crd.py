@@ -108,6 +108,8 @@ def crd() -> dict:
         ("Desired", "integer", ".status.desiredReplicas", "Replicas the autoscaler wants"),
         ("Queue", "number", ".status.queueDepth", "Requests waiting, last observed"),
         ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', "Why (not) ready"),
+        ("Cached", "integer", ".status.cachedNodes", "Pool nodes whose model cache holds the weights"),
+        ("Pool", "integer", ".status.poolNodes", "Nodes in the service's pool", 1),  # shown by -o wide
         ("Age", "date", ".metadata.creationTimestamp", ""),
     ]
     return _definition(KIND, PLURAL, SINGULAR, SHORT_NAMES, root, columns)
@@ -156,8 +158,9 @@ def _definition(kind: str, plural: str, singular: str, short_names: list[str], r
                 "name": VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
-                    for n, t, p, d in columns],
+                    {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {}),
+                     **({"priority": more[0]} if more else {})}
+                    for n, t, p, d, *more in columns],
                 "schema": {"openAPIV3Schema": root},
             }],
         },

@@ -14,7 +14,9 @@ class Condition(_Model):
                                   "can be run here), `ScalingActive` (the autoscaler has the metrics it "
                                   "needs), `ScalingLimited` (it wants replicas the node pool cannot "
                                   "place), `Routable` (requests naming its served model through the gateway "
-                                  "reach it; False when another service claimed the name first).")
+                                  "reach it; False when another service claimed the name first), "
+                                  "`Prefetched` (with spec.model.cache.prefetch: every pool node's cache "
+                                  "holds the weights).")
     status: str = Field(description="`True`, `False` or `Unknown`.")
     reason: str = Field(description="One CamelCase word a program can match on.")
     message: str = Field("", description="What happened, for a person.")
@@ -57,4 +59,10 @@ class InferenceServiceStatus(_Model):
         None, description="Where the last cold start's seconds went, from its first ready replica: scheduling, "
                           "image_pull, weight_fetch (0 when the node's model cache had the weights), engine_load, "
                           "ready (the rest of the operator's clock).")
+    poolNodes: int | None = Field(None, description="Nodes in the service's pool (with the model cache on and "
+                                                    "an s3:// or hf:// model).")
+    cachedNodes: int | None = Field(None, description="Of poolNodes, those whose model cache holds this model "
+                                                      "(labelled model-cache.tidal.dev/<key>): a replica "
+                                                      "starting there loads without a download, and new "
+                                                      "replicas prefer them.")
     lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")

@@ -93,6 +93,14 @@ class Credentials(_Model):
                             pattern=NAME, max_length=253)
 
 
+class ModelCache(_Model):
+    prefetch: bool = Field(False, description="Pull the weights into the node cache of every node in the "
+                                              "service's pool before the first request (a DaemonSet of one "
+                                              "small pod per node, which keeps them from eviction), so even "
+                                              "the first wake on any node loads without a download. Needs "
+                                              "the operator's model cache on and an s3:// or hf:// model.")
+
+
 class Model(_Model):
     uri: str = Field(description="Where the weights are: `hf://org/name` (Hugging Face), "
                                  "`s3://bucket/path`, `gs://bucket/path`, or `pvc://claim/path` "
@@ -106,6 +114,8 @@ class Model(_Model):
                                  max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
     credentials: Credentials | None = Field(None, description="Secret with credentials to fetch the "
                                                               "model; referenced, never copied.")
+    cache: ModelCache | None = Field(None, description="How the node-local model cache treats this model "
+                                                       "(docs/model-cache.md).")
 
     @property
     def scheme(self) -> str:
@@ -207,6 +217,13 @@ class InferenceServiceSpec(_Model):
                              f"scaling.maxReplicas ({self.scaling.maxReplicas})")
         if self.model.revision and self.model.scheme != "hf":
             raise ValueError("model.revision is only meaningful for hf:// models")
+        if self.model.cache and self.model.cache.prefetch and self.model.scheme not in ("s3", "hf"):
+            raise ValueError(f"model.cache.prefetch needs an s3:// or hf:// model; {self.model.scheme}:// "
+                             f"models are not cached per node")
+        if self.model.cache and self.model.cache.prefetch and not (self.placement.nodePool
+                                                                    or self.placement.nodeSelector):
+            raise ValueError("model.cache.prefetch needs placement.nodePool (or placement.nodeSelector): the "
+                             "nodes to prefetch onto")
         names = [e.name for e in self.engine.env]
         if len(names) != len(set(names)):
             raise ValueError(f"engine.env: each name may appear only once; repeated: "
@@ -222,6 +239,15 @@ CEL_RULES = {
          "scaling.minReplicas must be less than or equal to scaling.maxReplicas", ".scaling.minReplicas"),
         ("!has(self.model.revision) || self.model.uri.startsWith('hf://')",
          "model.revision is only meaningful for hf:// models", ".model.revision"),
+        ("!has(self.model.cache) || !has(self.model.cache.prefetch) || !self.model.cache.prefetch || "
+         "self.model.uri.startsWith('s3://') || self.model.uri.startsWith('hf://')",
+         "model.cache.prefetch needs an s3:// or hf:// model (gs:// and pvc:// models are not cached per node)",
+         ".model.cache.prefetch"),
+        ("!has(self.model.cache) || !has(self.model.cache.prefetch) || !self.model.cache.prefetch || "
+         "(has(self.placement) && (has(self.placement.nodePool) || "
+         "(has(self.placement.nodeSelector) && self.placement.nodeSelector.size() > 0)))",
+         "model.cache.prefetch needs placement.nodePool (or placement.nodeSelector): the nodes to prefetch onto",
+         ".model.cache.prefetch"),
     ),
     "spec.model": rules(
         ("self.uri.startsWith('hf://') || self.uri.startsWith('s3://') || self.uri.startsWith('gs://') || "

@@ -24,6 +24,8 @@ class Observation:
     unschedulable: int = 0  # replicas the scheduler cannot place: their node pool is full
     pool_capacity: int | None = None  # the most replicas the node pool could hold; None: unknown
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
+    gateway_demand: float | None = None  # the fast signal: requests the gateway sees or expects (observe.py)
+    gateway_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,12 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     # replica serves and there is no engine queue to know), so that an outage changes nothing that exists.
     if obs.ready == 0 and obs.pending > 0 and (obs.current == 0 or obs.waiting is not None):
         return _wake(obs, state, policy, now)
+    fast = gateway_recommends(obs, policy)
     if obs.waiting is None or obs.running is None:
-        # Never act on missing data: a metrics outage must not look like an idle service.
+        # Never act on missing data: a metrics outage must not look like an idle service. The gateway's own
+        # count is data, though, and it only adds: a rise it sees scales up, outage or not.
+        if fast > obs.current and obs.ready > 0:
+            return _gateway_scale_up(obs, state, policy, now, fast)
         if obs.query_error:  # the user's query is wrong, not Prometheus away: say which
             return _hold(obs, policy, state, "QueryFailed",
                          f"spec.scaling.query failed: {obs.query_error[:400]}; keeping the current replicas")
@@ -172,7 +178,10 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     busy = waiting > 0 or obs.running > 0
     if busy:
         state = replace(_busy_again(obs, state, policy, now), last_active=now)
-    recommended = recommend(waiting, obs.running, policy.target_queue, policy.max_concurrency)
+    slow = recommend(waiting, obs.running, policy.target_queue, policy.max_concurrency)
+    # The gateway's view only raises the recommendation: it sees a rise a scrape and a tick before Prometheus
+    # does, and it never lowers what the engines' queue asks for.
+    recommended = max(slow, fast)
     state = _remember(state, policy, now, recommended)
     load = (f"{waiting:g} waiting" + (f" ({obs.batch_backlog:g} of a batch)" if obs.batch_backlog else "")
             + f", {obs.running:g} running on {obs.ready}/{obs.current} ready")
@@ -198,7 +207,9 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
             return result(obs.current, "WithinTolerance", f"{load}; {recommended} wanted is within tolerance")
         wanted = stabilise_up(recommended, state.history, now, policy.scale_up_window_s, obs.current)
         wanted = limit_scale_up(obs.current, wanted, policy.scale_up_rate, policy.scale_up_step)
-        reason = "ScaleFromZero" if obs.current == 0 else "QueueAboveTarget"
+        reason = "ScaleFromZero" if obs.current == 0 else "QueueAboveTarget" if slow >= fast else "GatewayLoad"
+        if reason == "GatewayLoad":
+            load = f"{obs.gateway_message}; Prometheus last saw {load}"
         fits = cap_at_pool_capacity(wanted, obs.current, obs.pool_capacity)
         if fits < wanted:
             return result(fits, "Unschedulable" if fits == obs.current else reason,
@@ -235,6 +246,30 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
             return result(1, "QueueBelowTarget", f"{load}; keeping one replica until idle for {idle_s:g}s{learned}")
         return result(0, "IdleToZero", f"nothing waiting or running for {idle_s:g}s{learned}")
     return result(wanted, "QueueBelowTarget", f"{load}; target {policy.target_queue:g} waiting per replica")
+
+
+def gateway_recommends(obs: Observation, policy: Policy) -> int:
+    """Replicas for the demand the gateway sees, sized as the engines' queue is (limits.recommend); 0 without
+    a report."""
+    if not obs.gateway_demand:
+        return 0
+    return recommend(obs.gateway_demand, 0, policy.target_queue, policy.max_concurrency)
+
+
+def _gateway_scale_up(obs: Observation, state: ScalerState, policy: Policy, now: float, fast: int) -> Decision:
+    """Prometheus has no answer, the gateway sees more than the replicas hold: add what it asks for (the brakes
+    on scaling up apply, and nothing is ever removed on its word)."""
+    state = replace(_busy_again(obs, state, policy, now), last_active=now)
+    if capacity_exhausted(obs.unschedulable):
+        return Decision(obs.current, "Unschedulable", f"{obs.gateway_message}; {obs.unschedulable} replica(s) cannot "
+                                                      "be scheduled (the node pool is full)", state, fast)
+    wanted = clamp(limit_scale_up(obs.current, fast, policy.scale_up_rate, policy.scale_up_step),
+                   policy.min_replicas, policy.max_replicas)
+    wanted = max(obs.current, cap_at_pool_capacity(wanted, obs.current, obs.pool_capacity))
+    if wanted <= obs.current:
+        return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
+    return Decision(wanted, "GatewayLoad", f"{obs.gateway_message}; no queue metrics yet",
+                    replace(state, last_scale=now), fast)
 
 
 def _learned(state: ScalerState, policy: Policy, idle_s: float) -> str:

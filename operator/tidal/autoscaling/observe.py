@@ -1,9 +1,9 @@
 """What the world shows, turned into the `Observation` that `decide` reads: the one place the rules live.
 
 The operator (controller/autoscaler.py) and the simulator (simulate/policies.py) both build observations
-here, each from its own sources: the operator from Prometheus's answer and the gateway's wake-up calls, the
-simulator from its modelled scrapes and gateway. A signal is a source: a small object that folds what it
-knows into the observation. A new signal (say, the gateway's arrivals every second) is one new source.
+here, each from its own sources: the operator from Prometheus's answer, the gateway's wake-up calls and its
+load reports every second, the simulator from its modelled scrapes and gateway. A signal is a source: a small
+object that folds what it knows into the observation.
 
 The rules, each once:
 - Never read missing data as idle. Prometheus not answering, a NaN sample, or serving replicas whose queue
@@ -71,6 +71,30 @@ class GatewayDemand:
     def fold(self, obs: Observation, replicas: Replicas) -> Observation:
         return replace(obs, pending=obs.pending + self.held, held_rate=self.arrivals_per_s,
                        request_s=self.request_s)
+
+
+@dataclass(frozen=True)
+class GatewayLoad:
+    """The fast signal: what the gateway sees of a serving service, reported every second — requests in flight
+    (sent to a replica, not answered yet), held (waiting in its line for room), arriving per second, and how long
+    they took lately. It is seconds fresher than Prometheus's queue (a scrape, then a tick), so a rise shows here
+    first; it only ever adds demand (`decide` never scales down on it), and its absence is no news."""
+    in_flight: float = 0.0
+    held: float = 0.0
+    arrivals_per_s: float = 0.0
+    request_s: float | None = None
+
+    def demand(self) -> float:
+        """Requests the service has, or will have once the arrivals it sees settle: what is in flight and held
+        now, or the arrival rate times the request time (Little's law), whichever is more. 12/s of 4 s requests
+        is 48 in the system, even while the first 10 of them are all that has arrived."""
+        steady = self.arrivals_per_s * self.request_s if self.request_s else 0.0
+        return max(self.in_flight + self.held, steady)
+
+    def fold(self, obs: Observation, replicas: Replicas) -> Observation:
+        return replace(obs, gateway_demand=self.demand(), gateway_message=(
+            f"the gateway sees {self.in_flight:g} in flight, {self.held:g} held, {self.arrivals_per_s:.3g}/s arriving"
+            + (f" at {self.request_s:.1f} s a request" if self.request_s else "")))
 
 
 def observe(replicas: Replicas, signals: Iterable[Signal], cold_start_s: float | None = None) -> Observation:

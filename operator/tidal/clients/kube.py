@@ -136,6 +136,9 @@ class Kube:
     async def get_service(self, namespace: str, name: str) -> dict | None:
         return await self._get_or_none(self.core.read_namespaced_service, name, namespace)
 
+    async def get_daemonset(self, namespace: str, name: str) -> dict | None:
+        return await self._get_or_none(self.apps.read_namespaced_daemon_set, name, namespace)
+
     async def get_network_policy(self, namespace: str, name: str) -> dict | None:
         return await self._get_or_none(self.networking.read_namespaced_network_policy, name, namespace)
 
@@ -161,6 +164,7 @@ class Kube:
         kind, meta = obj["kind"], obj["metadata"]
         path = {"Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
                 "Service": "/api/v1/namespaces/{namespace}/services/{name}",
+                "DaemonSet": "/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}",
                 "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"}[kind]
         self.counter.writes += 1
         return await asyncio.to_thread(self._apply_sync, path.format(**meta), obj, manager)
@@ -184,6 +188,18 @@ class Kube:
             raise ApiException.from_response(http_resp=response, body=response.data.decode(errors="replace"),
                                              data=None)
         return json.loads(response.data)
+
+    async def delete_daemonset(self, namespace: str, name: str) -> None:
+        try:
+            await self._write(self.apps.delete_namespaced_daemon_set, name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    async def label_node(self, name: str, labels: dict[str, str | None]) -> dict:
+        """Set (or, with None, remove) labels on a node; nothing else about it is touched."""
+        return _json(await self._write(self.core.patch_node, name, {"metadata": {"labels": labels}},
+                                       _content_type="application/merge-patch+json"))
 
     async def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None) -> dict:
         """Replace the status, only if the object is still at `resource_version` (else Conflict)."""

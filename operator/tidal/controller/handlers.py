@@ -20,6 +20,7 @@ from ..clients.prometheus import Prometheus
 from ..planning.served_names import claim_of
 from ..planning.status import pod_unschedulable
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
+from ..render.prefetch import PREFETCH_LABEL
 from . import metrics
 from .autoscaler import Autoscaler
 from .config import OperatorConfig
@@ -129,6 +130,12 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
 async def pod_event(type: str, body: kopf.Body, namespace: str, labels, memo: kopf.Memo, **_):
+    prefetch_for = (labels or {}).get(PREFETCH_LABEL)
+    if prefetch_for:  # a prefetch pod: its service's cache status may have changed; it is not a replica
+        body_of = memo.store.services.get((namespace, prefetch_for))
+        if body_of is not None:
+            await _reconcile(memo, body_of)
+        return
     key = (namespace, (labels or {}).get(SERVICE_LABEL))
     memo.store.set_pod_schedulable(key, body.metadata.uid,
                                    type == "DELETED" or bool(body.metadata.get("deletionTimestamp"))

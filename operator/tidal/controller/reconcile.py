@@ -19,19 +19,24 @@ from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..clients.engine_health import model_ready
 from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
+from ..planning.cache_nodes import (CachePlan, fetched_on, plan_cache_nodes, pool_nodes_holding,
+                                    prefetch_condition)
 from ..planning.checks import (ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets,
                                replica_gpu)
 from ..planning.conditions import get_condition
 from ..planning.served_names import Claim, conflict
-from ..planning.status import Observation, plan_status
+from ..planning.status import Observation, fetch_failure, plan_status
 from ..render import RenderSettings, render_deployment, render_network_policy, render_service
+from ..render.deployment import pod_placement
 from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
+from ..render.model_fetch import model_volume
+from ..render.prefetch import PREFETCH_LABEL, prefetch_name, render_prefetch, wants_prefetch
 from ..render.service import service_url
 from .store import ServiceStore, update_status
 
 log = logging.getLogger("tidal.reconcile")
 # Not-ready reasons that are normal progress, announced as Normal events rather than Warnings.
-PROGRESS_REASONS = {"Creating", "ModelLoading"}
+PROGRESS_REASONS = {"Creating", "ModelLoading", "Prefetching"}
 ENGINE_FAILURE_THRESHOLD = 3
 
 
@@ -95,6 +100,8 @@ class Reconciler:
                 problems = [Problem("RenderRejected", f"the apiserver refused the {err.kind} made from this spec: "
                                                       f"{err.message}")]
         pods = await self.kube.list_pods(ns, f"{SERVICE_LABEL}={name}") if deployment else []
+        cache, prefetch = await self._node_cache(ns, name, spec, pods) if spec is not None and not problems \
+            else (None, None)
         ready, why = await self._engine_check(spec, deployment, pods)
         # Like a probe's failureThreshold: one slow answer on a busy node is not an outage.
         failures = self._engine_failures[(ns, name)] = (self._engine_failures.get((ns, name), 0) + 1
@@ -109,7 +116,7 @@ class Reconciler:
         batch = engine(spec.engine.type).batch(spec.engine.args, self.gpu(spec)) if spec is not None else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
-                          spec.model.served_name if spec is not None else None, owner, batch)
+                          spec.model.served_name if spec is not None else None, owner, batch, cache, prefetch)
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:
@@ -157,12 +164,48 @@ class Reconciler:
         live = await self.kube.get_service(ns, name)
         if live is None or _hash(live) != _hash(service):
             await self.kube.apply(service)
+        if self.settings.model_cache is not None:
+            await self._apply_prefetch(body, spec)
         if self.settings.network_policy is not None:
             policy = render_network_policy(name, ns, uid, spec, self.settings.network_policy)
             live = await self.kube.get_network_policy(ns, name)
             if live is None or _hash(live) != _hash(policy):
                 await self.kube.apply(policy)
         return result
+
+    async def _apply_prefetch(self, body: dict, spec: InferenceServiceSpec) -> None:
+        meta = body["metadata"]
+        live = await self.kube.get_daemonset(meta["namespace"], prefetch_name(meta["name"]))
+        if wants_prefetch(spec, self.settings):
+            desired = render_prefetch(meta["name"], meta["namespace"], meta["uid"], spec, self.settings)
+            if live is None or _hash(live) != _hash(desired):
+                await self.kube.apply(desired)
+        elif live is not None:  # prefetch turned off: the cached copies stay, no longer held from eviction
+            await self.kube.delete_daemonset(meta["namespace"], prefetch_name(meta["name"]))
+
+    async def _node_cache(self, ns: str, name: str, spec: InferenceServiceSpec,
+                          pods: list[dict]) -> tuple[CachePlan | None, tuple[str, str, str] | None]:
+        """Label the nodes where this model was fetched; count the pool's nodes that hold it."""
+        models = model_volume(spec.model, self.settings, {})
+        label = models.node_label
+        prefetching = wants_prefetch(spec, self.settings)
+        if label is None:  # no node cache, or a model it does not cache
+            asked = spec.model.cache is not None and spec.model.cache.prefetch
+            return None, ("False", "ModelCacheOff", "spec.model.cache.prefetch is set but the operator's model "
+                          "cache is off: turn it on with the chart's operator.modelCache.enabled") if asked else None
+        prefetchers = await self.kube.list_pods(ns, f"{PREFETCH_LABEL}={name}") if prefetching else []
+        nodes, pool = list(self.store.nodes.values()), pod_placement(spec, self.settings).get("nodeSelector", {})
+        plan = plan_cache_nodes(nodes, pool, label, fetched_on(pods + prefetchers))
+        for node in plan.to_label:
+            await self.kube.label_node(node, {label: "true"})
+            self.store.nodes[node]["metadata"]["labels"][label] = "true"  # the node watch will say so too
+        if not prefetching:
+            return plan, None
+        # Only pods of the current model count: during a rollout to a new uri, the old one's pods still run.
+        command = models.init_containers[0]["command"]
+        current = [p for p in prefetchers if _running(p) and _fetch_command(p) == command]
+        held = pool_nodes_holding(nodes, pool, fetched_on(current))
+        return plan, prefetch_condition(held, plan.pool, fetch_failure(prefetchers))
 
     async def _engine_check(self, spec, deployment, pods) -> tuple[bool | None, str]:
         if spec is None or not deployment or not (deployment.get("status") or {}).get("readyReplicas"):
@@ -180,11 +223,23 @@ class Reconciler:
 
     async def _announce(self, body: dict, before: dict, after: dict) -> None:
         """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""
-        for type_ in ("Valid", "Ready", "Routable"):
+        for type_ in ("Valid", "Ready", "Routable", "Prefetched"):
             old, new = get_condition(before.get("conditions"), type_), get_condition(after.get("conditions"), type_)
             if new and (not old or (old["status"], old["reason"]) != (new["status"], new["reason"])):
                 kind = "Normal" if new["status"] == "True" or new["reason"] in PROGRESS_REASONS else "Warning"
                 await self.kube.event(body, kind, new["reason"], new["message"])
+
+
+def _running(pod: dict) -> bool:
+    """Not being deleted, and Ready: a prefetch pod that holds its model (an old revision's pod going away
+    does not count for the new one)."""
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _fetch_command(pod: dict) -> list[str] | None:
+    inits = (pod.get("spec") or {}).get("initContainers") or []
+    return inits[0].get("command") if inits else None
 
 
 def _hash(obj: dict) -> str | None:

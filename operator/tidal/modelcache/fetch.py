@@ -9,11 +9,14 @@ and reports it as the service's condition.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from .layout import ENGINE_CACHE
+from .layout import ENGINE_CACHE, in_use_path
 from .sources import source_for
 from .store import CacheFull, CacheStore, CacheTooSmall, FetchFailed
 
@@ -38,6 +41,9 @@ def add_fetch_model(sub) -> None:
     fetch.add_argument("--budget", default="500Gi", help="bytes the cache may hold on this node (e.g. 500Gi)")
     fetch.add_argument("--termination-log", default=TERMINATION_LOG,
                        help="where the reason of a failure is written for the operator to read")
+    fetch.add_argument("--hold", action="store_true",
+                       help="then hold the model's in-use lock until stopped (the prefetch DaemonSet's pod: a "
+                            "prefetched model is never evicted)")
     fetch.set_defaults(func=run)
 
 
@@ -71,4 +77,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'cache hit' if done.hit else 'fetched'}: {done.path} ({done.fetched_bytes:,} bytes fetched"
           + (f", evicted {', '.join(done.evicted)}" if done.evicted else "")
           + f") in {time.monotonic() - started:.1f} s", flush=True)
+    if args.hold:
+        _hold(in_use_path(args.cache_root, done.key))
     return 0
+
+
+def _hold(in_use: str) -> None:
+    """Keep a shared lock on the entry's in-use file (as an engine does) until SIGTERM or SIGINT."""
+    fd = os.open(in_use, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    print(f"holding {in_use} until stopped", flush=True)
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    signal.sigwait(stops)
+    os.close(fd)

@@ -16,6 +16,7 @@ import re
 
 ENTRIES, PARTIAL, LOCKS, ENGINE_CACHE = "entries", "partial", "locks", "engine-cache"
 MANIFEST, IN_USE, WEIGHTS = "entry.json", "in-use", "model"
+FETCH_CONTAINER = "fetch-model"  # the init container that runs `tidal fetch-model` (the operator reads its end)
 
 
 def cache_key(uri: str, revision: str | None = None) -> str:
@@ -24,6 +25,15 @@ def cache_key(uri: str, revision: str | None = None) -> str:
     canonical = uri.rstrip("/") + ("@" + revision if revision else "")
     tail = re.sub(r"[^A-Za-z0-9._-]+", "-", uri.rstrip("/").rsplit("/", 1)[-1])[:48].strip("-.") or "model"
     return f"{tail}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+NODE_LABEL_PREFIX = "model-cache.tidal.dev/"
+
+
+def node_label(key: str) -> str:
+    """The label the operator puts on a node whose cache holds `key` (the key's hash: a label's name part is at
+    most 63 characters, a key up to 65). New replicas prefer nodes that carry it."""
+    return NODE_LABEL_PREFIX + key.rsplit("-", 1)[-1]
 
 
 def weights_path(root: str, key: str) -> str:

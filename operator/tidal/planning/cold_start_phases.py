@@ -15,10 +15,11 @@ phases rather than invented ones.
 
 from __future__ import annotations
 
+from ..modelcache.layout import FETCH_CONTAINER
 from .scaling_status import from_iso as _time
 
 PHASES = ("scheduling", "image_pull", "weight_fetch", "engine_load", "ready")
-FETCH_CONTAINER, ENGINE_CONTAINER = "fetch-model", "engine"
+ENGINE_CONTAINER = "engine"
 
 
 def _condition(pod: dict, type_: str) -> float | None:

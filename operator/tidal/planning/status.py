@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..engines.base import Batch
+from ..modelcache.layout import FETCH_CONTAINER
+from .cache_nodes import CachePlan
 from .checks import Problem
 from .conditions import set_condition
 
@@ -21,6 +23,8 @@ class Observation:
     served_name: str | None = None  # set when the spec parsed
     name_owner: tuple[str, str] | None = None  # another service that wins the served name
     batch: Batch | None = None  # requests one replica runs at once, and where that comes from
+    cache: CachePlan | None = None  # the node cache on, for a cached model: pool nodes holding it
+    prefetch: tuple[str, str, str] | None = None  # the Prefetched condition, when the spec asks for prefetch
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -35,7 +39,6 @@ def _unschedulable(pods: list[dict]) -> str | None:
     return next((m for m in map(pod_unschedulable, pods) if m), None)
 
 
-FETCH_CONTAINER = "fetch-model"
 FETCH_REASONS = ("ModelFetchFailed", "CacheTooSmall", "CacheFull")  # the first word of its termination message
 
 
@@ -119,6 +122,10 @@ def plan_status(current: dict, obs: Observation, now: str) -> dict:
         conditions = set_condition(conditions, "Routable", status, reason, message, obs.generation, now)
     status, reason, message = ready_condition(obs)
     conditions = set_condition(conditions, "Ready", status, reason, message, obs.generation, now)
+    if obs.prefetch is not None:
+        conditions = set_condition(conditions, "Prefetched", *obs.prefetch, obs.generation, now)
+    elif not obs.problems:  # prefetch turned off: the condition no longer says anything true
+        conditions = [c for c in conditions if c.get("type") != "Prefetched"]
     out = dict(current)
     out["conditions"] = conditions
     out["observedGeneration"] = obs.generation
@@ -129,6 +136,11 @@ def plan_status(current: dict, obs: Observation, now: str) -> dict:
         out["desiredReplicas"] = (obs.deployment.get("spec") or {}).get("replicas", 0)
     if obs.url:
         out["url"] = obs.url
+    if obs.cache is not None:
+        out["cachedNodes"], out["poolNodes"] = obs.cache.cached, obs.cache.pool
+    elif not obs.problems:
+        out.pop("cachedNodes", None)
+        out.pop("poolNodes", None)
     if obs.batch is not None and obs.batch.size > 0:
         out["batch"] = {"size": obs.batch.size, "source": obs.batch.source}
     return out

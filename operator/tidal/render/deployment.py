@@ -20,7 +20,7 @@ def _probe(probe: Probe, period: int, failures: int) -> dict:
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
-def _security(settings: RenderSettings) -> tuple[dict, dict]:
+def security_contexts(settings: RenderSettings) -> tuple[dict, dict]:
     pod = {"runAsNonRoot": True, "runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_user,
            "fsGroup": settings.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
     container = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -42,7 +42,7 @@ def _env(spec: InferenceServiceSpec, adapter) -> list[dict]:
     return env
 
 
-def _placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
+def pod_placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
     selector = dict(spec.placement.nodeSelector)
     if spec.placement.nodePool:
         selector[settings.pool_label] = spec.placement.nodePool
@@ -63,11 +63,23 @@ def _placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
     return out
 
 
+def prefer_nodes_with(label: str, affinity: dict | None) -> dict:
+    """`affinity` plus a preference (never a requirement) for nodes carrying `label`: a replica goes where its
+    weights are cached when such a node has room, and anywhere else at once when none has."""
+    out = {**(affinity or {})}
+    node = {**out.get("nodeAffinity", {})}
+    preferred = list(node.get("preferredDuringSchedulingIgnoredDuringExecution", []))
+    preferred.append({"weight": 100, "preference": {"matchExpressions": [{"key": label, "operator": "Exists"}]}})
+    node["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
+    out["nodeAffinity"] = node
+    return out
+
+
 def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServiceSpec,
                       settings: RenderSettings, gpu: Gpu | None = None) -> dict:
     """The Deployment, without `spec.replicas`: replicas belong to the autoscaler."""
     adapter = engine(spec.engine.type)
-    pod_security, container_security = _security(settings)
+    pod_security, container_security = security_contexts(settings)
     models = model_volume(spec.model, settings, container_security)
     location = ModelLocation(models.model_path, spec.model.served_name, spec.resources.gpus,
                              spec.engine.drainSeconds)
@@ -110,10 +122,12 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         "automountServiceAccountToken": False,
         # preStop sleep + the engine's own drain time.
         "terminationGracePeriodSeconds": settings.prestop_sleep_seconds + spec.engine.drainSeconds,
-        **_placement(spec, settings),
+        **pod_placement(spec, settings),
     }
     if models.init_containers:
         pod_spec["initContainers"] = models.init_containers
+    if models.node_label:
+        pod_spec["affinity"] = prefer_nodes_with(models.node_label, pod_spec.get("affinity"))
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

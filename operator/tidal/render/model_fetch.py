@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.v1alpha1 import Model
-from ..modelcache.layout import ENGINE_CACHE, cache_key, in_use_path, weights_path
+from ..modelcache.layout import ENGINE_CACHE, FETCH_CONTAINER, cache_key, in_use_path, node_label, weights_path
 from .settings import ModelCacheSettings, RenderSettings
 
 MODELS_DIR = "/models"
@@ -43,6 +43,7 @@ class ModelVolume:
     more_mounts: tuple[dict, ...] = ()  # the engine's own cache, beside the weights
     env: tuple[dict, ...] = ()
     hold_in_use: bool = False  # run the engine under HOLD_IN_USE
+    node_label: str | None = None  # nodes whose cache holds the model carry it (preferred, never required)
 
 
 def _secret_env(secret: str, key: str, optional: bool = False) -> dict:
@@ -50,7 +51,7 @@ def _secret_env(secret: str, key: str, optional: bool = False) -> dict:
 
 
 def _fetcher(image: str, command: list[str], env: list[dict], mounts: list[dict], security: dict) -> dict:
-    return {"name": "fetch-model", "image": image, "command": command, "env": env,
+    return {"name": FETCH_CONTAINER, "image": image, "command": command, "env": env,
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}] + mounts,
             "securityContext": security,
             "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}}
@@ -87,6 +88,7 @@ def cached_model_volume(model: Model, cache: ModelCacheSettings, container_secur
         env=({"name": "TIDAL_MODEL_IN_USE", "value": in_use_path(CACHE_DIR, key)},
              {"name": "VLLM_CACHE_ROOT", "value": ENGINE_CACHE_DIR}),
         hold_in_use=True,
+        node_label=node_label(key),
     )
 
 

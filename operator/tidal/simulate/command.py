@@ -92,7 +92,7 @@ def add_simulate(sub) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     import time
 
-    from .report import BOUNDS, POLICIES, physical_limit, run_all, write
+    from .report import BOUNDS, POLICIES, VARIANTS, physical_limit, run_all, write
     from .trace import load_trace
     from .latency import LatencyModel
 
@@ -106,10 +106,10 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"error: cannot read the trace: {err}", file=sys.stderr)
         return 2
     names = list(POLICIES) if args.policy == "all" else [n.strip() for n in args.policy.split(",")]
-    unknown = [n for n in names if n not in POLICIES + BOUNDS]
+    unknown = [n for n in names if n not in POLICIES + BOUNDS + VARIANTS]
     if unknown or not names:
         print(f"error: --policy {args.policy!r}: unknown {', '.join(unknown) or 'empty'}; choose from "
-              f"{', '.join(POLICIES + BOUNDS)} (comma-separated) or all", file=sys.stderr)
+              f"{', '.join(POLICIES + BOUNDS + VARIANTS)} (comma-separated) or all", file=sys.stderr)
         return 2
     if args.workload == "bursts":
         requests = bursts_from_zero(requests, seed=args.seed)  # sizes from the trace, timing generated

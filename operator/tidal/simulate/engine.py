@@ -95,7 +95,8 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     def view(now: float) -> View:
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[0], scraped[1], svc.waiting() + svc.running(),
-                    *svc.held(now), scraped_series=scraped[2])
+                    *svc.held(now), scraped_series=scraped[2], in_flight=svc.running(),
+                    arrivals_per_s=svc.arrivals.per_second(now))
 
     def act(desired, now):
         if desired is not None and desired != svc.current():
@@ -140,7 +141,8 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             start(now)
             push(now + policy.tick_s, "tick")
         elif kind == "observe":
-            policy.observe(view(now))
+            act(policy.observe(view(now)), now)
+            start(now)
             push(now + policy.observe_s, "observe")
         elif kind == "scrape":
             scraped = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) else (0.0, 0.0, False)

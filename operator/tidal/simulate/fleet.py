@@ -61,7 +61,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         svc = services[i]
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2])
+                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2],
+                    in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now))
 
     def act(i, desired, now):
         nonlocal waited_for_gpu
@@ -107,7 +108,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             start(i, now)
             push(now + policy.tick_s, "tick", i)
         elif kind == "observe":
-            policy.observe(view(i, now))
+            act(i, policy.observe(view(i, now)), now)
+            start(i, now)
             push(now + policy.observe_s, "observe", i)
         elif kind == "scrape":
             scraped[i] = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) \

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..autoscaling import Observation, Policy, ScalerState, decide
-from ..autoscaling.observe import EngineQueue, GatewayDemand, Replicas, observe
+from ..autoscaling.decide import gateway_recommends
+from ..autoscaling.observe import EngineQueue, GatewayDemand, GatewayLoad, Replicas, observe
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class View:
     unschedulable: int = 0  # replicas waiting for a GPU (Pending in a full pool)
     # Whether the last scrape found a ready replica: until one does, the engines' series do not exist yet.
     scraped_series: bool = True
+    in_flight: float = 0.0  # requests sent to a replica and not answered yet, as the gateway counts them
+    arrivals_per_s: float = 0.0  # every request's arrival, as the gateway counts them (the fast signal)
 
 
 class SimPolicy:
@@ -42,8 +45,9 @@ class SimPolicy:
     def tick(self, view: View) -> int | None:
         raise NotImplementedError
 
-    def observe(self, view: View) -> None:
-        pass
+    def observe(self, view: View) -> int | None:
+        """A look every `observe_s` seconds; a policy may act on it (Tidal's fast signal) or only remember."""
+        return None
 
     def poke(self, view: View) -> int | None:
         """A request arrived while no replica is ready; an activator may act at once."""
@@ -53,8 +57,11 @@ class SimPolicy:
 class TidalPolicy(SimPolicy):
     name = "tidal"
 
-    def __init__(self, policy: Policy, tick_s: float = 2.0):
+    def __init__(self, policy: Policy, tick_s: float = 2.0, fast_signal: bool = True, report_s: float = 1.0):
         self.policy, self.tick_s, self.state = policy, tick_s, ScalerState()
+        # The gateway's load report every `report_s` (its fast signal), acted on as it arrives.
+        self.fast_signal = fast_signal
+        self.observe_s = report_s if fast_signal else None
         self.reasons: dict[str, int] = {}
         # The operator's cold-start clock: from the scale-from-zero decision to the first ready replica.
         self.cold_since: float | None = None
@@ -73,8 +80,16 @@ class TidalPolicy(SimPolicy):
             queue = EngineQueue(waiting=view.scraped_waiting, running=view.scraped_running,
                                 queue_exported=view.scraped_series)
         replicas = Replicas(view.current, view.ready, view.unschedulable)
-        gateway = GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)
-        return observe(replicas, [queue, gateway], cold_start_s=self.cold_start_s)
+        signals = [queue, GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)]
+        if self.fast_signal and view.ready and not wake:
+            signals.append(self.gateway_load(view))
+        return observe(replicas, signals, cold_start_s=self.cold_start_s)
+
+    @staticmethod
+    def gateway_load(view: View) -> GatewayLoad:
+        """The gateway's report: what it sent and has not had answered, what waits in its line for room."""
+        return GatewayLoad(view.in_flight, view.live_concurrency - view.in_flight, view.arrivals_per_s,
+                           view.request_s)
 
     def _decide(self, view: View, wake: bool = False) -> int:
         if view.ready and self.cold_since is not None:
@@ -90,6 +105,15 @@ class TidalPolicy(SimPolicy):
 
     def tick(self, view: View) -> int:
         return self._decide(view)
+
+    def observe(self, view: View) -> int | None:
+        """The gateway's report reaches the operator: it decides at once when the report asks for more replicas
+        than there are (as the operator does on POST /v1/load), and otherwise waits for its tick."""
+        if not (self.fast_signal and view.ready):
+            return None
+        wants = gateway_recommends(observe(Replicas(view.current, view.ready), [self.gateway_load(view)]),
+                                    self.policy)
+        return self._decide(view) if wants > view.current else None
 
     def poke(self, view: View) -> int | None:
         # The activator's wake-up call, only while no replica serves (then the tick decides).

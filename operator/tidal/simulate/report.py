@@ -14,18 +14,25 @@ from .trace import Request
 
 POLICIES = ("tidal", "keda-hpa", "knative-kpa")  # `all`
 BOUNDS = ("reactive-bound",)  # by name only: a yardstick, not a policy
+# By name only: Tidal without the gateway's fast signal (Prometheus's queue and the wake-up calls alone), to
+# measure what the fast signal buys.
+VARIANTS = ("tidal-prometheus-only",)
 
 
 def make_policy(name: str, cfg: SimConfig, scaling: Policy):
     if name == "tidal":
         return TidalPolicy(scaling)
+    if name == "tidal-prometheus-only":
+        policy = TidalPolicy(scaling, fast_signal=False)
+        policy.name = name
+        return policy
     if name == "keda-hpa":
         return KedaHpaPolicy(scaling.target_queue, scaling.min_replicas, scaling.max_replicas)
     if name == "knative-kpa":
         return KnativeKpaPolicy(cfg.latency.max_concurrency, scaling.min_replicas, scaling.max_replicas)
     if name == "reactive-bound":
         return ReactiveBound(scaling.max_replicas, cfg.cold_start_s)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES + BOUNDS)} or all")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES + BOUNDS + VARIANTS)} or all")
 
 
 def run_all(requests: list[Request], names: list[str], cfg: SimConfig, scaling: Policy, log=print) -> list[Result]:

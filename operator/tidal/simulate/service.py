@@ -96,6 +96,7 @@ class Service:
     cold_start_times: list = field(default_factory=list)  # fetch + load of each placed cold start
     held_arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # as the activator counts them
     request_time: RequestTime = field(default_factory=RequestTime)  # as the activator averages them
+    arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # every arrival, as the gateway counts them
     _ids: int = 0
 
     def __post_init__(self):
@@ -166,6 +167,7 @@ class Service:
 
     # ---- requests --------------------------------------------------------------------------------
     def arrive(self, request, now: float) -> None:
+        self.arrivals.add(now)
         if not self.ready_count(now):
             self.held_arrivals.add(now)
         self.queue.append((now, request))
