@@ -9,7 +9,10 @@ replica), and measures, after the first ticks have written each service's initia
 - one tick's duration (median, p95), CPU seconds per tick and resident memory of the process,
 - Kubernetes reads and writes per tick, Prometheus queries per tick,
 - side by side, the same services read with one Prometheus query each (what a per-object scaler
-  such as a KEDA ScaledObject per service does), reported as a ratio.
+  such as a KEDA ScaledObject per service does), reported as a ratio;
+- side by side, the tick with the gateway's fast signal (#32): a load report naming every service (each busy,
+  below what its replica holds, so nothing is written), taken in as POST /v1/load would each second, and the
+  ticks that fold it in; reported as the report's cost and the tick's ratio to the tick without it.
 
   python benchmarks/autoscaler_tick.py [--services 2000] [--ticks 20]
 """
@@ -64,6 +67,7 @@ def main() -> None:
 
     from kubernetes import client
 
+    from tidal.autoscaling.observe import GatewayLoad
     from tidal.clients.kube import Kube, load_api_client
     from tidal.clients.prometheus import Prometheus
     from tidal.controller.autoscaler import Autoscaler
@@ -139,9 +143,22 @@ def main() -> None:
                                            f'tidal_dev_inferenceservice="{n}"}})')
             await asyncio.gather(*(one(n) for n in names))
             per_service = time.perf_counter() - t0
-            return warm, warm_writes, durations, cpu, steady, per_service
+            # The fast signal: every service busy at the gateway (1 in flight, 0.2/s of 2 s requests).
+            report = {(ns, n): GatewayLoad(1, 0, 0.2, 2.0) for n in names}
+            taken, fast = [], []
+            writes1 = kube.counter.writes
+            for _ in range(args.ticks):
+                t0 = time.perf_counter()
+                scaled = await scaler.gateway_report("gateway-0", report)
+                taken.append(time.perf_counter() - t0)
+                assert not scaled, scaled  # below capacity: the report alone scales nothing
+                t0 = time.perf_counter()
+                await scaler.tick()
+                fast.append(time.perf_counter() - t0)
+            steady["fast_writes"] = (kube.counter.writes - writes1) / args.ticks
+            return warm, warm_writes, durations, cpu, steady, per_service, taken, fast
 
-        warm, warm_writes, durations, cpu, steady, per_service = asyncio.run(measure())
+        warm, warm_writes, durations, cpu, steady, per_service, taken, fast = asyncio.run(measure())
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         q = sorted(durations)
         report = {
@@ -154,6 +171,10 @@ def main() -> None:
             "prometheus_queries_per_tick": steady["prometheus_queries"],
             "per_service_queries_s": round(per_service, 2),
             "batched_vs_per_service_speedup": round(per_service / statistics.median(q), 1),
+            "load_report_of_all_services_s": round(statistics.median(taken), 4),
+            "tick_with_fast_signal_median_s": round(statistics.median(fast), 4),
+            "tick_with_vs_without_fast_signal": round(statistics.median(fast) / statistics.median(q), 2),
+            "writes_per_tick_with_fast_signal": steady["fast_writes"],
         }
         print(json.dumps(report, indent=2))
         print("\n| services | tick median | tick p95 | CPU/tick | RSS | K8s reads/writes per idle tick | "
@@ -162,6 +183,11 @@ def main() -> None:
         print(f"| {args.services} | {report['tick_median_s'] * 1000:.0f} ms | {report['tick_p95_s'] * 1000:.0f} ms | "
               f"{report['cpu_s_per_tick'] * 1000:.0f} ms | {rss:.0f} MiB | {steady['reads']:g} / {steady['writes']:g} | "
               f"{steady['prometheus_queries']:g} | {per_service:.2f} s | {report['batched_vs_per_service_speedup']}× |")
+        print(f"\nfast signal: a report of all {args.services} services taken in "
+              f"{report['load_report_of_all_services_s'] * 1000:.0f} ms; tick with it "
+              f"{report['tick_with_fast_signal_median_s'] * 1000:.0f} ms "
+              f"({report['tick_with_vs_without_fast_signal']}x the tick without); "
+              f"{steady['fast_writes']:g} writes per tick")
         server.shutdown()
     finally:
         cluster.down()

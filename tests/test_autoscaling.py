@@ -544,3 +544,39 @@ def test_a_batch_backlog_is_demand_and_its_end_lets_the_service_idle_to_zero():
         d = decide(Observation(current=current, ready=current, waiting=0, running=0), state, POLICY, now=float(t))
         state, current = d.state, d.replicas
     assert current == 0
+
+
+# ---- the gateway's fast signal (#32) -------------------------------------------------------------------------
+def _serving(**gateway) -> Observation:
+    """Two ready replicas of 48 slots, Prometheus's last scrape quiet (the rise has not reached it yet)."""
+    return Observation(current=2, ready=2, waiting=0.0, running=20.0, cold_start_s=60.0, **gateway)
+
+
+def test_a_sustained_rise_the_gateway_sees_scales_up_at_once_naming_it():
+    # 40/s of 4 s requests is 160 busy slots: 4 replicas of 48, whatever the last scrape said.
+    d = decide(_serving(gateway_demand=60.0, gateway_rate=40.0, request_s=4.0, gateway_message="the gateway sees"),
+               ScalerState(), POLICY, now=1000.0)
+    assert (d.replicas, d.reason) == (4, "GatewayLoad") and "Prometheus last saw" in d.message
+
+
+def test_a_burst_the_replicas_serve_before_a_new_one_could_start_buys_none():
+    # 150 requests at once on 2 x 48 slots (3 replicas by count), 4 s each, then 1/s: drained in about 8 s,
+    # long before a replica started now would be ready (60 s).
+    d = decide(_serving(gateway_demand=150.0, gateway_rate=1.0, request_s=4.0), ScalerState(), POLICY, now=1000.0)
+    assert d.replicas == 2 and d.reason != "GatewayLoad"
+
+
+def test_the_gateways_view_never_removes_what_the_engines_queue_asks_for():
+    busy = Observation(current=4, ready=4, waiting=100.0, running=192.0, cold_start_s=60.0, gateway_demand=1.0,
+                       gateway_rate=0.1, request_s=4.0)
+    assert decide(busy, ScalerState(), POLICY, now=1000.0).replicas >= 4
+
+
+@given(st.floats(0, 500), st.floats(0, 100), st.floats(0.1, 30), st.integers(1, 10))
+@settings(max_examples=examples(300))
+def test_with_metrics_missing_the_gateway_only_ever_adds(demand, rate, request_s, current):
+    obs = Observation(current=current, ready=current, waiting=None, running=None, cold_start_s=60.0,
+                      gateway_demand=demand, gateway_rate=rate, request_s=request_s)
+    d = decide(obs, ScalerState(), POLICY, now=1000.0)
+    assert d.replicas >= min(current, POLICY.max_replicas)
+    assert d.reason in ("GatewayLoad", "MetricsUnavailable")

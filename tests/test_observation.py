@@ -6,11 +6,13 @@ case below differs."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from hypothesis import given, strategies as st
 
 from tidal.api.v1alpha1 import parse_spec
 from tidal.autoscaling import Policy
+from tidal.autoscaling.observe import GatewayLoad
 from tidal.clients.prometheus import ServiceLoad
 from tidal.controller.autoscaler import Autoscaler
 from tidal.controller.store import DeploymentState, ServiceStore
@@ -29,7 +31,9 @@ def worlds(draw):
     return dict(current=current, ready=draw(st.integers(0, current)), scraped=draw(st.booleans()),
                 waiting=draw(counts), running=draw(counts), held=draw(counts), held_rate=draw(counts),
                 request_s=draw(st.none() | st.floats(0.1, 60)), unschedulable=draw(st.integers(0, 3)),
-                cold_start_s=draw(st.none() | st.floats(1, 600)), wake=draw(st.booleans()))
+                cold_start_s=draw(st.none() | st.floats(1, 600)), wake=draw(st.booleans()),
+                # the gateway's load report (the fast signal): in flight, in its line, arriving per second
+                in_flight=draw(counts), line=draw(counts), arriving=draw(counts))
 
 
 def operator_sees(w: dict):
@@ -40,6 +44,9 @@ def operator_sees(w: dict):
     scaler.store.unschedulable[KEY] = {f"pod-{i}" for i in range(w["unschedulable"])}
     scaler._held[KEY] = (w["held_rate"], w["request_s"], time.monotonic())
     status = {"lastColdStartSeconds": w["cold_start_s"]} if w["cold_start_s"] is not None else {}
+    report = GatewayLoad(w.get("in_flight", 0.0), w.get("line", 0.0), w.get("arriving", 0.0), w["request_s"])
+    if report.has_traffic():  # the gateway reports busy services only
+        scaler.gateway_loads.report("gateway-0", {KEY: report}, time.monotonic())
     held = w["held"] if w["ready"] == 0 else 0.0
     if w["wake"]:  # a wake-up call: no query; while nothing serves, no engine series can exist
         return scaler._observe(KEY, SPEC, ServiceLoad(), extra_pending=held, status=status)
@@ -54,7 +61,9 @@ def simulator_sees(w: dict):
     policy.cold_start_s = w["cold_start_s"]
     view = View(now=100.0, current=w["current"], ready=w["ready"], scraped_waiting=w["waiting"],
                 scraped_running=w["running"], live_concurrency=0.0, held=w["held"], held_rate=w["held_rate"],
-                request_s=w["request_s"], unschedulable=w["unschedulable"], scraped_series=w["scraped"])
+                request_s=w["request_s"], unschedulable=w["unschedulable"], scraped_series=w["scraped"],
+                in_flight=w.get("in_flight", 0.0), arrivals_per_s=w.get("arriving", 0.0))
+    view = replace(view, live_concurrency=view.in_flight + w.get("line", 0.0))
     return policy.observed(view, wake=w["wake"])
 
 
@@ -70,6 +79,17 @@ def test_serving_replicas_no_scrape_has_seen_are_unknown_on_both_paths_not_idle(
              request_s=None, unschedulable=0, cold_start_s=None, wake=False)
     for obs in (operator_sees(w), simulator_sees(w)):
         assert obs.waiting is None and obs.running is None
+
+
+def test_the_gateways_load_report_is_the_same_fast_signal_on_both_paths():
+    w = dict(current=2, ready=2, scraped=True, waiting=1.0, running=9.0, held=0.0, held_rate=0.0, request_s=4.0,
+             unschedulable=0, cold_start_s=None, wake=False, in_flight=10.0, line=2.0, arriving=12.0)
+    for obs in (operator_sees(w), simulator_sees(w)):
+        assert (obs.gateway_demand, obs.gateway_rate, obs.request_s) == (12.0, 12.0, 4.0)
+        assert "10 in flight, 2 held, 12/s arriving" in obs.gateway_message
+    quiet = {**w, "in_flight": 0.0, "line": 0.0, "arriving": 0.0}
+    for obs in (operator_sees(quiet), simulator_sees(quiet)):
+        assert obs.gateway_demand is None  # no report: no news, not "zero"
 
 
 def test_held_requests_while_nothing_serves_are_demand_on_both_paths():

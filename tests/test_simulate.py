@@ -35,13 +35,26 @@ def test_ready_replicas_that_no_scrape_has_seen_yet_are_a_missing_metric_not_an_
     """As in the operator: pods that serve but export no queue series yet mean MetricsUnavailable (a hold).
     Reading them as 0 waiting, 0 running would let a policy remove them before their backlog is served."""
     policy = tidal()
-    unseen = View(now=100.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=0.0, live_concurrency=50,
-                  held=0.0, scraped_series=False)
+    unseen = View(now=100.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=0.0, live_concurrency=10,
+                  held=0.0, scraped_series=False, in_flight=10)
     assert policy.tick(unseen) == 3 and policy.reasons == {"MetricsUnavailable": 1}
     seen = View(now=102.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=5.0, live_concurrency=5,
                 held=0.0)
     policy.tick(seen)
     assert "MetricsUnavailable" in policy.reasons and len(policy.reasons) == 2  # decided on the numbers
+
+
+def test_the_gateways_count_scales_up_through_a_metrics_gap_and_never_down():
+    """No queue series yet, but the gateway sees 50 requests (10 in flight, 40 in its line) for 3 replicas of
+    10 slots and a target queue of 4: 4 replicas now, not after a scrape. The same gap with a quiet gateway
+    removes nothing."""
+    policy = tidal()
+    busy = View(now=100.0, current=3, ready=3, scraped_waiting=0.0, scraped_running=0.0, live_concurrency=50,
+                held=0.0, scraped_series=False, in_flight=10)
+    assert policy.tick(busy) == 4 and policy.reasons == {"GatewayLoad": 1}
+    quiet = View(now=102.0, current=4, ready=4, scraped_waiting=0.0, scraped_running=0.0, live_concurrency=0,
+                 held=0.0, scraped_series=False)
+    assert policy.tick(quiet) == 4 and policy.reasons["MetricsUnavailable"] == 1
 
 
 def test_a_burst_queues_in_fifo_order_on_a_warm_replica():

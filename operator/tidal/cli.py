@@ -128,7 +128,7 @@ def _activator(args: argparse.Namespace) -> int:
             return 2
         static.add_key(name, token)
     limits = Limits(max_pending=args.max_pending, hold_timeout_s=args.hold_timeout,
-                    keepalive_s=args.stream_keepalive)
+                    keepalive_s=args.stream_keepalive, load_report_s=args.load_report_interval)
     key_namespace = None if args.api_keys == "off" else (args.api_key_namespace or os.environ.get("POD_NAMESPACE")
                                                          or "tidal-system")
     try:
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--metrics-port", type=int, default=9090, help="/metrics and /healthz")
     act.add_argument("--max-pending", type=int, default=1000, help="requests held per service at zero; then 429")
     act.add_argument("--hold-timeout", type=float, default=300.0, help="seconds a request is held; then 503")
+    act.add_argument("--load-report-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="tell the operator this often what the gateway sees of each busy service (in flight, "
+                          "held, arrivals, request time): the autoscaler's fast signal; 0: never")
     act.add_argument("--stream-keepalive", type=float, default=15.0,
                      help="a held request that asked for a stream gets its answer begun after this many seconds, "
                           "and an SSE comment line every this many seconds until a replica takes it (so proxies that "

@@ -238,3 +238,36 @@ def test_a_surge_at_zero_wakes_replicas_for_the_surge_not_one(operator, activato
     # used to: every cold start flapped ScalingActive with a Warning MetricsUnavailable per call.)
     warnings = [(r, m) for t, r, m in events(kubectl, namespace, "surge") if t == "Warning"]
     assert not warnings, warnings
+
+
+def test_a_step_in_load_raises_replicas_from_the_gateways_count_not_a_scrape(operator, activator, kubectl, k8s,
+                                                                              namespace):
+    """#32: the gateway reports what it sees every second (in flight, held, arrivals, request time) and the
+    operator scales up on it at once. The service's own query is `vector(0)`: Prometheus never sees this load,
+    so only the gateway's count can raise the replicas (without the fast signal they stay at 1: the test
+    fails). Printed: seconds from the step to the Deployment's new replicas."""
+    from kubernetes import client
+    apps = client.AppsV1Api(k8s)
+    apply(kubectl, namespace, service("step", minReplicas=1, maxReplicas=4, query="vector(0)",
+                                      scaleDownStabilizationSeconds=30))
+    wait_for(lambda: ready_replicas(kubectl, namespace, "step") == 1, timeout=90, interval=0.5, what="one replica")
+    url = f"{activator.url}/{namespace}/step/v1/completions"
+    assert [s for s, _, _ in asyncio.run(burst(url, 2, max_tokens=50))] == [200, 200]  # a request time known
+    scaled_at = []
+
+    def watch_replicas():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not scaled_at:
+            if (apps.read_namespaced_deployment("step", namespace).spec.replicas or 0) >= 2:
+                scaled_at.append(time.monotonic())
+            time.sleep(0.01)
+    watcher = threading.Thread(target=watch_replicas)
+    watcher.start()
+    step = time.monotonic()
+    results = asyncio.run(burst(url, 16, max_tokens=600))  # 16 at once on a replica of 4 slots
+    watcher.join()
+    assert [s for s, _, _ in results].count(200) == 16
+    assert scaled_at, "the replicas never rose: the gateway's count did not reach the autoscaler"
+    print(f"\nreplicas raised {scaled_at[0] - step:.2f} s after the step (the gateway reports every 1 s)")
+    scaled = [m for _, r, m in events(kubectl, namespace, "step") if r == "Scaled" and m.startswith("1 -> ")]
+    assert any("GatewayLoad" in m and "the gateway sees" in m for m in scaled), scaled

@@ -10,6 +10,11 @@ from .limits import (adapted_idle_seconds, cap_at_pool_capacity, capacity_exhaus
 from .policy import Policy
 
 
+# A service whose cold start was never measured (the operator restarted, and status has none): a minute, a
+# common cold start for a model server (FACTS.md: 20 s to several minutes).
+UNKNOWN_COLD_START_S = 60.0
+
+
 @dataclass(frozen=True)
 class Observation:
     current: int  # replicas the Deployment asks for now
@@ -24,7 +29,8 @@ class Observation:
     unschedulable: int = 0  # replicas the scheduler cannot place: their node pool is full
     pool_capacity: int | None = None  # the most replicas the node pool could hold; None: unknown
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
-    gateway_demand: float | None = None  # the fast signal: requests the gateway sees or expects (observe.py)
+    gateway_demand: float | None = None  # the fast signal: requests in flight and held at the gateway (observe.py)
+    gateway_rate: float = 0.0  # requests arriving per second at the gateway
     gateway_message: str = ""
 
 
@@ -249,11 +255,19 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
 
 
 def gateway_recommends(obs: Observation, policy: Policy) -> int:
-    """Replicas for the demand the gateway sees, sized as the engines' queue is (limits.recommend); 0 without
-    a report."""
-    if not obs.gateway_demand:
+    """Replicas for what the gateway sees (0 without a report): enough to serve the requests in flight and held
+    within one cold start while requests keep arriving at the rate it counts. A replica added now serves only
+    after a cold start, so a burst the replicas there will have served by then buys none (in a shared pool it
+    would take a GPU another service waits for): 60 held 4 s requests on one 48-slot replica with a 60 s cold
+    start drain in seconds -> 1; 20/s arriving is 80 busy slots -> 2. Without a request time (or a batch size)
+    the requests themselves are the measure, as for the engines' queue."""
+    if not obs.gateway_demand and not obs.gateway_rate:
         return 0
-    return recommend(obs.gateway_demand, 0, policy.target_queue, policy.max_concurrency)
+    slots = policy.max_concurrency
+    if not (obs.request_s and slots > 0):
+        return recommend(obs.gateway_demand or 0.0, 0, policy.target_queue, slots)
+    horizon = obs.cold_start_s or UNKNOWN_COLD_START_S
+    return replicas_to_drain(obs.gateway_demand or 0.0, obs.gateway_rate, obs.request_s, horizon, slots)
 
 
 def _gateway_scale_up(obs: Observation, state: ScalerState, policy: Policy, now: float, fast: int) -> Decision:

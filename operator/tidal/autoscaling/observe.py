@@ -84,15 +84,14 @@ class GatewayLoad:
     arrivals_per_s: float = 0.0
     request_s: float | None = None
 
-    def demand(self) -> float:
-        """Requests the service has, or will have once the arrivals it sees settle: what is in flight and held
-        now, or the arrival rate times the request time (Little's law), whichever is more. 12/s of 4 s requests
-        is 48 in the system, even while the first 10 of them are all that has arrived."""
-        steady = self.arrivals_per_s * self.request_s if self.request_s else 0.0
-        return max(self.in_flight + self.held, steady)
+    def has_traffic(self) -> bool:
+        """Whether the gateway reports the service at all (it leaves out the quiet ones)."""
+        return bool(self.in_flight or self.held or self.arrivals_per_s)
 
     def fold(self, obs: Observation, replicas: Replicas) -> Observation:
-        return replace(obs, gateway_demand=self.demand(), gateway_message=(
+        return replace(obs, gateway_demand=self.in_flight + self.held, gateway_rate=self.arrivals_per_s,
+                       request_s=self.request_s if self.request_s is not None else obs.request_s,
+                       gateway_message=(
             f"the gateway sees {self.in_flight:g} in flight, {self.held:g} held, {self.arrivals_per_s:.3g}/s arriving"
             + (f" at {self.request_s:.1f} s a request" if self.request_s else "")))
 

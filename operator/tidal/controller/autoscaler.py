@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
 from ..autoscaling import Decision, Observation, Policy, ScalerState, decide
-from ..autoscaling.observe import EngineQueue, GatewayDemand, Replicas, observe
+from ..autoscaling.decide import gateway_recommends
+from ..autoscaling.observe import EngineQueue, GatewayDemand, GatewayLoad, Replicas, observe
 from ..clients.kube import Kube, unreachable
 from ..clients.prometheus import Prometheus, PrometheusError, ServiceLoad
 from ..engines import engine
@@ -28,6 +29,7 @@ from ..planning.conditions import get_condition
 from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
 from .cold_starts import ColdStarts
+from .gateway_loads import GatewayLoads
 from .store import DEPARTED_MEMORY_S, Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
@@ -90,6 +92,10 @@ class Autoscaler:
     # One decision at a time per service: a wake-up call and the tick (or two calls) deciding on the same
     # replica count would both scale from it, and the later write could undo the earlier one.
     _deciding: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # The fast signal: the gateways' load reports (gateway_loads.py), and the last tick's Prometheus answers,
+    # which a decision on a report between ticks reuses (a report asks no query of its own).
+    gateway_loads: GatewayLoads = field(default_factory=GatewayLoads)
+    _last_round: tuple[dict | None, dict] = (None, {})
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -99,6 +105,7 @@ class Autoscaler:
         self._failures.pop(key, None)
         self._held.pop(key, None)
         self._deciding.pop(key, None)
+        self.gateway_loads.forget(key)
         self.cold_starts.forget(key)
         metrics.forget(*key)
 
@@ -148,6 +155,7 @@ class Autoscaler:
             keys = list(self.store.services)
             metrics.SERVICES.set(len(keys))
             custom = await self._custom_loads(keys, loads is not None)
+            self._last_round = (loads, custom)
             self._account_gpu_seconds(keys, time.monotonic())
             for key in keys:
                 body = self.store.services.get(key)
@@ -244,9 +252,12 @@ class Autoscaler:
         held_rate, request_s = self._held_demand(key, time.monotonic())
         replicas = Replicas(deployment.replicas, deployment.ready, len(self.store.unschedulable.get(key, ())),
                             self._pool_capacity(spec))
-        return observe(replicas, [engine_queue(load, spec, self._query_errors.get(key)),
-                                  GatewayDemand(extra_pending, held_rate, request_s)],
-                       cold_start_s=self.cold_starts.last(key, status))
+        signals = [engine_queue(load, spec, self._query_errors.get(key)),
+                   GatewayDemand(extra_pending, held_rate, request_s)]
+        fast = self.gateway_loads.of(key, time.monotonic()) if deployment.ready else None
+        if fast is not None:
+            signals.append(fast)
+        return observe(replicas, signals, cold_start_s=self.cold_starts.last(key, status))
 
     async def _scale(self, key: Key, body: dict, load: ServiceLoad | None, prometheus_ok: bool | None,
                      extra_pending: float = 0.0) -> Decision | None:
@@ -332,6 +343,28 @@ class Autoscaler:
         body = self.store.services.get(key)
         if body is not None:
             await self.kube.event(body, "Normal", "ColdStart", cold_start_phases.summary(took, parts))
+
+    async def gateway_report(self, gateway: str, services: dict[Key, GatewayLoad]) -> list[Key]:
+        """A gateway's load report: kept for every decision, and acted on at once for each serving service whose
+        report asks for more replicas than it has (the rest wait for the tick). Returns the services scaled."""
+        now = time.monotonic()
+        self.gateway_loads.report(gateway, services, now)
+        scaled = []
+        loads, custom = self._last_round
+        for key in services:
+            body, deployment = self.store.services.get(key), self.store.deployments.get(key)
+            spec = self._spec(key, body) if body is not None else None
+            if spec is None or deployment is None or not deployment.ready or not deployment.replicas:
+                continue  # not serving: the wake-up call and the tick handle it
+            total = self.gateway_loads.of(key, now)
+            seen = observe(Replicas(deployment.replicas, deployment.ready), [total],
+                           cold_start_s=self.cold_starts.last(key, body.get("status")))
+            wants = gateway_recommends(seen, policy_of(spec, self._gpu(spec)))
+            if wants > deployment.replicas:
+                load = custom.get(key, loads.get(key) if loads is not None else None)
+                await self._scale_or_report(key, body, load, prometheus_ok=loads is not None)
+                scaled.append(key)
+        return scaled
 
     async def wake(self, namespace: str, name: str, pending: float, arrivals_per_s: float = 0.0,
                    request_s: float | None = None) -> Decision | None:

@@ -1,4 +1,4 @@
-"""The operator's HTTP endpoints: health, its own metrics, and the activator's wake-up call."""
+"""The operator's HTTP endpoints: health, its own metrics, the gateway's wake-up call and its load report."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from . import metrics
+from ..autoscaling.observe import GatewayLoad
 from .autoscaler import Autoscaler
 from .wake_auth import WakeAuth
+
+
+MAX_REPORTED = 20_000  # services in one report: far above any fleet, a bound on what one request may cost
 
 
 def _number(value, default):
@@ -62,9 +66,40 @@ def build_app(autoscaler: Autoscaler | None, wake_auth: WakeAuth | None = None) 
             "reason": decision.reason if decision else "NotAtZero",
             "seconds": round(time.monotonic() - started, 4)})
 
+    async def load(request: web.Request) -> web.Response:
+        """POST /v1/load {"gateway": "<replica>", "services": {"<ns>/<name>": {"in_flight": N, "held": H,
+        "arrival_rate": R, "request_seconds": S}}}: what one gateway replica sees of each busy service, every
+        second (the fast signal). The same callers as /v1/wake may send it."""
+        if wake_auth is not None:
+            refused = await wake_auth.refusal(request.headers.get("Authorization"))
+            if refused is not None:
+                status, why = refused
+                return web.json_response({"reason": why}, status=status,
+                                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        if autoscaler is None:
+            return web.json_response({"reason": "AutoscalingOff: the operator has no --prometheus-url"}, status=503)
+        try:
+            said = await request.json()
+            gateway, reported = str(said["gateway"])[:253], said["services"]
+            if not isinstance(reported, dict) or len(reported) > MAX_REPORTED:
+                raise ValueError(f"services: an object of at most {MAX_REPORTED} entries")
+            services = {}
+            for name, entry in reported.items():
+                namespace, _, service = str(name).partition("/")
+                if not namespace or not service or not isinstance(entry, dict):
+                    raise ValueError(f"services: {str(name)[:100]!r} is not \"<namespace>/<name>\": {{...}}")
+                services[(namespace, service)] = GatewayLoad(
+                    _number(entry.get("in_flight"), 0.0), _number(entry.get("held"), 0.0),
+                    _number(entry.get("arrival_rate"), 0.0), _number(entry.get("request_seconds"), None))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            return web.json_response({"reason": f"BadReport: {err}"[:300]}, status=400)
+        scaled = await autoscaler.gateway_report(gateway, services)
+        return web.json_response({"scaled": [f"{ns}/{name}" for ns, name in scaled]})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)  # a standby answers 503 here (leadership.py); the leader 200
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/wake/{namespace}/{name}", wake)
+    app.router.add_post("/v1/load", load)
     return app

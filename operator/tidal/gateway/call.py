@@ -15,6 +15,7 @@ class Limits:
     max_body_bytes: int = 16 * 2**20
     upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
     keepalive_s: float = 15.0  # a held streamed request: its answer begins, and an SSE comment every this long
+    load_report_s: float = 1.0  # the load report to the operator (load_report.py); 0: none
 
 
 @dataclass

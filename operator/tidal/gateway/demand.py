@@ -14,8 +14,31 @@ MAX_SERVICES = 10_000  # a path may name any service: the made-up ones must not 
 
 class Demand:
     def __init__(self) -> None:
-        self._arrivals: dict[Key, ArrivalRate] = {}
+        self._arrivals: dict[Key, ArrivalRate] = {}  # held requests only: the wake-up call's rate
         self._times: dict[Key, RequestTime] = {}
+        self._all: dict[Key, ArrivalRate] = {}  # every request: the load report's rate (load_report.py)
+
+    def arrived(self, key: Key, now: float) -> None:
+        """A request for a service reached the gateway (held or not)."""
+        if key not in self._all and len(self._all) >= MAX_SERVICES:
+            del self._all[next(iter(self._all))]
+        # 5,000 kept: a service at 1,000/s over the 5 s window; past that the rate reads as a floor.
+        self._all.setdefault(key, ArrivalRate(max_kept=5_000)).add(now)
+
+    def arriving(self, now: float) -> dict[Key, float]:
+        """Arrivals per second of every service with an arrival in the window (the others are forgotten)."""
+        out = {}
+        for key in list(self._all):
+            rate = self._all[key].per_second(now)
+            if rate > 0:
+                out[key] = rate
+            else:
+                del self._all[key]
+        return out
+
+    def request_seconds(self, key: Key) -> float | None:
+        took = self._times.get(key)
+        return took.seconds if took is not None else None
 
     def held(self, key: Key, now: float) -> None:
         """A request was held because the service has no replica."""
@@ -41,5 +64,6 @@ class Demand:
         return body
 
     def forget(self, key: Key) -> None:
+        self._all.pop(key, None)
         self._arrivals.pop(key, None)
         self._times.pop(key, None)

@@ -27,6 +27,7 @@ from .endpoints import Endpoints
 from .errors import gateway_error as _error
 from .hold import Holds
 from .keys import KeyRing
+from .load_report import LoadReporter
 from .metrics import Metrics
 from .proxy import Proxy
 from .ratelimits import RateLimiter
@@ -62,7 +63,7 @@ class Gateway:
         self.limiter = RateLimiter()
         self.limits = limits
         self.metrics = Metrics(limits.hold_timeout_s)
-        demand = Demand()  # held arrivals and request times, for the wake-up call
+        demand = self.demand = Demand()  # arrivals and request times: the wake-up call and the load report
         self.admission = Admission(keys, self.limiter)
         self.router = Router(self.catalog, endpoints, own)
         self.waker = Waker(operator_url, demand)
@@ -71,15 +72,19 @@ class Gateway:
         self.proxy = Proxy(self.metrics, demand, self.holds.room_freed)
         self.accounting = Accounting(self.metrics, self.limiter, self.catalog)
         self.batch_door = BatchDoor(self.catalog, endpoints, self.holds)
+        self.load_report = LoadReporter(operator_url, limits.load_report_s, endpoints, demand,
+                                        lambda: self.holds.pending)
         self.draining = False  # set on SIGTERM: not ready, and every response closes its connection
 
     async def start(self, app: web.Application) -> None:
         await self.waker.start()
         await self.proxy.start()
+        await self.load_report.start()
 
     async def stop(self, app: web.Application) -> None:
         await self.waker.stop()
         await self.proxy.stop()
+        await self.load_report.stop()
 
     def app(self, mount=None) -> web.Application:
         """The gateway's app; `mount(app)` adds routes of its own (the playground) before the catch-all."""
@@ -150,6 +155,7 @@ class Gateway:
             self.limiter.settle(call.reservation, 0)
             return await door.defer(key.id if key else "-", call.path, call.body)
         call.arrived = arrived
+        self.demand.arrived(call.service, arrived)
         if internal:
             door.inflight[call.service] = door.inflight.get(call.service, 0) + 1
         try:

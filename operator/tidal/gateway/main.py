@@ -48,7 +48,7 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     endpoints, catalog = Endpoints(), Catalog()
     keys = KeyRing() if key_namespace else None
     gateway = Gateway(endpoints, operator_url, limits, catalog=catalog, keys=keys)
-    gateway.waker.token = WakeToken.default(wake_token_file)
+    gateway.waker.token = gateway.load_report.token = WakeToken.default(wake_token_file)
     gateway.limiter.share = max(1, limit_share)  # replicas sharing each key's limits (ratelimits.py)
     loop = asyncio.get_running_loop()
     if static:

@@ -81,8 +81,9 @@ class TidalPolicy(SimPolicy):
                                 queue_exported=view.scraped_series)
         replicas = Replicas(view.current, view.ready, view.unschedulable)
         signals = [queue, GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)]
-        if self.fast_signal and view.ready and not wake:
-            signals.append(self.gateway_load(view))
+        load = self.gateway_load(view)
+        if self.fast_signal and view.ready and not wake and load.has_traffic():
+            signals.append(load)  # the gateway reports only services with traffic
         return observe(replicas, signals, cold_start_s=self.cold_start_s)
 
     @staticmethod
@@ -111,8 +112,8 @@ class TidalPolicy(SimPolicy):
         than there are (as the operator does on POST /v1/load), and otherwise waits for its tick."""
         if not (self.fast_signal and view.ready):
             return None
-        wants = gateway_recommends(observe(Replicas(view.current, view.ready), [self.gateway_load(view)]),
-                                    self.policy)
+        wants = gateway_recommends(observe(Replicas(view.current, view.ready), [self.gateway_load(view)],
+                                           cold_start_s=self.cold_start_s), self.policy)
         return self._decide(view) if wants > view.current else None
 
     def poke(self, view: View) -> int | None:

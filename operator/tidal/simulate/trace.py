@@ -1,4 +1,5 @@
-"""Request traces: the Azure LLM CSV format, or JSONL with timestamp, input and output tokens."""
+"""Request traces: the Azure LLM CSV format, JSONL with timestamp, input and output tokens, or Mooncake's JSONL
+(timestamp in milliseconds, input_length, output_length; its hash_ids are not read here)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,16 @@ def load_trace(path: Path) -> list[Request]:
                 continue
             try:
                 item = json.loads(line)
+                if "input_length" in item:  # Mooncake's form: timestamp in milliseconds, input/output_length
+                    raw.append((float(item["timestamp"]) / 1000, int(item["input_length"]),
+                                int(item["output_length"])))
+                    continue
                 raw.append((_time(item.get("timestamp", item.get("time"))),
                             int(item.get("input_tokens", item.get("ContextTokens"))),
                             int(item.get("output_tokens", item.get("GeneratedTokens")))))
             except (ValueError, TypeError, KeyError) as err:
-                raise ValueError(f"{path}:{n}: need timestamp, input_tokens, output_tokens ({err})") from None
+                raise ValueError(f"{path}:{n}: need timestamp, input_tokens, output_tokens (or Mooncake's "
+                                 f"timestamp in ms, input_length, output_length) ({err})") from None
     else:
         with open(path, newline="") as f:
             for n, row in enumerate(csv.DictReader(f), 2):
