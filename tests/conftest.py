@@ -188,6 +188,18 @@ def activator(dev_cluster, operator):
     act.proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def queue_only_activator(dev_cluster, operator):
+    """A gateway that sends the operator no load reports (--load-report-interval 0). Tests that claim a service
+    scales out from its engine's own queue send their burst through it: the session's gateway reports the
+    same burst a second after it begins, and its fast signal would scale first (#32), proving nothing about
+    the queue."""
+    act = start_activator(dev_cluster, operator, "--hold-timeout", "300", "--load-report-interval", "0")
+    yield act
+    act.proc.terminate()
+    act.proc.wait(10)
+
+
 # Property tests: derandomised by default (CI and `make test` give the same examples every run);
 # `make test-properties-random` runs a longer randomised search (profile "random").
 from hypothesis import settings as _hypothesis_settings  # noqa: E402

@@ -28,9 +28,10 @@ def test_the_report_names_only_busy_services_with_what_the_gateway_sees():
         demand.arrived(("ml", "chat"), t)
     demand.served(("ml", "chat"), 4.0)
     demand.arrived(("ml", "old"), 10.0)  # arrived long ago: forgotten
-    report = build_report(endpoints, {("ml", "waking"): 5, ("ml", "none-held"): 0}, demand, 103.0)
+    report = build_report(endpoints, {("ml", "waking"): 5, ("ml", "none-held"): 0}, demand, 103.0,
+                          oldest_held_s=lambda key, now: 12.5 if key == ("ml", "waking") else 0.0)
     assert report == {"ml/chat": {"in_flight": 7, "held": 0, "arrival_rate": 2.0, "request_seconds": 4.0},
-                      "ml/waking": {"in_flight": 0, "held": 5, "arrival_rate": 0.0}}
+                      "ml/waking": {"in_flight": 0, "held": 5, "arrival_rate": 0.0, "oldest_held_s": 12.5}}
 
 
 def test_the_replicas_reports_add_up_and_a_silent_gateway_stops_counting():

@@ -271,3 +271,28 @@ def test_a_step_in_load_raises_replicas_from_the_gateways_count_not_a_scrape(ope
     print(f"\nreplicas raised {scaled_at[0] - step:.2f} s after the step (the gateway reports every 1 s)")
     scaled = [m for _, r, m in events(kubectl, namespace, "step") if r == "Scaled" and m.startswith("1 -> ")]
     assert any("GatewayLoad" in m and "the gateway sees" in m for m in scaled), scaled
+
+
+def test_in_a_full_pool_an_idle_service_makes_way_for_held_requests(operator, activator, kubectl, namespace):
+    """#33: a pool of 2 GPUs, each held by an idle service (an hour before it would go to zero on its own); a
+    request for a third service is answered, because one of the idle two gave up its GPU, and the Events on
+    both say who made way for whom. Without it the request waits for the hold's 60 s and gets a 503."""
+    def on_small(name, **scaling):
+        svc = service(name, **{"idleSecondsBeforeZero": 3600, "adaptIdlePeriod": False, **scaling})
+        svc["spec"]["placement"]["nodePool"] = "small"
+        return svc
+    apply(kubectl, namespace, on_small("third", idleSecondsBeforeZero=1, scaleDownStabilizationSeconds=1))
+    wait_for(lambda: replicas(kubectl, namespace, "third") == 0 and not ready_replicas(kubectl, namespace, "third"),
+             timeout=90, interval=0.5, what="the third at zero")
+    for name in ("idle-a", "idle-b"):
+        apply(kubectl, namespace, on_small(name))
+    for name in ("idle-a", "idle-b"):
+        wait_for(lambda: ready_replicas(kubectl, namespace, name) == 1, timeout=90, interval=0.5,
+                 what=f"{name} holding a GPU")
+    results = asyncio.run(burst(f"{activator.url}/{namespace}/third/v1/completions", 3))
+    assert [s for s, _, _ in results] == [200, 200, 200], results
+    yielded = [(n, m) for n in ("idle-a", "idle-b") for _, r, m in events(kubectl, namespace, n)
+               if r == "Scaled" and "MadeWay" in m]
+    assert len(yielded) == 1 and f"make way for {namespace}/third" in yielded[0][1], yielded
+    thanked = [m for _, r, m in events(kubectl, namespace, "third") if r == "MadeWay"]
+    assert thanked and thanked[0].startswith(f"{namespace}/{yielded[0][0]} scaled down from 1 to 0"), thanked

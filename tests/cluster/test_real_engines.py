@@ -44,8 +44,9 @@ def prometheus_series(url: str, query: str) -> list[dict]:
 @pytest.fixture
 def patient_activator(dev_cluster, operator):
     """Two real vLLM replicas starting at once on this 2-core machine take about a minute: the chart's
-    default hold timeout (300 s), not the 60 s the other tests use."""
-    act = start_activator(dev_cluster, operator, "--hold-timeout", "300")
+    default hold timeout (300 s), not the 60 s the other tests use. It sends no load reports: the scale-out
+    test claims the engine's own queue scales it, and the gateway's fast signal would scale first (#32)."""
+    act = start_activator(dev_cluster, operator, "--hold-timeout", "300", "--load-report-interval", "0")
     yield act
     act.proc.terminate()
     act.proc.wait(10)

@@ -32,10 +32,12 @@ def service(**scaling) -> dict:
                                  "idleSecondsBeforeZero": 5, "scaleDownStabilizationSeconds": 5, **scaling}}}
 
 
-def test_an_sglang_service_scales_out_from_its_own_queue_then_to_zero_and_wakes(operator, activator, kubectl,
-                                                                                namespace, dev_cluster):
+def test_an_sglang_service_scales_out_from_its_own_queue_then_to_zero_and_wakes(operator, queue_only_activator,
+                                                                                kubectl, namespace, dev_cluster):
     """The burst comes while one replica serves, so a second replica can only come from the queue Prometheus
-    sees (SGLang's own gauge): from zero, the wake-up's sizing alone once asked for 3 and proved nothing."""
+    sees (SGLang's own gauge): from zero, the wake-up's sizing alone once asked for 3 and proved nothing. Through
+    a gateway that sends no load reports: its fast signal would otherwise scale first."""
+    activator = queue_only_activator
     apply(kubectl, namespace, service(minReplicas=1))
     wait_for(lambda: (condition(get(kubectl, namespace, "inferenceservice", "sgl"), "Ready") or {}).get("reason")
              == "ModelReady", timeout=120, interval=1, what="Ready: ModelReady from SGLang's /v1/models")

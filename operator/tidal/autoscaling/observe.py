@@ -83,6 +83,7 @@ class GatewayLoad:
     held: float = 0.0
     arrivals_per_s: float = 0.0
     request_s: float | None = None
+    oldest_held_s: float = 0.0  # how long the oldest held request has waited (who makes way: make_way.py)
 
     def has_traffic(self) -> bool:
         """Whether the gateway reports the service at all (it leaves out the quiet ones)."""

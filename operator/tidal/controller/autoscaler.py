@@ -30,6 +30,7 @@ from ..planning.scaling_status import plan_scaling_status, restored_state
 from . import metrics
 from .cold_starts import ColdStarts
 from .gateway_loads import GatewayLoads
+from .pools import Pools
 from .store import DEPARTED_MEMORY_S, Key, ServiceStore, update_status
 
 log = logging.getLogger("tidal.autoscaler")
@@ -95,7 +96,9 @@ class Autoscaler:
     # The fast signal: the gateways' load reports (gateway_loads.py), and the last tick's Prometheus answers,
     # which a decision on a report between ticks reuses (a report asks no query of its own).
     gateway_loads: GatewayLoads = field(default_factory=GatewayLoads)
+    pools: Pools = field(default_factory=Pools)  # who makes way in a full pool (pools.py)
     _last_round: tuple[dict | None, dict] = (None, {})
+    _busy: dict[Key, bool] = field(default_factory=dict)  # whether each service had work at its last decision
 
     def forget(self, key: Key) -> None:
         self.states.pop(key, None)
@@ -106,6 +109,7 @@ class Autoscaler:
         self._held.pop(key, None)
         self._deciding.pop(key, None)
         self.gateway_loads.forget(key)
+        self._busy.pop(key, None)
         self.cold_starts.forget(key)
         metrics.forget(*key)
 
@@ -162,6 +166,7 @@ class Autoscaler:
                 if body is not None:
                     load = custom.get(key, loads.get(key) if loads is not None else None)
                     await self._scale_or_report(key, body, load, prometheus_ok=loads is not None)
+            await self.pools.make_way(self, keys)
 
     def _account_gpu_seconds(self, keys: list[Key], now: float) -> None:
         """Add each service's GPU-seconds since the last tick: scheduled replicas x GPUs per replica x elapsed.
@@ -285,6 +290,8 @@ class Autoscaler:
         state = self.states.get(key) or restored_state(body.get("status") or {})
         decision = decide(obs, state, policy_of(spec, self._gpu(spec)), now)
         self.states[key] = decision.state
+        self._busy[key] = bool(obs.pending or (obs.waiting or 0) or (obs.running or 0) or obs.batch_backlog
+                               or obs.gateway_demand)
         metrics.DECISIONS.labels(decision.reason).inc()
         metrics.DESIRED.labels(*key).set(decision.replicas)
         if obs.waiting is not None:
@@ -344,11 +351,12 @@ class Autoscaler:
         if body is not None:
             await self.kube.event(body, "Normal", "ColdStart", cold_start_phases.summary(took, parts))
 
-    async def gateway_report(self, gateway: str, services: dict[Key, GatewayLoad]) -> list[Key]:
+    async def gateway_report(self, gateway: str, services: dict[Key, GatewayLoad],
+                             hold_timeout_s: float | None = None) -> list[Key]:
         """A gateway's load report: kept for every decision, and acted on at once for each serving service whose
         report asks for more replicas than it has (the rest wait for the tick). Returns the services scaled."""
         now = time.monotonic()
-        self.gateway_loads.report(gateway, services, now)
+        self.gateway_loads.report(gateway, services, now, hold_timeout_s)
         scaled = []
         loads, custom = self._last_round
         for key in services:

@@ -17,9 +17,13 @@ FRESH_S = 5.0  # five missed reports
 class GatewayLoads:
     def __init__(self) -> None:
         self._reports: dict[str, tuple[float, dict[Key, GatewayLoad]]] = {}  # gateway -> (when, its services)
+        self.hold_timeout_s = 300.0  # how long the gateways hold a request (the longest they said; theirs by default)
 
-    def report(self, gateway: str, services: dict[Key, GatewayLoad], now: float) -> None:
+    def report(self, gateway: str, services: dict[Key, GatewayLoad], now: float,
+               hold_timeout_s: float | None = None) -> None:
         self._reports[gateway] = (now, services)
+        if hold_timeout_s:
+            self.hold_timeout_s = hold_timeout_s
         for name in [g for g, (at, _) in self._reports.items() if now - at > FRESH_S]:
             del self._reports[name]
 
@@ -32,7 +36,7 @@ class GatewayLoads:
         weight = sum(w for _, w in timed)
         request_s = (sum(s * w for s, w in timed) / weight if weight else timed[0][0]) if timed else None
         return GatewayLoad(sum(p.in_flight for p in parts), sum(p.held for p in parts),
-                           sum(p.arrivals_per_s for p in parts), request_s)
+                           sum(p.arrivals_per_s for p in parts), request_s, max(p.oldest_held_s for p in parts))
 
     def forget(self, key: Key) -> None:
         for _, services in self._reports.values():

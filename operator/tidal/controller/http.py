@@ -90,10 +90,12 @@ def build_app(autoscaler: Autoscaler | None, wake_auth: WakeAuth | None = None) 
                     raise ValueError(f"services: {str(name)[:100]!r} is not \"<namespace>/<name>\": {{...}}")
                 services[(namespace, service)] = GatewayLoad(
                     _number(entry.get("in_flight"), 0.0), _number(entry.get("held"), 0.0),
-                    _number(entry.get("arrival_rate"), 0.0), _number(entry.get("request_seconds"), None))
+                    _number(entry.get("arrival_rate"), 0.0), _number(entry.get("request_seconds"), None),
+                    _number(entry.get("oldest_held_s"), 0.0))
+            hold_timeout_s = _number(said.get("hold_timeout_s"), None)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             return web.json_response({"reason": f"BadReport: {err}"[:300]}, status=400)
-        scaled = await autoscaler.gateway_report(gateway, services)
+        scaled = await autoscaler.gateway_report(gateway, services, hold_timeout_s)
         return web.json_response({"scaled": [f"{ns}/{name}" for ns, name in scaled]})
 
     app = web.Application()

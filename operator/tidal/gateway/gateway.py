@@ -73,7 +73,7 @@ class Gateway:
         self.accounting = Accounting(self.metrics, self.limiter, self.catalog)
         self.batch_door = BatchDoor(self.catalog, endpoints, self.holds)
         self.load_report = LoadReporter(operator_url, limits.load_report_s, endpoints, demand,
-                                        lambda: self.holds.pending)
+                                        lambda: self.holds.pending, self.holds.oldest_held_s, limits.hold_timeout_s)
         self.draining = False  # set on SIGTERM: not ready, and every response closes its connection
 
     async def start(self, app: web.Application) -> None:

@@ -38,9 +38,17 @@ class Holds:
         self.waker = waker
         self.pending: dict[Key, int] = {}  # requests held per service (services holding none are absent)
         self.lines: dict[Key, Line] = {}  # the held requests of each service, oldest first
+        # When each held request was held, per service, in the order they were (a dict keeps insertion order:
+        # the first is the oldest); for the load report's oldest wait (who makes way in a full pool).
+        self._held_at: dict[Key, dict[object, float]] = {}
         waker.held_count = lambda key: self.pending.get(key, 1)
         waker.on_unknown = self.wake_all  # they get the 404 now
         endpoints.on_added = self.wake_all
+
+    def oldest_held_s(self, key: Key, now: float) -> float:
+        """How long the oldest request held for this service has waited (0 when none is held)."""
+        times = self._held_at.get(key)
+        return now - next(iter(times.values())) if times else 0.0
 
     async def endpoint(self, key: Key, tried: set[int], call: Call | None = None) -> Endpoint | web.Response:
         """The least busy ready endpoint with room. The request is held in the service's line while
@@ -50,6 +58,7 @@ class Holds:
         deadline = held_at + self.limits.hold_timeout_s
         line: Line | None = None
         turn: asyncio.Future | None = None
+        token = object()  # this request's place among the service's held times
         try:
             while True:
                 now = time.monotonic()
@@ -74,6 +83,7 @@ class Holds:
                                                              f"{self.limits.max_pending} requests: {why}",
                                       retry_after=5)
                     line = self.lines.setdefault(key, Line())
+                    self._held_at.setdefault(key, {})[token] = held_at
                     self.pending[key] = self.pending.get(key, 0) + 1
                     self.metrics.pending.labels(*key).set(self.pending[key])
                     if not candidates:
@@ -101,6 +111,10 @@ class Holds:
             if line is not None:
                 if turn is not None:
                     line.leave(turn)
+                times = self._held_at.get(key, {})
+                times.pop(token, None)
+                if not times:
+                    self._held_at.pop(key, None)
                 if key in self.catalog.entries:  # a path may name any service: no series for made-up ones
                     self.metrics.held.labels(*key).observe(time.monotonic() - held_at)
                 self.pending[key] -= 1

@@ -32,8 +32,10 @@ def gateway_id() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build_report(endpoints: Endpoints, held: dict[Key, int], demand: Demand, now: float) -> dict[str, dict]:
-    """{"namespace/name": {"in_flight", "held", "arrival_rate", "request_seconds"}} for services with traffic."""
+def build_report(endpoints: Endpoints, held: dict[Key, int], demand: Demand, now: float,
+                 oldest_held_s: Callable[[Key, float], float] = lambda key, now: 0.0) -> dict[str, dict]:
+    """{"namespace/name": {"in_flight", "held", "oldest_held_s", "arrival_rate", "request_seconds"}} for
+    services with traffic."""
     arriving = demand.arriving(now)
     in_flight = {key: n for key, eps in endpoints.by_service.items()
                  if (n := sum(e.inflight for e in eps.values()))}
@@ -41,6 +43,8 @@ def build_report(endpoints: Endpoints, held: dict[Key, int], demand: Demand, now
     for key in set(arriving) | set(in_flight) | {k for k, n in held.items() if n}:
         entry = {"in_flight": in_flight.get(key, 0), "held": held.get(key, 0),
                  "arrival_rate": round(arriving.get(key, 0.0), 3)}
+        if held.get(key):
+            entry["oldest_held_s"] = round(oldest_held_s(key, now), 3)
         took = demand.request_seconds(key)
         if took is not None:
             entry["request_seconds"] = round(took, 3)
@@ -50,9 +54,11 @@ def build_report(endpoints: Endpoints, held: dict[Key, int], demand: Demand, now
 
 class LoadReporter:
     def __init__(self, operator_url: str | None, interval_s: float, endpoints: Endpoints, demand: Demand,
-                 held: Callable[[], dict[Key, int]]):
+                 held: Callable[[], dict[Key, int]], oldest_held_s: Callable[[Key, float], float],
+                 hold_timeout_s: float):
         self.url = f"{operator_url.rstrip('/')}/v1/load" if operator_url and interval_s > 0 else None
         self.interval_s, self.endpoints, self.demand, self.held = interval_s, endpoints, demand, held
+        self.oldest_held_s, self.hold_timeout_s = oldest_held_s, hold_timeout_s
         self.token = WakeToken(None)
         self.name = gateway_id()
         self._task: asyncio.Task | None = None
@@ -70,13 +76,14 @@ class LoadReporter:
         async with aiohttp.ClientSession() as http:
             while True:
                 await asyncio.sleep(self.interval_s)
-                report = build_report(self.endpoints, self.held(), self.demand, time.monotonic())
+                report = build_report(self.endpoints, self.held(), self.demand, time.monotonic(), self.oldest_held_s)
                 if report:
                     await self._send(http, report)
 
     async def _send(self, http: aiohttp.ClientSession, report: dict) -> None:
         try:
-            async with http.post(self.url, json={"gateway": self.name, "services": report},
+            async with http.post(self.url, json={"gateway": self.name, "hold_timeout_s": self.hold_timeout_s,
+                                                 "services": report},
                                  headers=await self.token.headers(),
                                  timeout=aiohttp.ClientTimeout(total=max(1.0, self.interval_s))) as resp:
                 said = None if resp.status == 200 else f"{resp.status}: {(await resp.read())[:200]!r}"

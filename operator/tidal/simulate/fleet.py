@@ -8,6 +8,7 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
+from ..autoscaling.make_way import Seat, make_way
 from .engine import SimConfig, cache_figures
 from .nodes import Nodes
 from .policies import View
@@ -52,6 +53,10 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         push(0.0, "scrape", i)
         if policies[i].observe_s:
             push(0.0, "observe", i)
+    arbiter = getattr(policies[0], "makes_way", False) if policies else False
+    if arbiter:  # Tidal frees GPUs in a full pool for services with held requests (autoscaling/make_way.py)
+        push(0.0, "make_way", 0)
+    made_way = 0
     scraped = [(0.0, 0.0, False)] * len(traces)  # (waiting, running, whether a replica exported them)
     remaining = [len(t) for t in traces]
     end = max((t[-1].arrival for t in traces if t), default=0.0)
@@ -63,6 +68,16 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
                     *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2],
                     in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now))
+
+    keys = [("fleet", f"service-{j}") for j in range(len(services))]
+
+    def seat(j, now) -> Seat:
+        svc, policy = services[j], policies[j]
+        ready = svc.ready_count(now)
+        return Seat(keys[j], svc.current(), ready, policy.policy.min_replicas,
+                    busy=bool(svc.waiting() or svc.running()), idle_since=policy.state.last_active,
+                    pending_for_gpu=svc.unschedulable(), held=float(svc.waiting()),
+                    oldest_held_s=now - svc.queue[0][0] if svc.queue else 0.0)
 
     def act(i, desired, now):
         nonlocal waited_for_gpu
@@ -86,7 +101,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
     while events:
         now, _, kind, i, payload = heapq.heappop(events)
         svc, policy = services[i], policies[i]
-        if kind in ("tick", "scrape", "observe") and not any(remaining) and \
+        if kind in ("tick", "scrape", "observe", "make_way") and not any(remaining) and \
                 all(not s.queue and s.running() == 0 for s in services):
             break  # every trace is served. (A service done early keeps deciding: it must free its GPUs.)
         if kind == "arrival":
@@ -111,6 +126,16 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             act(i, policy.observe(view(i, now)), now)
             start(i, now)
             push(now + policy.observe_s, "observe", i)
+        elif kind == "make_way":
+            seats = [seat(j, now) for j in range(len(services))]
+            for step in make_way(seats, now, cfg.hold_timeout_s):
+                j = keys.index(step.victim)
+                services[j].scale_to(step.replicas, now)
+                made_way += 1
+            started_by_release()
+            for j in range(len(services)):
+                start(j, now)
+            push(now + policies[0].tick_s, "make_way", 0)
         elif kind == "scrape":
             scraped[i] = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) \
                 else (0.0, 0.0, False)

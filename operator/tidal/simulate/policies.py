@@ -56,6 +56,7 @@ class SimPolicy:
 
 class TidalPolicy(SimPolicy):
     name = "tidal"
+    makes_way = True  # in a fleet: idle replicas make way for held requests in a full pool (make_way.py)
 
     def __init__(self, policy: Policy, tick_s: float = 2.0, fast_signal: bool = True, report_s: float = 1.0):
         self.policy, self.tick_s, self.state = policy, tick_s, ScalerState()

@@ -1,0 +1,54 @@
+"""Who makes way in a full pool, as the operator applies it: after each tick, per node pool, the services'
+seats (autoscaling/make_way.py) from what the autoscaler knows — replicas, Pending replicas, its last look at
+each service's work, the gateways' held requests and how long the oldest has waited — and, for each replica to
+free, a scale-down of the idle service chosen, explained by an Event on both services."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..autoscaling.make_way import Seat, make_way
+from . import metrics
+
+log = logging.getLogger("tidal.autoscaler")
+Key = tuple[str, str]
+
+
+class Pools:
+    def seats(self, scaler, keys: list[Key], now_monotonic: float) -> dict[tuple, list[Seat]]:
+        """The GPU services of each pool (pool name, GPU product), as seats."""
+        pools: dict[tuple, list[Seat]] = {}
+        for key in keys:
+            body, deployment = scaler.store.services.get(key), scaler.store.deployments.get(key)
+            spec = scaler._spec(key, body) if body is not None else None
+            if spec is None or deployment is None or not spec.resources.gpus:
+                continue
+            load = scaler.gateway_loads.of(key, now_monotonic)
+            state = scaler.states.get(key)
+            pools.setdefault((spec.placement.nodePool, spec.resources.gpuProduct), []).append(Seat(
+                key, deployment.replicas, deployment.ready, spec.scaling.minReplicas, scaler._busy.get(key, True),
+                state.last_active if state is not None else None, len(scaler.store.unschedulable.get(key, ())),
+                load.held if load is not None else 0.0, load.oldest_held_s if load is not None else 0.0,
+                gpus=spec.resources.gpus))
+        return pools
+
+    async def make_way(self, scaler, keys: list[Key]) -> None:
+        now = scaler.clock()
+        for seats in self.seats(scaler, keys, time.monotonic()).values():
+            for step in make_way(seats, now, scaler.gateway_loads.hold_timeout_s):
+                victim, beneficiary = scaler.store.services.get(step.victim), scaler.store.services.get(step.for_service)
+                deployment = scaler.store.deployments.get(step.victim)
+                if victim is None or beneficiary is None or deployment is None:
+                    continue
+                before = deployment.replicas
+                await scaler.kube.scale(step.victim[0], step.victim[1], step.replicas)
+                deployment.replicas = step.replicas
+                metrics.SCALE_CHANGES.labels("down").inc()
+                metrics.SCALE_EVENTS.labels(*step.victim, "MadeWay", "down").inc()
+                log.info("%s/%s: %d -> %d (MadeWay: %s)", *step.victim, before, step.replicas, step.message)
+                await scaler.kube.event(victim, "Normal", "Scaled",
+                                        f"{before} -> {step.replicas} replicas: MadeWay: {step.message}")
+                await scaler.kube.event(beneficiary, "Normal", "MadeWay",
+                                        f"{step.victim[0]}/{step.victim[1]} scaled down from {before} to "
+                                        f"{step.replicas} replica(s) to free a GPU for this service's held requests")

@@ -1,0 +1,93 @@
+"""Who makes way in a full pool (#33): the pure choice (autoscaling/make_way.py) and what it does to a fleet
+in `tidal simulate` (the same function the operator applies after each tick)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from tests.properties import examples
+from tidal.autoscaling.make_way import Seat, idle_enough_to_yield, make_way
+
+NOW = 10_000.0
+
+
+def waiting(name="wake", held=5.0, oldest=290.0, pending=1, **kw) -> Seat:
+    return Seat(("ml", name), replicas=pending, ready=0, min_replicas=0, busy=True, idle_since=NOW,
+                pending_for_gpu=pending, held=held, oldest_held_s=oldest, **kw)
+
+
+def idle(name, since, replicas=1, **kw) -> Seat:
+    return Seat(("ml", name), replicas=replicas, ready=replicas, min_replicas=kw.pop("min_replicas", 0), busy=False,
+                idle_since=NOW - since, **kw)
+
+
+def test_the_replica_idle_longest_makes_way_and_the_message_says_for_whom():
+    [step] = make_way([waiting(), idle("recent", 20), idle("quiet", 200)], NOW, hold_timeout_s=300)
+    assert (step.victim, step.replicas, step.for_service) == (("ml", "quiet"), 0, ("ml", "wake"))
+    assert "make way for ml/wake: 5 request(s) held (the oldest 290 s)" in step.message and "idle for 200 s" in step.message
+
+
+def test_a_service_with_other_replicas_gives_one_before_another_gives_its_last():
+    [step] = make_way([waiting(), idle("single", 500), idle("pair", 100, replicas=2)], NOW, hold_timeout_s=300)
+    assert (step.victim, step.replicas) == (("ml", "pair"), 1)
+
+
+def test_nobody_busy_below_their_minimum_or_waiting_themselves_makes_way():
+    seats = [waiting(), waiting("also-waiting"), idle("floor", 500, min_replicas=1),
+             Seat(("ml", "busy"), 1, 1, 0, busy=True, idle_since=NOW - 500)]
+    assert make_way(seats, NOW, hold_timeout_s=300) == []
+
+
+def test_a_fresh_wait_takes_nothing_a_long_one_takes_what_the_requests_cannot_outwait():
+    # Held 10 s of a 300 s hold: only a replica idle 290 s or more gives way; held 290 s: one idle 10 s does.
+    assert idle_enough_to_yield(10, 300, 0) == 290 and idle_enough_to_yield(290, 300, 0) == 10
+    seats = [idle("quiet", 60)]
+    assert make_way([waiting(oldest=10), *seats], NOW, hold_timeout_s=300) == []
+    assert [s.victim for s in make_way([waiting(oldest=250), *seats], NOW, hold_timeout_s=300)] == [("ml", "quiet")]
+
+
+def test_higher_priority_never_makes_way_for_lower_and_a_donor_frees_enough_gpus():
+    assert make_way([waiting(priority=0), idle("important", 500, priority=10)], NOW, 300) == []
+    assert make_way([waiting(gpus=4), idle("small", 500, gpus=2)], NOW, 300) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.booleans(), st.floats(0, 1000),
+                          st.integers(0, 2), st.floats(0, 50)), min_size=1, max_size=12),
+       st.floats(0, 600))
+@settings(max_examples=examples(300))
+def test_never_more_taken_than_pending_never_below_minimum_never_from_the_busy(raw, oldest):
+    seats = [Seat(("ml", f"s{i}"), replicas=r, ready=r, min_replicas=m, busy=b, idle_since=NOW - idle_s,
+                  pending_for_gpu=p, held=h, oldest_held_s=oldest)
+             for i, (r, m, b, idle_s, p, h) in enumerate(raw)]
+    steps = make_way(seats, NOW, hold_timeout_s=300)
+    by_key = {s.key: s for s in seats}
+    assert len(steps) <= sum(s.pending_for_gpu for s in seats if s.held > 0)
+    for step in steps:
+        victim = by_key[step.victim]
+        assert not victim.busy and victim.held == 0 and victim.pending_for_gpu == 0
+        assert step.replicas >= victim.min_replicas and step.for_service != step.victim
+
+
+def test_in_the_simulated_fleet_a_full_pools_held_requests_are_served_not_lost():
+    """Two services served once and idle (an hour's idle period: they would keep their GPUs all along) fill a
+    pool of 2 GPUs; a third's requests arrive a minute later. Without making way they wait out the 600 s hold
+    and are lost; with it, an idle replica gives way once they have waited longer than it has been idle."""
+    from tidal.autoscaling import Policy
+    from tidal.simulate.engine import SimConfig
+    from tidal.simulate.fleet import simulate_fleet
+    from tidal.simulate.latency import LatencyModel
+    from tidal.simulate.policies import TidalPolicy
+    from tidal.simulate.trace import Request
+    quick = LatencyModel(prefill_s_per_token=0.0, decode_s_per_token=0.0, overhead_s=1.0, max_concurrency=10)
+    traces = [[Request(0.0, 1, 1)], [Request(0.0, 1, 1)], [Request(60.0 + i, 1, 1) for i in range(5)]]
+
+    def run(makes_way: bool):
+        def policy():
+            p = TidalPolicy(Policy(min_replicas=0, max_replicas=1, target_queue=4, max_concurrency=10,
+                                   idle_seconds=3600, adaptive_idle=False))
+            p.makes_way = makes_way
+            return p
+        return simulate_fleet(traces, policy, SimConfig(latency=quick, cold_start_s=30), pool_gpus=2)
+    kept, made_way = run(False), run(True)
+    assert kept.lost == 5
+    assert made_way.lost == 0 and made_way.wait_max < 600
