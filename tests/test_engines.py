@@ -1,7 +1,7 @@
 """What each engine adapter knows about its own arguments: the batch one replica runs at once."""
 
 from tidal.api.v1alpha1 import parse_spec
-from tidal.controller.autoscaler import policy_of
+from tidal.controller.scaling_inputs import policy_of
 from tidal.engines import engine
 
 

@@ -18,7 +18,7 @@ from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client, unreachable
 from ..clients.prometheus import Prometheus
 from ..planning.served_names import claim_of
-from ..planning.status import pod_unschedulable
+from ..planning.status import pod_gpus, pod_unschedulable
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
 from ..render.prefetch import PREFETCH_LABEL
 from . import metrics
@@ -137,6 +137,11 @@ async def pod_event(type: str, body: kopf.Body, namespace: str, labels, memo: ko
             await _reconcile(memo, body_of)
         return
     key = (namespace, (labels or {}).get(SERVICE_LABEL))
+    gpus, node = pod_gpus(body), (body.get("spec") or {}).get("nodeName")
+    if type == "DELETED" or not gpus or not node or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        memo.store.gpu_pods.pop(body.metadata.uid, None)
+    else:
+        memo.store.gpu_pods[body.metadata.uid] = (node, gpus)
     memo.store.set_pod_schedulable(key, body.metadata.uid,
                                    type == "DELETED" or bool(body.metadata.get("deletionTimestamp"))
                                    or not pod_unschedulable(body))

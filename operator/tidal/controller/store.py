@@ -39,6 +39,15 @@ class ServiceStore:
     departed: dict[Key, dict[str, float]] = field(default_factory=dict)
     # served name -> the services claiming it (usually one)
     claims: dict[str, dict[Key, Claim]] = field(default_factory=dict)
+    # The GPUs our scheduled pods take, by pod uid: (node, GPUs). What is free in a pool is its nodes'
+    # allocatable less these (other workloads on the pool show up as Pending replicas instead).
+    gpu_pods: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def gpus_used(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for node, gpus in self.gpu_pods.values():
+            used[node] = used.get(node, 0) + gpus
+        return used
 
     def pod_departed(self, key: Key, name: str, now: float) -> None:
         pods = self.departed.setdefault(key, {})

@@ -87,10 +87,11 @@ def replica_gpu(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) 
     return gpu_of(spec.resources.gpuProduct, [ls for ls in labels if not pool or ls.get(pool_label) == pool])
 
 
-def pool_capacity(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) -> int | None:
-    """The most replicas the chosen pool could ever hold, were it empty: per node, whole replicas of
-    `gpus` GPUs (an 8-GPU node holds two 4-GPU replicas, not 2.5). None when it cannot be told (no
-    pool or product named, or replicas without GPUs)."""
+def pool_capacity(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str,
+                  used: dict[str, int] | None = None) -> int | None:
+    """The most replicas the chosen pool could hold: per node, whole replicas of `gpus` GPUs (an 8-GPU node
+    holds two 4-GPU replicas, not 2.5) in what is free of `used` (GPUs taken per node; None: were it empty).
+    None when it cannot be told (no pool or product named, or replicas without GPUs)."""
     gpus = spec.resources.gpus
     pool, product = spec.placement.nodePool, spec.resources.gpuProduct
     if not gpus or not (pool or product):
@@ -99,4 +100,5 @@ def pool_capacity(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str
     def matches(node: dict) -> bool:
         labels = node["metadata"].get("labels") or {}
         return (not pool or labels.get(pool_label) == pool) and (not product or labels.get(GPU_PRODUCT_LABEL) == product)
-    return sum(_gpus(n) // gpus for n in nodes if matches(n))
+    taken = used or {}
+    return sum(max(0, _gpus(n) - taken.get(n["metadata"]["name"], 0)) // gpus for n in nodes if matches(n))

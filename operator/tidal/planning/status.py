@@ -35,6 +35,17 @@ def pod_unschedulable(pod: dict) -> str | None:
     return None
 
 
+def pod_gpus(pod: dict) -> int:
+    """GPUs a pod asks for (its containers' nvidia.com/gpu requests)."""
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        try:
+            total += int(((container.get("resources") or {}).get("requests") or {}).get("nvidia.com/gpu", 0))
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
 def _unschedulable(pods: list[dict]) -> str | None:
     return next((m for m in map(pod_unschedulable, pods) if m), None)
 

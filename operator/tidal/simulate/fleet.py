@@ -67,7 +67,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
                     *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2],
-                    in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now))
+                    in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free)
 
     keys = [("fleet", f"service-{j}") for j in range(len(services))]
 

@@ -35,6 +35,7 @@ class View:
     scraped_series: bool = True
     in_flight: float = 0.0  # requests sent to a replica and not answered yet, as the gateway counts them
     arrivals_per_s: float = 0.0  # every request's arrival, as the gateway counts them (the fast signal)
+    pool_free: int | None = None  # GPUs free in a shared pool (a fleet); None: unlimited
 
 
 class SimPolicy:
@@ -80,7 +81,8 @@ class TidalPolicy(SimPolicy):
             # (MetricsUnavailable) rather than reading an idle service.
             queue = EngineQueue(waiting=view.scraped_waiting, running=view.scraped_running,
                                 queue_exported=view.scraped_series)
-        replicas = Replicas(view.current, view.ready, view.unschedulable)
+        capacity = view.current + view.pool_free if view.pool_free is not None else None
+        replicas = Replicas(view.current, view.ready, view.unschedulable, capacity)
         signals = [queue, GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)]
         load = self.gateway_load(view)
         if self.fast_signal and view.ready and not wake and load.has_traffic():
