@@ -47,7 +47,8 @@ def test_a_fresh_wait_takes_nothing_a_long_one_takes_what_the_requests_cannot_ou
 
 
 def test_higher_priority_never_makes_way_for_lower_and_a_donor_frees_enough_gpus():
-    assert make_way([waiting(priority=0), idle("important", 500, priority=10)], NOW, 300) == []
+    # (held 100 s of a 300 s hold: not yet long enough to outrank priority)
+    assert make_way([waiting(priority=0, oldest=100), idle("important", 500, priority=2)], NOW, 300) == []
     assert make_way([waiting(gpus=4), idle("small", 500, gpus=2)], NOW, 300) == []
 
 
@@ -91,3 +92,33 @@ def test_in_the_simulated_fleet_a_full_pools_held_requests_are_served_not_lost()
     kept, made_way = run(False), run(True)
     assert kept.lost == 5
     assert made_way.lost == 0 and made_way.wait_max < 600
+
+
+def test_a_low_services_requests_outrank_an_idle_high_one_once_they_have_waited_half_the_hold():
+    high = idle("important", 500, priority=2)
+    assert make_way([waiting(priority=0, oldest=100), high], NOW, hold_timeout_s=300) == []
+    [step] = make_way([waiting(priority=0, oldest=160), high], NOW, hold_timeout_s=300)
+    assert step.victim == ("ml", "important")  # 160 s of a 300 s hold: nobody waits forever
+
+
+def test_the_priority_tier_reaches_the_pods_as_the_charts_priorityclass_and_bad_tiers_are_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    from tidal.api.crd import crd
+    from tidal.api.v1alpha1 import parse_spec
+    from tidal.render import RenderSettings, render_deployment
+
+    def pod(**placement):
+        spec = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "hf://o/m"},
+                           "placement": {"nodePool": "a100", **placement}})
+        return render_deployment("m", "ml", "u", spec, RenderSettings())["spec"]["template"]["spec"]
+    assert pod(priority="high")["priorityClassName"] == "tidal-high"
+    assert pod(priority="high", priorityClassName="mine")["priorityClassName"] == "mine"
+    assert "priorityClassName" not in pod()
+    with pytest.raises(ValidationError, match="placement.priority") as err:
+        parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "hf://o/m"}, "placement": {"priority": "urgent"}})
+    assert "low|normal|high" in str(err.value) and "urgent" in str(err.value)
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema["properties"]["spec"]["properties"]["placement"]["properties"]["priority"]["pattern"] == \
+        "^(low|normal|high)$"  # refused at kubectl apply, naming the field and the allowed values

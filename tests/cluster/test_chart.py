@@ -98,6 +98,10 @@ def test_chart_lints_and_renders_least_privilege():
     docs = template()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds.count("Deployment") == 2 and "CustomResourceDefinition" in kinds
+    tiers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}  # spec.placement.priority
+    assert sorted(tiers) == ["tidal-high", "tidal-low", "tidal-normal"]
+    assert tiers["tidal-low"]["value"] < tiers["tidal-normal"]["value"] < tiers["tidal-high"]["value"]
+    assert tiers["tidal-low"]["preemptionPolicy"] == "Never"
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tidal-operator")
     assert operator["spec"]["replicas"] == 2 and "--leader-elect" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
     for doc in docs:  # no wildcard anywhere, in any role

@@ -162,8 +162,16 @@ class Placement(_Model):
                                           description="Extra tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="A Kubernetes Affinity, passed through "
                                                               "to the pods as written.")
-    priorityClassName: str | None = Field(None, description="PriorityClass of the pods.", max_length=253,
+    priorityClassName: str | None = Field(None, description="PriorityClass of the pods (default: the one of "
+                                                            "`priority`, when set).", max_length=253,
                                           pattern=NAME)
+    priority: str | None = Field(None, description="`low`, `normal` (the default) or `high`: in a full node "
+                                                   "pool, a lower one's idle replicas make way first for held "
+                                                   "requests, and a higher one's never make way for a lower "
+                                                   "one's (until those requests have waited half the hold). Its "
+                                                   "pods get the chart's PriorityClass `tidal-<priority>`, so the "
+                                                   "scheduler's own preemption agrees.",
+                                 pattern="^(low|normal|high)$")
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, max_length=64,
         description="Annotations for the pods (sidecar injection, secret agents, ...). Tidal's own "

@@ -6,7 +6,8 @@ free the GPU; the real scheduler then places the Pending replica there. Without 
 waking from zero wait for GPUs that quieter services keep through their idle period (300 s by default) until
 the hold times out: on the 50-service fleet with 32 GPUs that was 138,666 lost requests.
 
-Which replica goes (`cheapest_first`): the lowest priority first; then a service that keeps other replicas
+Which replica goes (`cheapest_first`): the lowest priority first (a higher one gives way to a lower one's requests
+only once they have waited half the hold: nobody waits forever); then a service that keeps other replicas
 before a service's last one (its next request then waits for nobody); then the one idle longest (least likely
 to be needed soon). Never below a service's minReplicas, never a busy service, never one that is itself waiting
 for a GPU, and one replica per Pending replica: nothing more is taken than is asked for.
@@ -17,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 Key = tuple[str, str]
+TIERS = {"low": 0, "normal": 1, "high": 2}  # spec.placement.priority; unset is normal
+# Requests held for half the hold outrank priority: a low service is never starved by idle high ones.
+OUTRANK_AFTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def make_way(seats: list[Seat], now: float, hold_timeout_s: float = 300.0, floor
     out: list[Yield] = []
     for seat in needy:
         idle_s = idle_enough_to_yield(seat.oldest_held_s, hold_timeout_s, floor_s)
-        donors = [s for s in seats if can_yield(s, now, idle_s) and s.priority <= seat.priority
+        outranks = seat.oldest_held_s >= OUTRANK_AFTER * hold_timeout_s
+        donors = [s for s in seats if can_yield(s, now, idle_s) and (s.priority <= seat.priority or outranks)
                   and s.gpus >= seat.gpus]
         for _ in range(seat.pending_for_gpu):
             # A donor that gave one up may now be down to its last replica: ordered on what it has left.

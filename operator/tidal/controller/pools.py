@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..autoscaling.make_way import Seat, make_way
+from ..autoscaling.make_way import TIERS, Seat, make_way
 from . import metrics
 
 log = logging.getLogger("tidal.autoscaler")
@@ -30,7 +30,7 @@ class Pools:
                 key, deployment.replicas, deployment.ready, spec.scaling.minReplicas, scaler._busy.get(key, True),
                 state.last_active if state is not None else None, len(scaler.store.unschedulable.get(key, ())),
                 load.held if load is not None else 0.0, load.oldest_held_s if load is not None else 0.0,
-                gpus=spec.resources.gpus))
+                gpus=spec.resources.gpus, priority=TIERS[spec.placement.priority or "normal"]))
         return pools
 
     async def make_way(self, scaler, keys: list[Key]) -> None:

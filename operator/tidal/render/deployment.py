@@ -60,6 +60,8 @@ def pod_placement(spec: InferenceServiceSpec, settings: RenderSettings) -> dict:
         out["affinity"] = spec.placement.affinity
     if spec.placement.priorityClassName:
         out["priorityClassName"] = spec.placement.priorityClassName
+    elif spec.placement.priority:  # the chart's PriorityClass of that tier
+        out["priorityClassName"] = f"tidal-{spec.placement.priority}"
     return out
 
 
