@@ -196,3 +196,26 @@ def test_prefetch_that_cannot_happen_is_refused_naming_the_field(spec, field):
     with pytest.raises(ValidationError, match="model.cache.prefetch") as err:
         parse_spec({"engine": {"type": "vllm"}, **spec})
     assert field in str(err.value)
+
+
+QUOTA_MESSAGE = ('pods "llm-7d9-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, '
+                 'used: requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1')
+
+
+def test_a_quota_that_keeps_a_service_below_its_minimum_is_a_false_ready_naming_the_quota():
+    refused = deployment(2, 1)
+    refused["status"]["conditions"] = [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                        "message": QUOTA_MESSAGE}]
+    status = plan_status({}, Observation(1, deployment=refused, min_replicas=2), "t")
+    [c] = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert (c["status"], c["reason"]) == ("False", "QuotaExceeded") and "exceeded quota: gpus" in c["message"]
+    assert "minReplicas is 2" in c["message"]
+    # Above its minimum, the quota limits growth (the autoscaler says so), not readiness.
+    assert ready(plan_status({}, Observation(1, deployment=refused, min_replicas=1), "t")) == ("True", "ModelReady")
+
+
+def test_the_autoscaler_asks_for_no_more_than_the_quota_allows_and_says_so():
+    from tidal.autoscaling import Observation as Seen, Policy, ScalerState, decide
+    obs = Seen(current=2, ready=1, waiting=50.0, running=10.0, quota_refused=QUOTA_MESSAGE)
+    d = decide(obs, ScalerState(), Policy(max_replicas=8, target_queue=4, max_concurrency=10), now=100.0)
+    assert (d.replicas, d.reason) == (2, "QuotaExceeded") and "exceeded quota" in d.message

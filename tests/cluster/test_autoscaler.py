@@ -142,3 +142,25 @@ def test_a_wake_call_writes_the_replicas_before_it_answers(dev_cluster, operator
     assert answer["woken"] and answer["reason"] == "ActivatorWake"
     print(f"\nthe wake call took {answer['seconds']:.3f} s in the operator")  # a measurement, not a bound
     wait_condition(kubectl, namespace, "sleepy", "Ready", "True", "ModelReady", timeout=30)
+
+
+def test_a_namespaces_gpu_quota_is_reported_and_respected(operator, kubectl, namespace):
+    """#33: a ResourceQuota of 1 GPU in the namespace and a service whose minReplicas is 2: the apiserver
+    refuses the second pod, the service says so (Ready False, QuotaExceeded, naming the quota) with a Warning
+    Event, and nothing else breaks; raised to 2 GPUs, the second replica comes and the service is Ready."""
+    def quota(gpus):
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": str(gpus)}}}))
+    quota(1)
+    apply(kubectl, namespace, service("quota", minReplicas=2, maxReplicas=2))
+    obj = wait_condition(kubectl, namespace, "quota", "Ready", "False", "QuotaExceeded", timeout=90)
+    message = condition(obj, "Ready")["message"]
+    assert "minReplicas is 2" in message and "exceeded quota: gpus" in message, message
+    wait_for(lambda: ready_replicas(kubectl, namespace, "quota") == 1, timeout=60, what="the one replica allowed")
+    assert condition(get(kubectl, namespace, "inferenceservice", "quota"), "Ready")["reason"] == "QuotaExceeded"
+    wait_for(lambda: ("Warning", "QuotaExceeded") in [(t, r) for t, r, _ in events(kubectl, namespace, "quota")],
+             timeout=20, what="a QuotaExceeded Warning")
+    quota(2)
+    wait_for(lambda: ready_replicas(kubectl, namespace, "quota") == 2, timeout=120, what="the second replica")
+    wait_condition(kubectl, namespace, "quota", "Ready", "True", "ModelReady", timeout=60)

@@ -32,6 +32,7 @@ class Observation:
     gateway_demand: float | None = None  # the fast signal: requests in flight and held at the gateway (observe.py)
     gateway_rate: float = 0.0  # requests arriving per second at the gateway
     gateway_message: str = ""
+    quota_refused: str | None = None  # the namespace's ResourceQuota refused a replica (the Deployment says why)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return Decision(replicas, reason, message, final_state, recommended)
 
     if recommended > obs.current:
+        if obs.quota_refused:
+            # More replicas would be refused too: the quota, not the pool, is the limit.
+            return result(obs.current, "QuotaExceeded", f"{load}; {recommended} wanted, but the namespace's "
+                                                        f"quota refuses more: {obs.quota_refused[:300]}")
         if capacity_exhausted(obs.unschedulable):
             # Another replica would only join the ones already Pending; ask again when they schedule.
             return result(obs.current, "Unschedulable",

@@ -29,6 +29,7 @@ class Replicas:
     ready: int  # ready pods as the Deployment reports them (after a scale to zero, the last one may still show)
     unschedulable: int = 0  # Pending because the node pool is full
     pool_capacity: int | None = None  # the most replicas the pool could hold; None: unknown
+    quota_refused: str | None = None  # why the namespace's ResourceQuota refused a replica, if it did
 
 
 class Signal(Protocol):
@@ -101,7 +102,7 @@ def observe(replicas: Replicas, signals: Iterable[Signal], cold_start_s: float |
     """One observation: the replicas, then each signal folded in, in order."""
     obs = Observation(current=replicas.current, ready=min(replicas.ready, replicas.current), waiting=None,
                       running=None, cold_start_s=cold_start_s, unschedulable=replicas.unschedulable,
-                      pool_capacity=replicas.pool_capacity)
+                      pool_capacity=replicas.pool_capacity, quota_refused=replicas.quota_refused)
     for signal in signals:
         obs = signal.fold(obs, replicas)
     return obs

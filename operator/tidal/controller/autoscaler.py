@@ -235,7 +235,8 @@ class Autoscaler:
         held_rate, request_s = self._held_demand(key, time.monotonic())
         pending = len(self.store.unschedulable.get(key, ()))
         replicas = Replicas(deployment.replicas, deployment.ready, pending,
-                            self._pool_capacity(spec, max(0, deployment.replicas - pending)))
+                            self._pool_capacity(spec, max(0, deployment.replicas - pending)),
+                            quota_refused=deployment.unavailable_reason)
         signals = [engine_queue(load, spec, self._query_errors.get(key)),
                    GatewayDemand(extra_pending, held_rate, request_s)]
         fast = self.gateway_loads.of(key, time.monotonic()) if deployment.ready else None
@@ -307,7 +308,7 @@ class Autoscaler:
         metrics.SCALING_ACTIVE.labels(*key).set(1 if (new or {}).get("status") == "True" else 0)
         metrics.UNSCHEDULABLE.labels(*key).set(obs.unschedulable)
         if _flipped(before, after, "ScalingLimited", to="True"):
-            await self.kube.event(body, "Warning", "Unschedulable", decision.message)
+            await self.kube.event(body, "Warning", decision.reason, decision.message)
         # Events on flips, and on a first False; "metrics available" at start-up is not news.
         if new and ((old and old["status"] != new["status"]) or (not old and new["status"] == "False")):
             await self.kube.event(body, "Normal" if new["status"] == "True" else "Warning", new["reason"],

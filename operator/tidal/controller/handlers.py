@@ -18,7 +18,7 @@ from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client, unreachable
 from ..clients.prometheus import Prometheus
 from ..planning.served_names import claim_of
-from ..planning.status import pod_gpus, pod_unschedulable
+from ..planning.status import pod_gpus, pod_unschedulable, quota_refusal
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
 from ..render.prefetch import PREFETCH_LABEL
 from . import metrics
@@ -118,7 +118,8 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
         memo.store.deployments.pop(key, None)
     else:
         memo.store.deployments[key] = DeploymentState(replicas=body.spec.get("replicas", 1),
-                                                      ready=body.status.get("readyReplicas", 0) or 0)
+                                                      ready=body.status.get("readyReplicas", 0) or 0,
+                                                      unavailable_reason=quota_refusal(dict(body)))
         ready = memo.store.deployments[key].ready
         metrics.READY.labels(*key).set(ready)
         if memo.autoscaler:

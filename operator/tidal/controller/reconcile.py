@@ -116,7 +116,8 @@ class Reconciler:
         batch = engine(spec.engine.type).batch(spec.engine.args, self.gpu(spec)) if spec is not None else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
-                          spec.model.served_name if spec is not None else None, owner, batch, cache, prefetch)
+                          spec.model.served_name if spec is not None else None, owner, batch, cache, prefetch,
+                          spec.scaling.minReplicas if spec is not None else 0)
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:

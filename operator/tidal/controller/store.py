@@ -25,7 +25,7 @@ DEPARTED_PER_SERVICE = 256
 class DeploymentState:
     replicas: int  # spec.replicas
     ready: int  # status.readyReplicas
-    unavailable_reason: str | None = None
+    unavailable_reason: str | None = None  # a replica the ResourceQuota refused: the Deployment's message
 
 
 @dataclass

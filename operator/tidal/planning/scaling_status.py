@@ -76,8 +76,8 @@ def plan_scaling_status(current: dict, decision: Decision, previous_replicas: in
         conditions = set_condition(current.get("conditions") or [], "ScalingActive", "True", "MetricsAvailable",
                                    "scaling on the observed queue", generation, iso_now)
     # As the HPA's condition of that name: the autoscaler wants more than it can have.
-    if decision.reason == "Unschedulable":
-        conditions = set_condition(conditions, "ScalingLimited", "True", "Unschedulable", decision.message,
+    if decision.reason in ("Unschedulable", "QuotaExceeded"):
+        conditions = set_condition(conditions, "ScalingLimited", "True", decision.reason, decision.message,
                                    generation, iso_now)
     elif any(c.get("type") == "ScalingLimited" for c in conditions):
         conditions = set_condition(conditions, "ScalingLimited", "False", "Schedulable",

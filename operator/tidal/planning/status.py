@@ -25,6 +25,7 @@ class Observation:
     batch: Batch | None = None  # requests one replica runs at once, and where that comes from
     cache: CachePlan | None = None  # the node cache on, for a cached model: pool nodes holding it
     prefetch: tuple[str, str, str] | None = None  # the Prefetched condition, when the spec asks for prefetch
+    min_replicas: int = 0  # spec.scaling.minReplicas: a quota that keeps the service below it is a failure
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -44,6 +45,16 @@ def pod_gpus(pod: dict) -> int:
         except (TypeError, ValueError):
             pass
     return total
+
+
+def quota_refusal(deployment: dict) -> str | None:
+    """The Deployment's word that a ResourceQuota refused one of its pods (its ReplicaFailure condition, copied
+    from the ReplicaSet: `pods "x" is forbidden: exceeded quota: gpus, requested: ..., used: ..., limited: ...`)."""
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True" \
+                and "exceeded quota" in (cond.get("message") or ""):
+            return cond["message"]
+    return None
 
 
 def _unschedulable(pods: list[dict]) -> str | None:
@@ -94,6 +105,11 @@ def ready_condition(obs: Observation) -> tuple[str, str, str]:
     failed = _deployment_failed(obs.deployment)
     if failed and ready == 0:
         return "False", "ProgressDeadlineExceeded", failed
+    refused = quota_refusal(obs.deployment)
+    if refused and ready < min(want, max(1, obs.min_replicas)):
+        return "False", "QuotaExceeded", (f"{ready}/{want} replicas ready and spec.scaling.minReplicas is "
+                                          f"{obs.min_replicas}: the namespace's ResourceQuota refuses the rest "
+                                          f"({refused[:400]})")
     if ready == 0:
         fetch = fetch_failure(obs.pods)
         if fetch:
