@@ -580,3 +580,10 @@ def test_with_metrics_missing_the_gateway_only_ever_adds(demand, rate, request_s
     d = decide(obs, ScalerState(), POLICY, now=1000.0)
     assert d.replicas >= min(current, POLICY.max_replicas)
     assert d.reason in ("GatewayLoad", "MetricsUnavailable")
+
+
+def test_while_prometheus_is_down_the_gateways_count_changes_nothing():
+    obs = Observation(current=2, ready=2, waiting=None, running=None, cold_start_s=60.0, gateway_demand=300.0,
+                      gateway_rate=40.0, request_s=4.0, metrics_outage=True)
+    d = decide(obs, ScalerState(), POLICY, now=1000.0)
+    assert (d.replicas, d.reason) == (2, "MetricsUnavailable")

@@ -118,8 +118,9 @@ def test_custom_promql_service_scales_on_its_own_query(dev_cluster, operator, ku
         wait_condition(kubectl, namespace, "orders", "Ready", "True", "ModelReady")
         server.text = backlog(12)  # 12 / 4 per replica = 3 replicas, whatever the engines say
         wait_for(lambda: replicas(kubectl, namespace, "orders") == 3, timeout=30, what="3 replicas from the query")
-        obj = get(kubectl, namespace, "tis", "orders")
-        assert obj["status"]["lastDecision"]["reason"] == "QueueAboveTarget"
+        # The replicas are written before the status that explains them: wait for it.
+        obj = wait_for(lambda: (o := get(kubectl, namespace, "tis", "orders"))["status"].get("lastDecision", {})
+                       .get("reason") == "QueueAboveTarget" and o, timeout=30, what="the decision in status")
         assert obj["status"]["queueDepth"] == 12
         server.text = backlog(0)
         wait_for(lambda: replicas(kubectl, namespace, "orders") == 1, timeout=60, interval=1,

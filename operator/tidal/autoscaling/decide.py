@@ -33,6 +33,7 @@ class Observation:
     gateway_rate: float = 0.0  # requests arriving per second at the gateway
     gateway_message: str = ""
     quota_refused: str | None = None  # the namespace's ResourceQuota refused a replica (the Deployment says why)
+    metrics_outage: bool = False  # Prometheus gave no answer at all (down, or the service's own query failed)
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     fast = gateway_recommends(obs, policy)
     if obs.waiting is None or obs.running is None:
         # Never act on missing data: a metrics outage must not look like an idle service. The gateway's own
-        # count is data, though, and it only adds: a rise it sees scales up, outage or not.
-        if fast > obs.current and obs.ready > 0:
+        # count is data, though, and it only adds: while new replicas' series are not scraped yet, a rise it
+        # sees scales up. Not while Prometheus is down: an outage changes nothing that exists.
+        if fast > obs.current and obs.ready > 0 and not obs.metrics_outage:
             return _gateway_scale_up(obs, state, policy, now, fast)
         if obs.query_error:  # the user's query is wrong, not Prometheus away: say which
             return _hold(obs, policy, state, "QueryFailed",

@@ -58,7 +58,7 @@ class EngineQueue:
         waiting, running = (self.waiting, self.running) if self.answered else (0.0, 0.0)
         return replace(obs, waiting=waiting if known else None, running=running if known else None,
                        pending=obs.pending + self.held, batch_backlog=self.batch_backlog,
-                       query_error=self.query_error)
+                       query_error=self.query_error, metrics_outage=not self.answered)
 
 
 @dataclass(frozen=True)
