@@ -117,10 +117,13 @@ class Autoscaler:
         computed once per tick per (pool, product, GPUs per replica): 2,000 services share a handful of pools."""
         key = (spec.placement.nodePool, spec.resources.gpuProduct, spec.resources.gpus)
         if key not in self._capacity:
-            self._capacity[key] = pool_capacity(spec, list(self.store.nodes.values()), self.pool_label,
-                                                self._used if self._used is not None else {})
-        room = self._capacity[key]
-        return None if room is None else scheduled + room
+            nodes = list(self.store.nodes.values())
+            self._capacity[key] = (pool_capacity(spec, nodes, self.pool_label),
+                                   pool_capacity(spec, nodes, self.pool_label, self._used or {}))
+        total, room = self._capacity[key]
+        # Never above the pool's size: other workloads' GPUs are not in `room`, and a replica created a moment
+        # ago and not yet reported Pending counts as scheduled.
+        return None if room is None else min(total, scheduled + room)
 
     def _gpu(self, spec: InferenceServiceSpec) -> Gpu | None:
         """Once per tick per (pool, product), like the capacity."""
