@@ -71,3 +71,37 @@ def test_targets_file_follows_pods(tmp_path):
     assert json.loads((tmp_path / "pods.json").read_text())[0]["targets"] == ["127.17.0.4:8000"]
     f.retain(set())
     assert json.loads((tmp_path / "pods.json").read_text()) == []
+
+
+def test_a_real_pods_fetch_runs_with_the_nodes_cache_and_the_secrets_values(tmp_path):
+    """The sim-runtime runs a real engine pod's rendered fetch container as the kubelet would: the Secret's
+    values resolved (a missing optional key left out, a missing required one refusing to start), the hostPath
+    replaced by that node's directory, and the engine then loads what the fetch put there."""
+    import base64
+
+    from tidal.api.v1alpha1 import parse_spec
+    from tidal.render import RenderSettings, render_deployment
+    from tidal.render.settings import ModelCacheSettings
+    from tidal_dev.simserver.init_fetch import fetch_container, loaded_model, node_fetch, resolve_env
+    spec = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "s3://models/tiny",
+                                                               "credentials": {"secretName": "s3"}}})
+    pod = render_deployment("llm", "ml", "uid-1", spec, RenderSettings(
+        model_cache=ModelCacheSettings(root="/var/lib/tidal/models", budget="1Gi")))["spec"]["template"]["spec"]
+    init = fetch_container(pod)
+    secrets = {("ml", "s3"): {"AWS_ACCESS_KEY_ID": base64.b64encode(b"id").decode(),
+                              "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"secret").decode(),
+                              "AWS_ENDPOINT_URL": base64.b64encode(b"http://127.0.0.1:9000").decode()}}
+    env = resolve_env(init, "ml", lambda ns, name: secrets.get((ns, name)))
+    assert env["AWS_SECRET_ACCESS_KEY"] == "secret" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert "AWS_SESSION_TOKEN" not in env  # optional, absent
+    with pytest.raises(KeyError, match="AWS_ACCESS_KEY_ID"):
+        resolve_env(init, "ml", lambda ns, name: {})
+    node = tmp_path / "nodes" / "h100-0"
+    run = node_fetch(init, env, node, tmp_path / "termination-log")
+    assert run.argv[1:4] == ["-m", "tidal.cli", "fetch-model"]
+    assert run.argv[run.argv.index("--cache-root") + 1] == str(node)
+    assert run.argv[-2:] == ["--termination-log", str(tmp_path / "termination-log")]
+    model = loaded_model(pod["containers"][0]["args"], node)
+    assert model is not None and model.parent.parent == node / "entries" and model.name == "model"
+    assert fetch_container(render_deployment("llm", "ml", "uid-1", spec, RenderSettings())["spec"]["template"]
+                           ["spec"]) is None  # without the node cache there is nothing for it to run

@@ -101,9 +101,12 @@ def test_a_second_replica_on_the_node_fetches_zero_bytes(s3, tiny_model, tmp_pat
     assert counting.gets("/models/tiny/") == files, counting.requests
     weights = root / ENTRIES / cache_key("s3://models/tiny") / "model"
     assert {f.name: f.read_bytes() for f in weights.iterdir()} == {f.name: f.read_bytes() for f in tiny_model.iterdir()}
+    assert (tmp_path / "termination-log").read_text().startswith("Fetched: ")  # its seconds, for the operator
     code, out = fetch("s3://models/tiny", root, counting.url)
     assert code == 0 and "cache hit" in out and "(0 bytes fetched" in out, out
     assert counting.gets("/models/tiny/") == files, "the second replica fetched again"
+    report = (tmp_path / "termination-log").read_text()
+    assert report.startswith("CacheHit: ") and report.endswith(" s, 0 bytes"), report
 
 
 def test_two_replicas_starting_together_fetch_once(s3, tiny_model, tmp_path):

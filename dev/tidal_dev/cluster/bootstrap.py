@@ -27,9 +27,11 @@ def _create(fn, body) -> None:
 
 # What the cluster's own helpers may do, by user name (their client certificates carry it).
 INFRA_PERMISSIONS = {
-    # patch: the drain finalizer on the pods it serves
+    # patch: the drain finalizer on the pods it serves; secrets get: a real fetch container's secretKeyRef
+    # (what a kubelet reads for the pods on its node)
     SIM_RUNTIME_USER: [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
-                       {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+                       {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+                       {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
 }
 
 

@@ -13,6 +13,11 @@ COLD_START_ANNOTATION = "sim.tidal.dev/cold-start"
 REAL_ENGINE_ANNOTATION = "sim.tidal.dev/engine"  # "real": the sim-runtime runs the pod's own command
 SERVING_ANNOTATION = "sim.tidal.dev/serving"  # set by the sim-runtime when that real engine passes its probe
 TERMINATE_DELAY_ANNOTATION = "sim.tidal.dev/terminate-delay"
+# Set by the sim-runtime on a real engine's pod (simserver/init_fetch.py): when its fetch and its engine ran.
+FETCH_STARTED_ANNOTATION = "sim.tidal.dev/fetch-started"
+FETCH_FINISHED_ANNOTATION = "sim.tidal.dev/fetch-finished"
+FETCH_MESSAGE_ANNOTATION = "sim.tidal.dev/fetch-message"  # its termination message
+ENGINE_STARTED_ANNOTATION = "sim.tidal.dev/engine-started"
 
 _NODE_CONDITIONS = """\
 {{ $now := Now }}
@@ -126,6 +131,63 @@ startTime: {{ $now | Quote }}
 """
 
 
+# A real engine's pod: the times are those of what really ran (the sim-runtime writes them on the pod, see
+# simserver/init_fetch.py): the fetch container's run, the engine's start; PodScheduled keeps its own time.
+# So the operator's cold-start phases (weight fetch, engine load) are measured, not made up.
+_POD_READY_REAL = """\
+{{ $now := Now }}
+{{ $scheduled := $now }}
+{{ range .status.conditions }}{{ if eq .type "PodScheduled" }}{{ $scheduled = .lastTransitionTime }}{{ end }}{{ end }}
+{{ $fetchStarted := index .metadata.annotations "%(fetch_started)s" }}
+{{ $fetchFinished := index .metadata.annotations "%(fetch_finished)s" }}
+{{ $fetchMessage := or ( index .metadata.annotations "%(fetch_message)s" ) "" }}
+{{ $engineStarted := or ( index .metadata.annotations "%(engine_started)s" ) $now }}
+conditions:
+- type: Initialized
+  status: "True"
+  lastTransitionTime: {{ or $fetchFinished $scheduled | Quote }}
+- type: PodScheduled
+  status: "True"
+  lastTransitionTime: {{ $scheduled | Quote }}
+- type: Ready
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+- type: ContainersReady
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+{{ if .spec.initContainers }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 0
+      reason: Completed
+      message: {{ $fetchMessage | Quote }}
+      startedAt: {{ or $fetchStarted $scheduled | Quote }}
+      finishedAt: {{ or $fetchFinished $scheduled | Quote }}
+{{ end }}
+{{ end }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: true
+  state:
+    running:
+      startedAt: {{ $engineStarted | Quote }}
+{{ end }}
+phase: Running
+startTime: {{ $scheduled | Quote }}
+"""
+
+
 def _stage(name: str, kind: str, selector: list[dict], nxt: dict, delay: dict | None = None) -> dict:
     spec = {"resourceRef": {"apiGroup": "v1", "kind": kind},
             "selector": {"matchExpressions": selector}, "next": nxt}
@@ -178,7 +240,10 @@ def stages(cold_start: str, terminate_delay: str) -> list[dict]:
                 {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
                 {"key": _annotation(REAL_ENGINE_ANNOTATION), "operator": "In", "values": ["real"]},
                 {"key": _annotation(SERVING_ANNOTATION), "operator": "In", "values": ["true"]}],
-               {"statusTemplate": _POD_READY,
+               {"statusTemplate": _POD_READY_REAL % {"fetch_started": FETCH_STARTED_ANNOTATION,
+                                                      "fetch_finished": FETCH_FINISHED_ANNOTATION,
+                                                      "fetch_message": FETCH_MESSAGE_ANNOTATION,
+                                                      "engine_started": ENGINE_STARTED_ANNOTATION},
                 "event": {"type": "Normal", "reason": "Started", "message": "Real model server ready"}}),
         _stage("pod-delete", "Pod",
                [{"key": ".metadata.deletionTimestamp", "operator": "Exists"},

@@ -162,10 +162,11 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def prepare_real(container: dict, host: str, workdir: Path) -> tuple[RealCommand, str]:
+def prepare_real(container: dict, host: str, workdir: Path, model_dir: Path | None = None) -> tuple[RealCommand, str]:
     """Blocking (installs and builds on first use, then cached): the real command for a pod's rendered
-    container and the URL of its readiness probe. vLLM serves the tiny local Llama; Triton the test
-    model repository (tools/engines/triton-models), whichever model the pod asks for."""
+    container and the URL of its readiness probe. vLLM serves the model its fetch put in the node's cache
+    (`model_dir`), else the tiny local Llama; Triton the test model repository (tools/engines/triton-models),
+    whichever model the pod asks for."""
     import shutil
     import subprocess
     workdir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,7 @@ def prepare_real(container: dict, host: str, workdir: Path) -> tuple[RealCommand
         subprocess.run([str(engine_tool("vllm-cpu.sh")), str(engine_tool("tiny_model.py")), str(cache)],
                        check=True, capture_output=True)
         port = int(_flag_value(argv, "--port") or 8000)
-        command = vllm_command(container, cache, host, port, workdir, Path(prefix) / "bin")
+        command = vllm_command(container, model_dir or cache, host, port, workdir, Path(prefix) / "bin")
         return command, f"http://{host}:{port}{probe.get('path', '/health')}"
     if argv[:1] == ["tritonserver"]:
         repository = workdir / "repository"

@@ -23,6 +23,9 @@ from aiohttp import web
 
 from ..cluster.pod_discovery import TargetsFile
 from .podspec import EngineSpec
+from .init_fetch import (ENGINE_STARTED_ANNOTATION, FETCH_FINISHED_ANNOTATION, FETCH_MESSAGE_ANNOTATION,
+                         FETCH_STARTED_ANNOTATION,
+                         fetch_container, loaded_model, node_fetch, resolve_env)
 from .real import ENGINE_ANNOTATION, SERVING_ANNOTATION, RealProcess, prepare_real
 from .registry import engine_spec, simulated
 
@@ -59,6 +62,12 @@ async def serve_engine(spec: EngineSpec, host: str) -> tuple[Any, list[web.AppRu
             await runner.cleanup()
         raise
     return server, runners
+
+
+def _stamp() -> str:
+    """Now, as Kubernetes writes a time (RFC 3339, whole seconds, UTC)."""
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SimulatedRuntime:
@@ -154,14 +163,24 @@ class SimulatedRuntime:
         sim.tidal.dev/engine: real). KWOK marks the pod Ready once the runtime has seen the engine pass its
         readiness probe and annotated the pod (sim.tidal.dev/serving), not after a fixed cold start."""
         ns, name, ip = pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip
-        container = self.api_client.sanitize_for_serialization(pod.spec.containers[0])
+        pod_spec = self.api_client.sanitize_for_serialization(pod.spec)
+        container = pod_spec["containers"][0]
         workdir = self.workdir / pod.metadata.uid
+        workdir.mkdir(parents=True, exist_ok=True)
+        model_dir = None
+        fetcher = fetch_container(pod_spec)
+        if fetcher is not None:  # the node's model cache: fetch for real first, as the init container would
+            node_cache = self.workdir / "nodes" / pod.spec.node_name
+            if not await self._fetch(ns, name, fetcher, node_cache, workdir):
+                return
+            model_dir = loaded_model(container.get("args") or [], node_cache)
         try:
-            command, probe = await asyncio.to_thread(prepare_real, container, ip, workdir)
+            command, probe = await asyncio.to_thread(prepare_real, container, ip, workdir, model_dir)
         except (ValueError, OSError, subprocess.CalledProcessError) as err:
             log.warning("pod %s/%s: cannot run its engine for real: %s", ns, name, err)
             return
         process = RealProcess(command, workdir / "engine.log", probe, workdir)
+        await asyncio.to_thread(self._annotate, ns, name, {ENGINE_STARTED_ANNOTATION: _stamp()})
         await process.start()
         self.pods[pod.metadata.uid] = RunningPod(pod.metadata.uid, ip, None, process)
         self.grace[pod.metadata.uid] = (ns, name, pod.spec.termination_grace_period_seconds or 30)
@@ -170,6 +189,38 @@ class SimulatedRuntime:
                  workdir / "engine.log")
         # Not under the pod's lock: a deletion while the model loads must be able to stop it.
         asyncio.create_task(self._mark_serving(ns, name, process, probe, workdir))
+
+    async def _fetch(self, ns: str, name: str, container: dict, node_cache: Path, workdir: Path) -> bool:
+        """Run the pod's fetch container for real (init_fetch.py); its start and end go on the pod."""
+        try:
+            env = await asyncio.to_thread(resolve_env, container, ns, self._secret_data)
+        except Exception as err:  # a required Secret key missing, or the Secret unreadable
+            log.warning("pod %s/%s: cannot start its fetch container: %s", ns, name, err)
+            return False
+        fetch = node_fetch(container, env, node_cache, workdir / "termination-log")
+        node_cache.mkdir(parents=True, exist_ok=True)
+        started = _stamp()
+        with open(workdir / "fetch.log", "ab") as out:
+            proc = await asyncio.create_subprocess_exec(*fetch.argv, env=fetch.env, stdout=out,
+                                                        stderr=subprocess.STDOUT)
+            code = await proc.wait()
+        finished, log_file = _stamp(), workdir / "termination-log"
+        message = log_file.read_text()[:4000] if log_file.exists() else ""
+        await asyncio.to_thread(self._annotate, ns, name, {FETCH_STARTED_ANNOTATION: started,
+                                                           FETCH_FINISHED_ANNOTATION: finished,
+                                                           FETCH_MESSAGE_ANNOTATION: message})
+        if code != 0:
+            log.warning("pod %s/%s: its model fetch failed (exit %s, see %s)", ns, name, code, workdir / "fetch.log")
+        return code == 0
+
+    def _secret_data(self, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.rest import ApiException
+        try:
+            return self.core.read_namespaced_secret(name, namespace).data
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
     async def _mark_serving(self, ns: str, name: str, process: RealProcess, probe: str, workdir: Path) -> None:
         if await process.serving(timeout=self.real_start_timeout):

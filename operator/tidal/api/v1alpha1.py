@@ -89,7 +89,9 @@ class Engine(_Model):
 class Credentials(_Model):
     secretName: str = Field(description="Secret in the same namespace holding the storage credentials: "
                                         "`HF_TOKEN` for hf://; `AWS_ACCESS_KEY_ID` and "
-                                        "`AWS_SECRET_ACCESS_KEY` for s3://; `credentials.json` for gs://.",
+                                        "`AWS_SECRET_ACCESS_KEY` for s3:// (optionally `AWS_REGION` and, for an "
+                                        "S3-compatible store such as MinIO, `AWS_ENDPOINT_URL`); "
+                                        "`credentials.json` for gs://.",
                             pattern=NAME, max_length=253)
 
 

@@ -3,7 +3,9 @@
   scheduling    pod created -> PodScheduled
   image_pull    PodScheduled -> the fetch container started, and the fetch's end -> the engine container
                 started (the engine's image is pulled after the init container ran)
-  weight_fetch  the fetch container's run (0 for a cache hit on the node, or for a pvc:// model)
+  weight_fetch  the fetch itself, as `tidal fetch-model` timed it (its termination message: 0 for a cache hit on
+                the node), else the fetch container's run (0 for a pvc:// model); the rest of that
+                container's run (the process starting) counts as image_pull
   engine_load   the engine started -> the pod Ready (loading the weights, compiling, warming up)
   ready         the rest of the operator's clock: the Deployment creating the pod, and the pod's readiness
                 reaching the operator
@@ -15,9 +17,12 @@ phases rather than invented ones.
 
 from __future__ import annotations
 
+import re
+
 from ..modelcache.layout import FETCH_CONTAINER
 from .scaling_status import from_iso as _time
 
+_FETCH_REPORT = re.compile(r"^(?:CacheHit|Fetched): ([0-9]+(?:\.[0-9]+)?) s\b")
 PHASES = ("scheduling", "image_pull", "weight_fetch", "engine_load", "ready")
 ENGINE_CONTAINER = "engine"
 
@@ -44,8 +49,10 @@ def phases(pod: dict, total_s: float) -> dict[str, float] | None:
     fetched = (_container(pod, "initContainerStatuses", FETCH_CONTAINER).get("state") or {}).get("terminated") or {}
     fetch_start, fetch_end = _time(fetched.get("startedAt")), _time(fetched.get("finishedAt"))
     if fetch_start is not None and fetch_end is not None:
-        pull = (fetch_start - scheduled) + (engine_started - fetch_end)
-        fetch = fetch_end - fetch_start
+        ran = max(0.0, fetch_end - fetch_start)
+        reported = fetch_seconds(fetched.get("message"))
+        fetch = reported if reported is not None else ran
+        pull = (fetch_start - scheduled) + (engine_started - fetch_end) + max(0.0, ran - fetch)
     else:
         pull, fetch = engine_started - scheduled, 0.0
     out = {"scheduling": max(0.0, scheduled - created), "image_pull": max(0.0, pull),
@@ -55,6 +62,12 @@ def phases(pod: dict, total_s: float) -> dict[str, float] | None:
         out = {k: v * total_s / seen for k, v in out.items()}
     out["ready"] = max(0.0, total_s - sum(out.values()))
     return {k: round(v, 1) for k, v in out.items()}
+
+
+def fetch_seconds(message: str | None) -> float | None:
+    """The seconds a successful `tidal fetch-model` reported (`CacheHit: 0.004 s, ...`, `Fetched: 41.250 s, ...`)."""
+    match = _FETCH_REPORT.match(message or "")
+    return float(match.group(1)) if match else None
 
 
 def ready_at(pod: dict) -> float:

@@ -62,9 +62,14 @@ def _credentials_env(scheme: str, secret: str | None) -> list[dict]:
         return []
     if scheme == "hf":
         return [_secret_env(secret, "HF_TOKEN")]
+    return _s3_env(secret)
+
+
+def _s3_env(secret: str) -> list[dict]:
+    # AWS_ENDPOINT_URL (optional): an S3-compatible store (MinIO, Ceph), read by the aws CLI and `tidal fetch-model`.
     return [_secret_env(secret, "AWS_ACCESS_KEY_ID"), _secret_env(secret, "AWS_SECRET_ACCESS_KEY"),
-            _secret_env(secret, "AWS_SESSION_TOKEN", optional=True),
-            _secret_env(secret, "AWS_DEFAULT_REGION", optional=True)]
+            *(_secret_env(secret, key, optional=True)
+              for key in ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"))]
 
 
 def cached_model_volume(model: Model, cache: ModelCacheSettings, container_security: dict) -> ModelVolume:
@@ -117,9 +122,7 @@ def model_volume(model: Model, settings: RenderSettings, container_security: dic
     elif scheme == "s3":
         command = ["aws", "s3", "sync", f"s3://{path}", DOWNLOAD_DIR, "--only-show-errors"]
         if secret:
-            env += [_secret_env(secret, "AWS_ACCESS_KEY_ID"), _secret_env(secret, "AWS_SECRET_ACCESS_KEY"),
-                    _secret_env(secret, "AWS_SESSION_TOKEN", optional=True),
-                    _secret_env(secret, "AWS_DEFAULT_REGION", optional=True)]
+            env += _s3_env(secret)
     elif scheme == "gs":
         command = ["gcloud", "storage", "rsync", "--recursive", f"gs://{path}", DOWNLOAD_DIR]
         if secret:
