@@ -228,3 +228,70 @@ def test_a_prefetch_pod_fetches_then_keeps_its_model_from_eviction_until_stopped
         code = holder.wait(10)
     assert code == 0, holder.stdout.read()
     assert not in_use(entry)
+
+
+# ---- gs:// models: Cloud Storage's JSON API (fake-gcs-server, the emulator Google's libraries use) ----------
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory, tiny_model):
+    from tests.gcs_server import gcs_server
+    with gcs_server(tmp_path_factory.mktemp("gcs"), buckets=("models",)) as server:
+        for name in ("tiny", "tampered"):
+            for f in tiny_model.iterdir():
+                server.upload("models", f"{name}/{f.name}", f.read_bytes())
+        yield server
+
+
+def gcs_fetch(uri: str, cache_root: Path, endpoint: str, **env) -> tuple[int, str]:
+    """The rendered init container's command for a gs:// model, as the node would run it."""
+    spec = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": uri, "credentials": {"secretName": "gcs"}}})
+    settings = RenderSettings(model_cache=ModelCacheSettings(root="/var/lib/tidal/models", budget="1Gi"))
+    pod = render_deployment("llm", "ml", "uid-1", spec, settings)["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    # The key reaches the fetch as a file from the Secret, never as a copied value (what google-auth reads).
+    assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/tidal/gcs/credentials.json"} \
+        in init["env"]
+    assert {"name": "gcs-key", "secret": {"secretName": "gcs", "items": [
+        {"key": "credentials.json", "path": "credentials.json"}]}} in pod["volumes"]
+    argv = [a.replace(CACHE_DIR, str(cache_root)) for a in init["command"]]
+    full_env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    proc = subprocess.run([sys.executable, "-m", "tidal.cli", *argv[1:], "--termination-log",
+                           str(cache_root.parent / "termination-log")],
+                          env={**full_env, "STORAGE_EMULATOR_HOST": endpoint, **env}, capture_output=True, text=True,
+                          timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_a_gs_model_is_fetched_once_per_node_and_checked_against_its_md5(gcs, tiny_model, tmp_path):
+    counting = TcpForwarder(int(gcs.url.rsplit(":", 1)[1]))
+    downloads = lambda: sum(n for (m, p), n in counting.requests.items() if "alt=media" in p)  # noqa: E731
+    root = tmp_path / "node-cache"
+    code, out = gcs_fetch("gs://models/tiny", root, counting.url)
+    assert code == 0, out
+    weights = root / ENTRIES / cache_key("gs://models/tiny") / "model"
+    assert {f.name: f.read_bytes() for f in weights.iterdir()} == {f.name: f.read_bytes() for f in tiny_model.iterdir()}
+    assert downloads() == len(list(tiny_model.iterdir()))
+    code, out = gcs_fetch("gs://models/tiny", root, counting.url)  # a second replica on the node
+    assert code == 0 and "cache hit" in out, out
+    assert downloads() == len(list(tiny_model.iterdir())), "the second replica downloaded again"
+    # An object whose bytes no longer match the md5 Cloud Storage lists for it (damaged at rest or on the way):
+    # refused, and nothing of it in the cache.
+    stored = gcs.directory / "data" / "models" / "tampered" / "model.safetensors"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    code, out = gcs_fetch("gs://models/tampered", root, gcs.url)
+    report = (root.parent / "termination-log").read_text()
+    assert code == 1 and report.startswith("ModelFetchFailed: ") and "md5" in report, (out, report)
+    assert not (root / ENTRIES / cache_key("gs://models/tampered")).exists()
+
+
+def test_a_gs_fetch_with_unusable_credentials_names_them(tmp_path):
+    """No emulator: google-auth reads the Secret's credentials.json; a file that is no Google credential stops
+    the fetch before any request, with a reason the operator reports (ModelFetchFailed)."""
+    key = tmp_path / "credentials.json"
+    key.write_text('{"type": "not_a_google_credential"}')
+    root = tmp_path / "node-cache"
+    code, out = gcs_fetch("gs://models/tiny", root, "", GOOGLE_APPLICATION_CREDENTIALS=str(key))
+    report = (tmp_path / "termination-log").read_text()
+    assert code == 1 and report.startswith("ModelFetchFailed: gs://models/tiny: "), (out, report)
+    assert "credentials" in report.lower() and "Traceback" not in out, report

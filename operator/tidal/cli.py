@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool-label", default="tidal.dev/pool", help="node label naming a node pool")
     run.add_argument("--startup-budget-seconds", type=int, default=1800,
                      help="how long a replica may take to load its model before Kubernetes restarts it")
-    run.add_argument("--model-cache-root", help="fetch s3:// and hf:// models once per node into this directory "
+    run.add_argument("--model-cache-root", help="fetch s3://, hf:// and gs:// models once per node into this directory "
                                                 "on the node (a hostPath); default: once per replica, into the pod")
     run.add_argument("--model-cache-budget", default="500Gi", help="bytes the cache may hold per node")
     run.add_argument("--model-cache-image", help="the image whose `tidal fetch-model` fills the cache "

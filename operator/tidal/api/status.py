@@ -60,7 +60,7 @@ class InferenceServiceStatus(_Model):
                           "image_pull, weight_fetch (0 when the node's model cache had the weights), engine_load, "
                           "ready (the rest of the operator's clock).")
     poolNodes: int | None = Field(None, description="Nodes in the service's pool (with the model cache on and "
-                                                    "an s3:// or hf:// model).")
+                                                    "an s3://, hf:// or gs:// model).")
     cachedNodes: int | None = Field(None, description="Of poolNodes, those whose model cache holds this model "
                                                       "(labelled model-cache.tidal.dev/<key>): a replica "
                                                       "starting there loads without a download, and new "

@@ -100,7 +100,7 @@ class ModelCache(_Model):
                                               "service's pool before the first request (a DaemonSet of one "
                                               "small pod per node, which keeps them from eviction), so even "
                                               "the first wake on any node loads without a download. Needs "
-                                              "the operator's model cache on and an s3:// or hf:// model.")
+                                              "the operator's model cache on and an s3://, hf:// or gs:// model.")
 
 
 class Model(_Model):
@@ -227,9 +227,9 @@ class InferenceServiceSpec(_Model):
                              f"scaling.maxReplicas ({self.scaling.maxReplicas})")
         if self.model.revision and self.model.scheme != "hf":
             raise ValueError("model.revision is only meaningful for hf:// models")
-        if self.model.cache and self.model.cache.prefetch and self.model.scheme not in ("s3", "hf"):
-            raise ValueError(f"model.cache.prefetch needs an s3:// or hf:// model; {self.model.scheme}:// "
-                             f"models are not cached per node")
+        if self.model.cache and self.model.cache.prefetch and self.model.scheme == "pvc":
+            raise ValueError("model.cache.prefetch needs an s3://, hf:// or gs:// model; a pvc:// model is "
+                             "mounted, not cached per node")
         if self.model.cache and self.model.cache.prefetch and not (self.placement.nodePool
                                                                     or self.placement.nodeSelector):
             raise ValueError("model.cache.prefetch needs placement.nodePool (or placement.nodeSelector): the "
@@ -250,8 +250,8 @@ CEL_RULES = {
         ("!has(self.model.revision) || self.model.uri.startsWith('hf://')",
          "model.revision is only meaningful for hf:// models", ".model.revision"),
         ("!has(self.model.cache) || !has(self.model.cache.prefetch) || !self.model.cache.prefetch || "
-         "self.model.uri.startsWith('s3://') || self.model.uri.startsWith('hf://')",
-         "model.cache.prefetch needs an s3:// or hf:// model (gs:// and pvc:// models are not cached per node)",
+         "!self.model.uri.startsWith('pvc://')",
+         "model.cache.prefetch needs an s3://, hf:// or gs:// model (a pvc:// model is mounted, not cached per node)",
          ".model.cache.prefetch"),
         ("!has(self.model.cache) || !has(self.model.cache.prefetch) || !self.model.cache.prefetch || "
          "(has(self.placement) && (has(self.placement.nodePool) || "

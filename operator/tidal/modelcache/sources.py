@@ -5,10 +5,15 @@ gives one), then read each as a stream of chunks. Memory stays one chunk whateve
   AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or an instance role).
 - hf://org/name: the Hugging Face Hub's HTTP API (HF_ENDPOINT, HF_TOKEN); a file stored with LFS lists its
   sha256, which the cache checks.
+- gs://bucket/prefix: Cloud Storage's JSON API; it lists each object's md5, which the cache checks. Credentials
+  as Google's own libraries find them (google-auth: GOOGLE_APPLICATION_CREDENTIALS, a service account's or a
+  user's credentials.json, else the node's workload identity); STORAGE_EMULATOR_HOST, as those libraries read
+  it, points at an emulator and sends no credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.parse
@@ -25,6 +30,7 @@ class RemoteFile:
     path: str  # relative to the model's root
     size: int
     sha256: str | None = None
+    md5: str | None = None  # hex; Cloud Storage lists it for every object not composed of parts
 
 
 class Source(Protocol):
@@ -87,11 +93,67 @@ class HfSource:
                 yield chunk
 
 
+class GcsSource:
+    READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
+
+    def __init__(self, path: str, endpoint: str | None = None):
+        """path: `bucket/prefix` (the uri without gs://)."""
+        self.bucket, _, prefix = path.partition("/")
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        emulator = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            self.endpoint = (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+            self._credentials = None
+        else:
+            import google.auth  # only here: an emulator needs no credentials
+            self.endpoint = "https://storage.googleapis.com"
+            self._credentials, _ = google.auth.default(scopes=[self.READ_ONLY])
+
+    def _open(self, url: str):
+        headers = {}
+        if self._credentials is not None:
+            if not self._credentials.valid:  # fetched once, refreshed when it expires (an hour for most)
+                import urllib3
+                from google.auth.transport.urllib3 import Request
+                self._credentials.refresh(Request(urllib3.PoolManager()))
+            headers["Authorization"] = f"Bearer {self._credentials.token}"
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+
+    def _object_url(self, name: str) -> str:
+        return f"{self.endpoint}/storage/v1/b/{self.bucket}/o/{urllib.parse.quote(name, safe='')}"
+
+    def list(self) -> list[RemoteFile]:
+        files, page = [], None
+        while True:
+            query = {"prefix": self.prefix, "fields": "items(name,size,md5Hash),nextPageToken"}
+            if page:
+                query["pageToken"] = page
+            with self._open(f"{self.endpoint}/storage/v1/b/{self.bucket}/o?{urllib.parse.urlencode(query)}") as resp:
+                answer = json.load(resp)
+            for item in answer.get("items", []):
+                relative = item["name"][len(self.prefix):]
+                if relative and not relative.endswith("/"):
+                    md5 = base64.b64decode(item["md5Hash"]).hex() if item.get("md5Hash") else None
+                    files.append(RemoteFile(relative, int(item["size"]), md5=md5))
+            page = answer.get("nextPageToken")
+            if not page:
+                break
+        if not files:
+            raise FileNotFoundError(f"gs://{self.bucket}/{self.prefix}: no objects there")
+        return files
+
+    def read(self, remote: RemoteFile) -> Iterator[bytes]:
+        with self._open(self._object_url(self.prefix + remote.path) + "?alt=media") as resp:
+            while chunk := resp.read(CHUNK):
+                yield chunk
+
+
 def source_for(uri: str, revision: str | None = None) -> Source:
     scheme, _, path = uri.partition("://")
     if scheme == "s3":
         return S3Source(path.rstrip("/"))
     if scheme == "hf":
         return HfSource(path.rstrip("/"), revision)
-    raise ValueError(f"{uri}: the node cache fetches s3:// and hf:// models (gs:// is fetched per replica; "
-                     "pvc:// is mounted)")
+    if scheme == "gs":
+        return GcsSource(path.rstrip("/"))
+    raise ValueError(f"{uri}: the node cache fetches s3://, hf:// and gs:// models (pvc:// is mounted)")

@@ -161,15 +161,20 @@ class CacheStore:
                 raise FetchFailed(f"{remote.path!r}: a file name that leaves the model's directory")
             target.parent.mkdir(parents=True, exist_ok=True)
             digest, size = hashlib.sha256(), 0
+            md5 = hashlib.md5(usedforsecurity=False) if remote.md5 else None
             with open(target, "wb") as out:
                 for chunk in source.read(remote):
                     out.write(chunk)
                     digest.update(chunk)
+                    if md5:
+                        md5.update(chunk)
                     size += len(chunk)
             if size != remote.size:
                 raise FetchFailed(f"{remote.path}: {size:,} bytes arrived, the source listed {remote.size:,}")
             if remote.sha256 and digest.hexdigest() != remote.sha256:
                 raise FetchFailed(f"{remote.path}: sha256 {digest.hexdigest()} is not the source's {remote.sha256}")
+            if md5 and md5.hexdigest() != remote.md5:
+                raise FetchFailed(f"{remote.path}: md5 {md5.hexdigest()} is not the source's {remote.md5}")
             fetched += size
             log(f"  [{n}/{len(files)}] {remote.path}: {size:,} bytes")
         return fetched

@@ -7,7 +7,7 @@
 
 Credentials are always referenced from the Secret (secretKeyRef / a Secret volume), never copied.
 
-With the node cache on (settings.model_cache), s3:// and hf:// models are fetched once per node instead: the
+With the node cache on (settings.model_cache), s3://, hf:// and gs:// models are fetched once per node instead: the
 init container runs `tidal fetch-model` into the node's cache directory (a hostPath), and the engine mounts
 that directory read-only and loads `entries/<key>/model` (modelcache/layout.py). While it runs, the engine
 holds a shared lock on the entry's `in-use` file (fd 9, taken by flock(1) before `exec`: the lock lives as long
@@ -28,7 +28,7 @@ DOWNLOAD_DIR = f"{MODELS_DIR}/model"
 GCS_KEY_DIR = "/var/run/secrets/tidal/gcs"
 CACHE_DIR = "/model-cache"  # the node's cache root, inside the pod
 ENGINE_CACHE_DIR = "/engine-cache"
-CACHED_SCHEMES = ("s3", "hf")
+CACHED_SCHEMES = ("s3", "hf", "gs")
 # The engine's command runs under this: fd 9 opens the entry's in-use file, flock takes a shared lock on it, and
 # exec keeps fd 9 open, so the lock lasts exactly as long as the engine's process (the args are its argv).
 HOLD_IN_USE = 'exec 9<"$TIDAL_MODEL_IN_USE" && flock -s 9 && exec "$0" "$@"'
@@ -72,6 +72,16 @@ def _s3_env(secret: str) -> list[dict]:
               for key in ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"))]
 
 
+def _gcs_key(secret: str) -> tuple[dict, dict, list[dict]]:
+    """The Secret's credentials.json as a file (volume, mount, env): what Google's tools read."""
+    volume = {"name": "gcs-key", "secret": {"secretName": secret,
+                                            "items": [{"key": "credentials.json", "path": "credentials.json"}]}}
+    mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
+    env = [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_KEY_DIR}/credentials.json"},
+           {"name": "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", "value": f"{GCS_KEY_DIR}/credentials.json"}]
+    return volume, mount, env
+
+
 def cached_model_volume(model: Model, cache: ModelCacheSettings, container_security: dict) -> ModelVolume:
     """Fetched once per node into the cache (see the module's docstring)."""
     key = cache_key(model.uri, model.revision)
@@ -79,13 +89,18 @@ def cached_model_volume(model: Model, cache: ModelCacheSettings, container_secur
     if model.revision:
         command += ["--revision", model.revision]
     secret = model.credentials.secretName if model.credentials else None
-    fetcher = _fetcher(cache.image, command, [{"name": "HOME", "value": "/tmp"},
-                                              *_credentials_env(model.scheme, secret)],
-                       [{"name": "tmp", "mountPath": "/tmp"}], container_security)
+    volumes = [{"name": "model-cache", "hostPath": {"path": cache.root, "type": "DirectoryOrCreate"}}]
+    env, mounts = [{"name": "HOME", "value": "/tmp"}], [{"name": "tmp", "mountPath": "/tmp"}]
+    if model.scheme == "gs" and secret:
+        volume, mount, key_env = _gcs_key(secret)
+        volumes, mounts, env = volumes + [volume], mounts + [mount], env + key_env
+    else:
+        env += _credentials_env(model.scheme, secret)
+    fetcher = _fetcher(cache.image, command, env, mounts, container_security)
     fetcher["volumeMounts"] = [{"name": "model-cache", "mountPath": CACHE_DIR}, *fetcher["volumeMounts"][1:]]
     fetcher["resources"] = {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}  # it streams
     return ModelVolume(
-        volumes=[{"name": "model-cache", "hostPath": {"path": cache.root, "type": "DirectoryOrCreate"}}],
+        volumes=volumes,
         init_containers=[fetcher],
         mount={"name": "model-cache", "mountPath": CACHE_DIR, "readOnly": True},
         model_path=weights_path(CACHE_DIR, key),
@@ -126,13 +141,8 @@ def model_volume(model: Model, settings: RenderSettings, container_security: dic
     elif scheme == "gs":
         command = ["gcloud", "storage", "rsync", "--recursive", f"gs://{path}", DOWNLOAD_DIR]
         if secret:
-            volumes.append({"name": "gcs-key", "secret": {"secretName": secret,
-                                                          "items": [{"key": "credentials.json",
-                                                                     "path": "credentials.json"}]}})
-            mounts.append({"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True})
-            env += [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_KEY_DIR}/credentials.json"},
-                    {"name": "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE",
-                     "value": f"{GCS_KEY_DIR}/credentials.json"}]
+            volume, mount, key_env = _gcs_key(secret)
+            volumes, mounts, env = volumes + [volume], mounts + [mount], env + key_env
     else:  # the API's pattern and CEL rule make this unreachable for stored objects
         raise ValueError(f"model.uri scheme {scheme!r} is not supported")
     return ModelVolume(

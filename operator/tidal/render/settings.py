@@ -44,7 +44,7 @@ class RenderSettings:
     # After the pod leaves the endpoints, keep serving this long so that every proxy has seen it.
     prestop_sleep_seconds: int = 5
     run_as_user: int = 1000
-    # s3:// and hf:// models fetched once per node into this cache; None: each replica downloads its own copy.
+    # s3://, hf:// and gs:// models fetched once per node into this cache; None: each replica downloads its own copy.
     model_cache: ModelCacheSettings | None = None
     # One NetworkPolicy per service admitting only the gateway and Prometheus; None: render none.
     network_policy: NetworkPolicySettings | None = field(default_factory=NetworkPolicySettings)

@@ -1,0 +1,66 @@
+"""fake-gcs-server (tools/fake-gcs-server.sh): Cloud Storage's JSON API on loopback, the emulator Google's client
+libraries reach through STORAGE_EMULATOR_HOST. Objects are uploaded through that API, as a user's `gcloud storage
+cp` would put them, so the emulator computes their md5 and size itself."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class GcsServer:
+    url: str
+    directory: Path  # the emulator's files (objects under data/<bucket>/)
+
+    def create_bucket(self, name: str) -> None:
+        request = urllib.request.Request(f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def upload(self, bucket: str, name: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(f"{self.url}/upload/storage/v1/b/{bucket}/o?{query}", data=data,
+                                         headers={"Content-Type": "application/octet-stream"}, method="POST")
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+@contextlib.contextmanager
+def gcs_server(directory: Path, buckets=("models",)):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = directory / "fake-gcs-server.log"
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([str(ROOT / "tools/fake-gcs-server.sh"), "-scheme", "http", "-host", "127.0.0.1",
+                             "-port", str(port), "-public-host", f"127.0.0.1:{port}", "-backend", "filesystem",
+                             "-filesystem-root", str(directory / "data"), "-log-level", "warn"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    server = GcsServer(f"http://127.0.0.1:{port}", directory)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{server.url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        for bucket in buckets:
+            server.create_bucket(bucket)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
