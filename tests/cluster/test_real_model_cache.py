@@ -91,6 +91,7 @@ def test_a_cached_wake_spends_zero_seconds_fetching(cache_cluster):
     home = pod["spec"]["nodeName"]
     fetched = s3.gets("/models/tiny/")
     phases = first["status"]["lastColdStartPhases"]
+    print("first start:", first["status"]["lastColdStartSeconds"], "s", phases, fetched, "GETs")
     assert fetched >= 1 and phases["weight_fetch"] >= 1, (fetched, phases)  # the node had nothing: a real fetch
     assert phases["engine_load"] > 0, phases  # vLLM's own start, not counted as fetching
     wait_for(lambda: home in kubectl("get", "nodes", "-l", node_label(cache_key(URI)), "-o", "name").stdout,
@@ -102,6 +103,7 @@ def test_a_cached_wake_spends_zero_seconds_fetching(cache_cluster):
     woken = _serving(kubectl, first["status"]["lastColdStartSeconds"])
     [pod] = [p for p in _pods(kubectl) if not p["metadata"].get("deletionTimestamp")]
     phases = woken["status"]["lastColdStartPhases"]
+    print("cached wake:", woken["status"]["lastColdStartSeconds"], "s", phases)
     assert pod["spec"]["nodeName"] == home  # the wake went where the weights are
     assert s3.gets("/models/tiny/") == fetched  # and read not one object from S3
     assert phases["weight_fetch"] == 0, phases  # a cached wake: zero seconds in the fetch phase

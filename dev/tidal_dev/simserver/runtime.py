@@ -82,6 +82,7 @@ class SimulatedRuntime:
         self._node_products: dict[str, str | None] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.grace: dict[str, tuple[str, str, int]] = {}  # pod uid -> (namespace, name, grace seconds)
+        self._tried: set[str] = set()  # real-engine pods started (or failed to start): never twice
         self.ready = threading.Event()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tidal-real-engines-"))  # real engines' files
         self.real_start_timeout = real_start_timeout
@@ -147,6 +148,7 @@ class SimulatedRuntime:
                 await self._stop(key)
                 self._locks.pop(key, None)
                 self.grace.pop(key, None)
+                self._tried.discard(key)
             elif pod.metadata.deletion_timestamp:
                 if key in self.pods:
                     await self._drain(key)
@@ -163,6 +165,9 @@ class SimulatedRuntime:
         sim.tidal.dev/engine: real). KWOK marks the pod Ready once the runtime has seen the engine pass its
         readiness probe and annotated the pod (sim.tidal.dev/serving), not after a fixed cold start."""
         ns, name, ip = pod.metadata.namespace, pod.metadata.name, pod.status.pod_ip
+        if pod.metadata.uid in self._tried:  # once per pod: our own annotations bring it back here
+            return
+        self._tried.add(pod.metadata.uid)
         pod_spec = self.api_client.sanitize_for_serialization(pod.spec)
         container = pod_spec["containers"][0]
         workdir = self.workdir / pod.metadata.uid

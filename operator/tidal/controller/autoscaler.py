@@ -86,6 +86,13 @@ class Autoscaler:
         self.cold_starts.forget(key)
         metrics.forget(*key)
 
+    def seat_inputs(self, key: Key) -> tuple[InferenceServiceSpec | None, bool, float | None]:
+        """What a full pool's planning needs of a service (controller/pools.py): its spec, whether the last look
+        found work, and when it last had work."""
+        body, state = self.store.services.get(key), self.states.get(key)
+        return (self._spec(key, body) if body is not None else None, self._busy.get(key, True),
+                state.last_active if state is not None else None)
+
     def _spec(self, key: Key, body: dict) -> InferenceServiceSpec | None:
         """Parsed once per generation: a tick over 2,000 services must not re-validate 2,000 specs."""
         generation = body["metadata"].get("generation", 0)

@@ -17,7 +17,9 @@ FRESH_S = 5.0  # five missed reports
 class GatewayLoads:
     def __init__(self) -> None:
         self._reports: dict[str, tuple[float, dict[Key, GatewayLoad]]] = {}  # gateway -> (when, its services)
-        self.hold_timeout_s = 300.0  # how long the gateways hold a request (the longest they said; theirs by default)
+        # How long the gateways hold a request: the latest report's figure (every replica of the gateway runs
+        # with the chart's one setting); 300 s, the gateway's default, until one says.
+        self.hold_timeout_s = 300.0
 
     def report(self, gateway: str, services: dict[Key, GatewayLoad], now: float,
                hold_timeout_s: float | None = None) -> None:

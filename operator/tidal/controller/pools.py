@@ -20,15 +20,14 @@ class Pools:
         """The GPU services of each pool (pool name, GPU product), as seats."""
         pools: dict[tuple, list[Seat]] = {}
         for key in keys:
-            body, deployment = scaler.store.services.get(key), scaler.store.deployments.get(key)
-            spec = scaler._spec(key, body) if body is not None else None
+            deployment = scaler.store.deployments.get(key)
+            spec, busy, last_active = scaler.seat_inputs(key)
             if spec is None or deployment is None or not spec.resources.gpus:
                 continue
             load = scaler.gateway_loads.of(key, now_monotonic)
-            state = scaler.states.get(key)
             pools.setdefault((spec.placement.nodePool, spec.resources.gpuProduct), []).append(Seat(
-                key, deployment.replicas, deployment.ready, spec.scaling.minReplicas, scaler._busy.get(key, True),
-                state.last_active if state is not None else None, len(scaler.store.unschedulable.get(key, ())),
+                key, deployment.replicas, deployment.ready, spec.scaling.minReplicas, busy,
+                last_active, len(scaler.store.unschedulable.get(key, ())),
                 load.held if load is not None else 0.0, load.oldest_held_s if load is not None else 0.0,
                 gpus=spec.resources.gpus, priority=TIERS[spec.placement.priority or "normal"]))
         return pools

@@ -29,7 +29,7 @@ from ..planning.status import Observation, fetch_failure, plan_status
 from ..render import RenderSettings, render_deployment, render_network_policy, render_service
 from ..render.deployment import pod_placement
 from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
-from ..render.model_fetch import model_volume
+from ..render.model_fetch import cache_node_label
 from ..render.prefetch import PREFETCH_LABEL, prefetch_name, render_prefetch, wants_prefetch
 from ..render.service import service_url
 from .store import ServiceStore, update_status
@@ -187,8 +187,7 @@ class Reconciler:
     async def _node_cache(self, ns: str, name: str, spec: InferenceServiceSpec,
                           pods: list[dict]) -> tuple[CachePlan | None, tuple[str, str, str] | None]:
         """Label the nodes where this model was fetched; count the pool's nodes that hold it."""
-        models = model_volume(spec.model, self.settings, {})
-        label = models.node_label
+        label = cache_node_label(spec.model, self.settings)
         prefetching = wants_prefetch(spec, self.settings)
         if label is None:  # no node cache, or a model it does not cache
             asked = spec.model.cache is not None and spec.model.cache.prefetch

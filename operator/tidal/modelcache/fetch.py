@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     store = CacheStore(Path(args.cache_root), parse_bytes(args.budget))
     started = time.monotonic()  # after start-up: what follows is the fetch (or the hit) itself
     try:
-        done = store.ensure(args.uri, args.revision, source_for(args.uri, args.revision),
+        done = store.ensure(args.uri, args.revision, lambda: source_for(args.uri, args.revision),
                             log=lambda line: print(line, flush=True))
     except CacheTooSmall as err:
         return _fail(args, "CacheTooSmall", str(err))

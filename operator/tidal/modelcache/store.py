@@ -92,7 +92,9 @@ class CacheStore:
     def __init__(self, root: Path, budget_bytes: int, clock: Callable[[], float] = time.time):
         self.root, self.budget, self.clock = Path(root), budget_bytes, clock
 
-    def ensure(self, uri: str, revision: str | None, source: Source, log=print) -> Fetched:
+    def ensure(self, uri: str, revision: str | None, source: Source | Callable[[], Source], log=print) -> Fetched:
+        """The model's entry, fetched from `source` unless the node has it (a callable source is made only
+        then: a cache hit neither imports nor authenticates a storage client)."""
         key = cache_key(uri, revision)
         entry = self.root / ENTRIES / key
         with _locked(self.root / LOCKS / f"{key}.lock", fcntl.LOCK_EX):
@@ -101,6 +103,8 @@ class CacheStore:
                 log(f"{uri}: in this node's cache ({key}); nothing to fetch")
                 return Fetched(entry / WEIGHTS, key, True, 0)
             self._drop_partials(key)
+            if callable(source):
+                source = source()
             files = source.list()
             total = sum(f.size for f in files)
             if total > self.budget:

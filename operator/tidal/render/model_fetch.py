@@ -112,6 +112,13 @@ def cached_model_volume(model: Model, cache: ModelCacheSettings, container_secur
     )
 
 
+def cache_node_label(model: Model, settings: RenderSettings) -> str | None:
+    """The label of the nodes whose cache holds this model; None when the node cache does not take it."""
+    if settings.model_cache is None or model.scheme not in CACHED_SCHEMES:
+        return None
+    return node_label(cache_key(model.uri, model.revision))
+
+
 def model_volume(model: Model, settings: RenderSettings, container_security: dict) -> ModelVolume:
     secret = model.credentials.secretName if model.credentials else None
     scheme, path = model.scheme, model.path
