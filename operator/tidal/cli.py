@@ -110,7 +110,7 @@ def _activator(args: argparse.Namespace) -> int:
     from .gateway.main import Static, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    static = Static(capacity=args.static_capacity)
+    static = Static(capacity=args.static_capacity, routing=args.static_routing)
     for item in args.static_endpoint or []:
         try:
             svc, addr = item.split("=", 1)
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --static-endpoint (no cluster): an API key, for benchmarks and trying a client")
     act.add_argument("--static-capacity", type=int,
                      help="with --static-endpoint: requests each endpoint holds at most (its engine's batch)")
+    act.add_argument("--static-routing", choices=["least-loaded", "prefix"], default="least-loaded",
+                     help="with --static-endpoint: how requests spread over a service's endpoints (as "
+                          "spec.routing.policy)")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)

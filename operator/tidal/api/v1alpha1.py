@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..engines import ENGINES
+from ..routing.prefix import DEFAULT_PREFIX_CHARS
+from ..routing.ring import LOAD_FACTOR
 
 GROUP = "tidal.dev"
 VERSION = "v1alpha1"
@@ -213,12 +215,30 @@ class Scaling(_Model):
                                                 "the service's pods.", max_length=4096)
 
 
+class Routing(_Model):
+    policy: str = Field("least-loaded", pattern="^(least-loaded|prefix)$",
+                        description="How the gateway picks a replica. `least-loaded`: the one with the fewest "
+                                    "requests in flight. `prefix`: requests whose prompts begin alike (the turns of "
+                                    "one conversation, an agent's calls) go to the same replica, where the engine "
+                                    "keeps that prefix in its KV cache and skips its prefill (vLLM's "
+                                    "--enable-prefix-caching, SGLang's radix cache); no replica takes more than "
+                                    f"{LOAD_FACTOR:g}x its share of the requests in flight (the rest go to the "
+                                    "next), and prompts shorter than prefixCharacters go least-loaded.")
+    prefixCharacters: int = Field(DEFAULT_PREFIX_CHARS, ge=64, le=65536,
+                                  description="With `prefix`: how many leading characters of the prompt (each "
+                                              "message's role and text, in order) pick the replica; about 4 "
+                                              "characters a token. Longer than a shared system prompt, so that "
+                                              "conversations spread.")
+
+
 class InferenceServiceSpec(_Model):
     engine: Engine = Field(description="The model server and how to run it.")
     model: Model = Field(description="The model to serve.")
     resources: Resources = Field(default_factory=Resources, description="What each replica gets.")
     placement: Placement = Field(default_factory=Placement, description="Where replicas run.")
     scaling: Scaling = Field(default_factory=Scaling, description="How the autoscaler sizes the service.")
+    routing: Routing = Field(default_factory=Routing, description="How the gateway spreads requests over "
+                                                                 "the replicas.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "InferenceServiceSpec":

@@ -34,3 +34,4 @@ class Call:
     woke: bool = False  # it found the service without any replica (it waited for a cold start)
     tokens_reserved: int = 0  # what the rate limiter holds for it until the answer says what was used
     reservation: object = None  # ratelimits.Reservation, settled in the gateway's accounting
+    prefix_key: str | None = None  # with spec.routing.policy prefix: the key of the prompt's leading text

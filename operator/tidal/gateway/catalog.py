@@ -1,7 +1,7 @@
 """The models the gateway can route to: every InferenceService, by served name, from a watch.
 
-Kept per service: its served name, engine, creation time and what its status says (desired replicas,
-Valid). The served-name owner is decided by the rule the operator reports conflicts with
+Kept per service: its served name, engine, creation time, how requests spread over its replicas
+(spec.routing) and what its status says (desired replicas, Valid). The served-name owner is decided by the rule the operator reports conflicts with
 (`planning.served_names`), so a request for a name goes where the operator says it goes.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..planning.served_names import Claim, claim_of, owners
+from ..routing.prefix import DEFAULT_PREFIX_CHARS
 from .watching import list_then_watch
 
 Key = tuple[str, str]
@@ -28,6 +29,8 @@ class Entry:
     valid: bool = True
     queue_depth: int | None = None  # the queue the autoscaler saw last (status.queueDepth)
     last_decision: dict | None = None  # status.lastDecision: replicas, reason, message, time
+    routing: str = "least-loaded"  # spec.routing.policy
+    prefix_chars: int = DEFAULT_PREFIX_CHARS  # spec.routing.prefixCharacters
 
     @property
     def claim(self) -> Claim:
@@ -44,8 +47,12 @@ def entry_from_object(obj: dict) -> Entry | None:
                  True)
     decision = status.get("lastDecision") if isinstance(status.get("lastDecision"), dict) else None
     queue = status.get("queueDepth")
+    routing = (obj.get("spec") or {}).get("routing") or {}
+    chars = routing.get("prefixCharacters")
     return Entry(claim.key, claim.served_name, engine, claim.created, int(status.get("desiredReplicas") or 0), valid,
-                 queue if isinstance(queue, int) else None, decision)
+                 queue if isinstance(queue, int) else None, decision,
+                 "prefix" if routing.get("policy") == "prefix" else "least-loaded",
+                 chars if isinstance(chars, int) and chars > 0 else DEFAULT_PREFIX_CHARS)
 
 
 @dataclass

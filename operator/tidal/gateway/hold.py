@@ -12,6 +12,7 @@ import time
 
 from aiohttp import web
 
+from .balancing import Balancer
 from .call import Call, Limits
 from .catalog import Catalog
 from .demand import Demand
@@ -36,6 +37,7 @@ class Holds:
                  waker: Waker):
         self.endpoints, self.catalog, self.limits, self.metrics, self.demand = endpoints, catalog, limits, metrics, demand
         self.waker = waker
+        self.balancer = Balancer()  # which replica: least-loaded, or by the prompt's prefix
         self.pending: dict[Key, int] = {}  # requests held per service (services holding none are absent)
         self.lines: dict[Key, Line] = {}  # the held requests of each service, oldest first
         # When each held request was held, per service, in the order they were (a dict keeps insertion order:
@@ -51,7 +53,8 @@ class Holds:
         return now - next(iter(times.values())) if times else 0.0
 
     async def endpoint(self, key: Key, tried: set[int], call: Call | None = None) -> Endpoint | web.Response:
-        """The least busy ready endpoint with room. The request is held in the service's line while
+        """The ready endpoint with room the service's routing picks (balancing.py): the least busy, or the
+        owner of the prompt's prefix. The request is held in the service's line while
         the service has no ready replica (and the service is woken), or while every replica has its
         capacity in flight or older requests are waiting."""
         held_at = time.monotonic()
@@ -64,7 +67,7 @@ class Holds:
                 now = time.monotonic()
                 usable = [e for e in self.endpoints.get(key) if e.unavailable_until <= now]
                 candidates = [e for e in usable if id(e) not in tried] or usable
-                best = min(candidates, key=lambda e: e.inflight) if candidates else None
+                best, how = self.balancer.choose(key, usable, candidates, call.prefix_key if call else None)
                 room = best is not None and best.has_room()
                 # A newcomer does not overtake requests already held: it joins the line behind them.
                 if room and (line is not None or not self.pending.get(key)):
@@ -72,6 +75,8 @@ class Holds:
                         line.wake_next()  # a place is left after this one: the next held request takes it
                     if call is not None and line is not None:
                         call.held_s += time.monotonic() - held_at
+                    if key in self.catalog.entries:
+                        self.metrics.routed.labels(*key, how).inc()
                     return best
                 if not candidates and self.waker.recently_unknown(key, now):
                     return _error(404, "UnknownService", f"there is no InferenceService {key[1]} in namespace "

@@ -23,6 +23,7 @@ class Static:
     served: dict[tuple[str, str], str] = field(default_factory=dict)
     keys: list[ApiKey] = field(default_factory=list)
     capacity: int | None = None  # requests each endpoint holds at most (as a pod's capacity annotation says)
+    routing: str = "least-loaded"  # as an InferenceService's spec.routing.policy, for every static service
 
     def add_endpoint(self, service: tuple[str, str], served_name: str, host: str, port: int) -> None:
         self.endpoints.setdefault(service, []).append((host, port))
@@ -53,7 +54,7 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     loop = asyncio.get_running_loop()
     if static:
         for key, addrs in static.endpoints.items():
-            catalog.put(Entry(key, static.served[key], "static", ""))
+            catalog.put(Entry(key, static.served[key], "static", "", routing=static.routing))
             for i, (h, p) in enumerate(addrs):
                 endpoints.update(key, f"static-{i}", Endpoint(h, p, capacity=static.capacity))
         for api_key in static.keys if keys is not None else []:

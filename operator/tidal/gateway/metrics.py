@@ -38,6 +38,9 @@ class Metrics:
                                "the gateway sent to another replica, by why: connection (refused or closed), "
                                "draining (the engine's shutdown refusal, or 503), empty (aborted before its "
                                "first token).", labels + ["why"], registry=r)
+        self.routed = Counter("tidal_gateway_routed_requests", "Requests sent to a replica, by how it was chosen: "
+                              "least-loaded, prefix (the replica owning the prompt's prefix), overflow (the owner "
+                              "was over its load bound: the next one on the ring).", labels + ["how"], registry=r)
         self.hold_timeout = Gauge("tidal_gateway_hold_timeout_seconds", "Held requests are answered 503 after "
                                   "this long (--hold-timeout).", registry=r)
         self.hold_timeout.set(hold_timeout_s)

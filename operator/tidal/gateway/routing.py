@@ -23,6 +23,7 @@ import re
 from aiohttp import web
 
 from . import errors
+from ..routing.prefix import prefix_key
 from ..strict_json import BadJson
 from .call import Call
 from .catalog import Catalog, Entry
@@ -110,6 +111,8 @@ class Router:
             meter = StreamMeter(strip)
         call = Call((namespace, service), path, body, key, model or "-", {}, meter)
         call.tokens_reserved = tokens_to_reserve(path, payload, len(body))
+        if entry is not None and entry.routing == "prefix":
+            call.prefix_key = prefix_key(payload, entry.prefix_chars)
         return call
 
     def entry_for(self, key: ApiKey | None, model: str) -> Entry | web.Response:

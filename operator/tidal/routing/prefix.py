@@ -1,0 +1,59 @@
+"""The key of a prompt's leading text: what every turn of one conversation shares.
+
+A chat's next turn resends the whole conversation: the same system prompt and first messages, then more. A
+replica that served the last turn holds that prefix in its KV cache (vLLM's automatic prefix caching) and
+skips its prefill. The key hashes the first `chars` characters of the prompt as the engine sees it — each
+message's role and text, in order — so it is the same on every turn once the conversation is that long, and
+the same on every gateway replica. A prompt shorter than `chars` gets no key (least-loaded): its prefill is
+short, and its key would change on the next turn anyway.
+
+2048 characters, about 512 tokens at 4 characters a token: long enough that a key is specific to a
+conversation rather than to a shared greeting, short enough that a conversation keys from its first turn or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+DEFAULT_PREFIX_CHARS = 2048
+_SEPARATOR = "\x1e"  # between messages: "a" + "bc" and "ab" + "c" are different conversations
+
+
+def _text(content) -> str:
+    """A message's text: a string, or the text parts of a list (images and audio have no text to key on)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict)
+                       and isinstance(part.get("text"), str))
+    return ""
+
+
+def prompt_text(payload: dict, chars: int) -> str:
+    """At most `chars` leading characters of the prompt of a chat or completion request body."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        out, size = [], 0
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            piece = f"{message.get('role', '')}:{_text(message.get('content'))}{_SEPARATOR}"
+            out.append(piece)
+            size += len(piece)
+            if size >= chars:
+                break
+        return "".join(out)[:chars]
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        prompt = prompt[0]  # several prompts in one request: keyed by the first
+    return prompt[:chars] if isinstance(prompt, str) else ""
+
+
+def prefix_key(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS) -> str | None:
+    """The key of the prompt's first `chars` characters; None for a shorter prompt (or no prompt)."""
+    if not isinstance(payload, dict):
+        return None
+    text = prompt_text(payload, chars)
+    if len(text) < chars:
+        return None
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
