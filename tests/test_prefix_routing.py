@@ -81,3 +81,76 @@ def test_the_gateway_sends_a_conversation_to_its_owner_and_overflows_past_the_bo
     first.inflight = 8
     chosen, _ = balancer.choose(key, replicas, replicas, "conv-1")
     assert chosen is not first
+
+
+# ---- the simulator: each replica's KV prefix cache, the same ring ---------------------------------------------
+def test_a_replicas_prefix_cache_reuses_only_a_leading_run_and_forgets_the_least_recent():
+    from tidal.simulate.prefix_cache import KvPrefixCache, reused_tokens
+    cache = KvPrefixCache(capacity_blocks=4)
+    cache.keep((1, 2, 3))
+    assert cache.reuse((1, 2, 9, 3)) == 2  # block 3 after a miss is no use: its attention needs block 9
+    assert cache.reuse((5, 1)) == 0
+    cache.keep((7, 8))  # 5 blocks in 4 places: the least recently used (3) goes
+    assert cache.reuse((1, 2, 3)) == 2 and cache.reuse((7, 8)) == 2
+    assert reused_tokens(3, 1200) == 1199  # the last prompt token is always computed
+    assert reused_tokens(1, 1200) == 512
+
+
+def conversations(count: int, turns: int, turn_gap_s: float = 3.0) -> list:
+    """Multi-turn chats, as Mooncake's trace writes them: each turn's prompt is the last one's blocks and more (a
+    2,048-token start growing by 1,024 tokens a turn); every conversation's next turn comes turn_gap_s later, the
+    conversations spread over that gap."""
+    from tidal.simulate.trace import Request
+    out, next_block = [], 0
+    for c in range(count):
+        blocks: tuple = ()
+        for t in range(turns):
+            grow = 4 if t == 0 else 2
+            blocks += tuple(range(next_block, next_block + grow))
+            next_block += grow
+            out.append(Request(c * turn_gap_s / count + t * turn_gap_s, len(blocks) * 512, 50, blocks))
+    return sorted(out, key=lambda r: r.arrival)
+
+
+def test_in_the_simulator_prefix_routing_reuses_more_and_answers_sooner_within_the_bound():
+    """80 conversations of 6 turns, about 20 requests in flight, on 4 replicas whose KV caches hold 24
+    conversations' histories each: the ring gives each replica about 20 (they fit); least-loaded sends every
+    conversation through every cache (80 do not fit), so a turn rarely finds its history where it lands."""
+    from dataclasses import replace
+
+    from tidal.autoscaling import Policy
+    from tidal.simulate.engine import SimConfig, simulate
+    from tidal.simulate.latency import LatencyModel
+    from tidal.simulate.report import make_policy
+    requests = conversations(80, 6)
+    latency = LatencyModel(max_concurrency=8, kv_cache_tokens=24 * 14 * 512)  # 24 histories of 14 blocks
+    cfg = SimConfig(latency=latency, initial_replicas=4)
+    scaling = Policy(min_replicas=4, max_replicas=4)
+    results = {r: simulate(requests, make_policy("tidal", cfg, scaling), replace(cfg, routing=r))
+               for r in ("least-loaded", "prefix")}
+    least, prefix = results["least-loaded"], results["prefix"]
+    assert prefix.prefix_cache_hit_ratio > 1.5 * least.prefix_cache_hit_ratio, (prefix, least)
+    assert prefix.ttft_p50_s <= 0.7 * least.ttft_p50_s, (prefix.ttft_p50_s, least.ttft_p50_s)
+    assert prefix.over_load_bound == 0 and prefix.gpu_hours <= least.gpu_hours
+    assert prefix.row()["routing"] == "prefix" and "ttft_p99_s" in prefix.row()
+
+
+def test_tidal_simulate_writes_one_result_per_routing_on_the_mooncake_trace(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    trace = Path(__file__).resolve().parents[2] / "shared" / "traces" / "mooncake-synthetic.jsonl"
+    out = subprocess.run([sys.executable, "-m", "tidal.cli", "simulate", "--trace", str(trace), "--policy", "tidal",
+                          "--routing", "least-loaded,prefix", "--out", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "simulation.json").read_text())["results"]
+    assert [r["routing"] for r in results] == ["least-loaded", "prefix"]
+    for r in results:
+        assert {"ttft_p50_s", "ttft_p99_s", "prefix_cache_hit_ratio", "gpu_hours", "over_load_bound"} <= set(r)
+        assert r["over_load_bound"] == 0
+    assert (tmp_path / "simulation.png").is_file() and "prefix cache hits" in (tmp_path / "simulation.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "tidal.cli", "simulate", "--trace", str(trace), "--routing", "random",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--routing 'random'" in bad.stderr

@@ -110,7 +110,8 @@ def _activator(args: argparse.Namespace) -> int:
     from .gateway.main import Static, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    static = Static(capacity=args.static_capacity, routing=args.static_routing)
+    static = Static(capacity=args.static_capacity, routing=args.static_routing,
+                    prefix_chars=args.static_prefix_characters)
     for item in args.static_endpoint or []:
         try:
             svc, addr = item.split("=", 1)
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--static-routing", choices=["least-loaded", "prefix"], default="least-loaded",
                      help="with --static-endpoint: how requests spread over a service's endpoints (as "
                           "spec.routing.policy)")
+    act.add_argument("--static-prefix-characters", type=int, default=2048,
+                     help="with --static-routing prefix: the leading characters that pick the endpoint (as "
+                          "spec.routing.prefixCharacters)")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
     act.set_defaults(func=_activator)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..routing.prefix import DEFAULT_PREFIX_CHARS
 from .catalog import Catalog, Entry, watch_services
 from .endpoints import Endpoint, Endpoints, watch_pods
 from .gateway import Gateway, Limits
@@ -24,6 +25,7 @@ class Static:
     keys: list[ApiKey] = field(default_factory=list)
     capacity: int | None = None  # requests each endpoint holds at most (as a pod's capacity annotation says)
     routing: str = "least-loaded"  # as an InferenceService's spec.routing.policy, for every static service
+    prefix_chars: int = DEFAULT_PREFIX_CHARS  # as spec.routing.prefixCharacters
 
     def add_endpoint(self, service: tuple[str, str], served_name: str, host: str, port: int) -> None:
         self.endpoints.setdefault(service, []).append((host, port))
@@ -54,7 +56,8 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     loop = asyncio.get_running_loop()
     if static:
         for key, addrs in static.endpoints.items():
-            catalog.put(Entry(key, static.served[key], "static", "", routing=static.routing))
+            catalog.put(Entry(key, static.served[key], "static", "", routing=static.routing,
+                              prefix_chars=static.prefix_chars))
             for i, (h, p) in enumerate(addrs):
                 endpoints.update(key, f"static-{i}", Endpoint(h, p, capacity=static.capacity))
         for api_key in static.keys if keys is not None else []:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .engine import CACHE_FIGURES
+from .latency import LatencyModel
 from .nodes import CacheModel
 
 
@@ -81,6 +83,15 @@ def add_simulate(sub) -> None:
     sim.add_argument("--prefetch", action="store_true",
                      help="with --model-cache on: every model is on some of the pool's nodes before the first "
                           "request (spread within the budgets), as spec.model.cache.prefetch would put it")
+    sim.add_argument("--routing", metavar="least-loaded,prefix",
+                     help="how the gateway spreads requests over replicas, one result per routing (comma-separated): "
+                          "least-loaded, or prefix (spec.routing.policy: a prompt's first block picks the replica on "
+                          "a ring with bounded loads). Each replica's KV prefix cache is modelled on traces with "
+                          "prompt blocks (Mooncake's hash_ids); results add routing, ttft_p50_s, ttft_p99_s and "
+                          "prefix_cache_hit_ratio")
+    sim.add_argument("--kv-cache-tokens", type=int, default=LatencyModel().kv_cache_tokens,
+                     help="with --routing: the tokens each replica's KV cache holds (its prefix cache reuses what "
+                          "is there); default: the latency model's 48 x 4,096")
     sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
                      help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
                           "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
@@ -127,11 +138,18 @@ def _simulate(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"error: --rate-scale: {err}", file=sys.stderr)
             return 2
-    latency = LatencyModel(max_concurrency=args.max_concurrency)
+    latency = LatencyModel(max_concurrency=args.max_concurrency, kv_cache_tokens=args.kv_cache_tokens)
+    routings = [r.strip() for r in args.routing.split(",")] if args.routing else [None]
+    if [r for r in routings if r not in ("least-loaded", "prefix")] or (args.routing and args.fleet):
+        print(f"error: --routing {args.routing!r}: least-loaded, prefix or both (comma-separated), for a single "
+              "service (not with --fleet)", file=sys.stderr)
+        return 2
     if args.fleet:
         return _simulate_fleet(args, requests, names, latency, started)
     cfg, scaling = _config(args, latency)
-    results = run_all(requests, names, cfg, scaling, log=lambda m: print(m, flush=True))
+    results = []
+    for routing in routings:
+        results += run_all(requests, names, replace(cfg, routing=routing), scaling, log=lambda m: print(m, flush=True))
     paths = write(results, physical_limit(requests, cfg), cfg, Path(args.out), args.trace,
                   clairvoyant_hours(requests, latency, args.cold_start))
     print()

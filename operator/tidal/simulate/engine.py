@@ -29,9 +29,13 @@ class SimConfig:
     # with a cache each (nodes.py); None: a cold start is one figure, cold_start_s.
     cache: CacheModel | None = None
     pool_gpus: int = 64  # GPUs of the nodes a single service's replicas go to, with `cache`
+    # --routing: how the gateway spreads requests over replicas ("least-loaded" or "prefix"), with each replica's
+    # KV prefix cache modelled on traces that carry prompt blocks; None: neither (the results stay as they were).
+    routing: str | None = None
 
 
 CACHE_FIGURES = ("cache_hit_ratio", "cold_start_p50_s", "cold_start_phases_p50_s")
+ROUTING_FIGURES = ("routing", "ttft_p50_s", "ttft_p99_s", "prefix_cache_hit_ratio", "over_load_bound")
 
 
 @dataclass
@@ -51,10 +55,16 @@ class Result:
     cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
     cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
     cold_start_phases_p50_s: dict | None = None  # with --model-cache: weight_fetch, engine_load medians
+    routing: str | None = None  # with --routing: least-loaded or prefix
+    ttft_p50_s: float | None = None  # with --routing: time to first token, prefill saved by prefix caches included
+    ttft_p99_s: float | None = None
+    prefix_cache_hit_ratio: float | None = None  # prompt tokens the replicas' prefix caches held, of all
+    over_load_bound: int | None = None  # requests a replica took above its bounded share
 
     def row(self) -> dict:
-        # The cache's figures only where it was modelled: the other results stay as they were.
-        return {k: v for k, v in self.__dict__.items() if k != "timeline" and not (k in CACHE_FIGURES and v is None)}
+        # The cache's and the routing's figures only where modelled: the other results stay as they were.
+        return {k: v for k, v in self.__dict__.items()
+                if k != "timeline" and not (k in CACHE_FIGURES + ROUTING_FIGURES and v is None)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -66,6 +76,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progress=None) -> Result:
     svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed)
+    if cfg.routing is not None:
+        svc.routing, svc.prefix_caching = cfg.routing, True
     if cfg.cache is not None:
         svc.pool = Pool(cfg.pool_gpus, Nodes(cfg.cache, cfg.pool_gpus))
         if cfg.cache.enabled and cfg.cache.prefetch:
@@ -161,7 +173,17 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
         wait_p50=_percentile(waits, 0.5), wait_p99=_percentile(waits, 0.99),
         ttft_p50=_percentile([o.ttft for o in served], 0.5), ttft_p99=_percentile([o.ttft for o in served], 0.99),
         timeline=timeline, extra=dict(getattr(policy, "reasons", {})),
-        **cache_figures(svc.pool.nodes if svc.pool else None, svc.cold_start_times))
+        **cache_figures(svc.pool.nodes if svc.pool else None, svc.cold_start_times),
+        **routing_figures(cfg.routing, svc, served))
+
+
+def routing_figures(routing: str | None, svc: Service, served: list) -> dict:
+    if routing is None:
+        return {}
+    ttfts = [o.ttft for o in served]
+    return {"routing": routing, "ttft_p50_s": _percentile(ttfts, 0.5), "ttft_p99_s": _percentile(ttfts, 0.99),
+            "prefix_cache_hit_ratio": svc.reused_tokens / svc.prompt_tokens if svc.prompt_tokens else 0.0,
+            "over_load_bound": svc.over_bound}
 
 
 def cache_figures(nodes: Nodes | None, cold_starts: list[float]) -> dict:

@@ -49,14 +49,20 @@ def markdown(results: list[Result], limit_hours: float, cfg: SimConfig, clairvoy
     lines = [f"| policy | GPU-replica-hours | x clairvoyant | cold starts | waited > {cfg.slo_wait_s:g} s | lost "
              "| queue wait p50 / p99 | TTFT p50 / p99 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     cached = any(r.cache_hit_ratio is not None for r in results)
+    routed = any(r.routing is not None for r in results)
     if cached:
         lines[0] += " cache hits | cold start p50 |"
         lines[1] += "---:|---:|"
+    if routed:
+        lines[0] += " prefix cache hits | over load bound |"
+        lines[1] += "---:|---:|"
     for r in results:
         ratio = f"{r.gpu_hours / clairvoyant:.2f}" if clairvoyant else ""
-        lines.append(f"| {r.policy} | {r.gpu_hours:.3f} | {ratio} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
+        name = f"{r.policy}, {r.routing}" if r.routing else r.policy
+        lines.append(f"| {name} | {r.gpu_hours:.3f} | {ratio} | {r.cold_starts} | {r.slo_misses} | {r.lost} | "
                      f"{r.wait_p50:.2f} s / {r.wait_p99:.1f} s | {r.ttft_p50:.2f} s / {r.ttft_p99:.1f} s |"
-                     + (f" {r.cache_hit_ratio or 0:.0%} | {r.cold_start_p50_s or 0:.1f} s |" if cached else ""))
+                     + (f" {r.cache_hit_ratio or 0:.0%} | {r.cold_start_p50_s or 0:.1f} s |" if cached else "")
+                     + (f" {r.prefix_cache_hit_ratio or 0:.0%} | {r.over_load_bound or 0} |" if routed else ""))
     if clairvoyant is not None:
         lines.append(f"| clairvoyant (knows every arrival; no request waits) | {clairvoyant:.3f} | 1.00 | | 0 | 0 | | |")
     lines.append(f"| physical limit (all slots always busy) | {limit_hours:.3f} | | | | | | |")
@@ -74,8 +80,10 @@ def plot(results: list[Result], path: Path) -> None:
         ax.step(t, [p[1] for p in r.timeline], where="post", label="replicas", color="tab:blue")
         ax.step(t, [p[2] for p in r.timeline], where="post", label="ready", color="tab:green", alpha=0.7)
         ax.set_ylabel("replicas")
-        ax.set_title(f"{r.policy}: {r.gpu_hours:.2f} GPU-h, {r.cold_starts} cold starts, {r.slo_misses} SLO misses",
-                     fontsize=10, loc="left")
+        routed = (f", routing {r.routing}: TTFT p50 {r.ttft_p50:.2f} s, prefix cache hits {r.prefix_cache_hit_ratio:.0%}"
+                  if r.routing else "")
+        ax.set_title(f"{r.policy}: {r.gpu_hours:.2f} GPU-h, {r.cold_starts} cold starts, {r.slo_misses} SLO misses"
+                     + routed, fontsize=10, loc="left")
         queue_ax = ax.twinx()
         queue_ax.fill_between(t, [p[3] for p in r.timeline], step="post", color="tab:red", alpha=0.25, label="queue")
         queue_ax.set_ylabel("queued", color="tab:red")

@@ -10,8 +10,10 @@ import random
 from dataclasses import dataclass, field
 
 from ..autoscaling.demand import ArrivalRate, RequestTime
+from ..routing.ring import HashRing, load_bound
 from .latency import LatencyModel
 from .nodes import Nodes
+from .prefix_cache import BLOCK_TOKENS, KvPrefixCache, reused_tokens, routing_key
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Replica:
     draining: bool = False
     removed_at: float | None = None
     node: int | None = None  # with modelled nodes: where it runs
+    cache: KvPrefixCache | None = None  # its KV prefix cache, when the trace has prompt blocks
 
     def ready(self, now: float) -> bool:
         return not self.draining and self.ready_at <= now
@@ -97,6 +100,12 @@ class Service:
     held_arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # as the activator counts them
     request_time: RequestTime = field(default_factory=RequestTime)  # as the activator averages them
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # every arrival, as the gateway counts them
+    routing: str = "least-loaded"  # or "prefix": as the gateway routes (tidal.routing), by the prompt's first block
+    prefix_caching: bool = False  # model each replica's KV prefix cache (with --routing, on traces with blocks)
+    prompt_tokens: int = 0  # of requests with blocks, and of those what replicas' prefix caches held
+    reused_tokens: int = 0
+    over_bound: int = 0  # requests sent to a replica above its bounded share (none while one is under it)
+    _ring: HashRing | None = None
     _ids: int = 0
 
     def __post_init__(self):
@@ -179,18 +188,49 @@ class Service:
             candidates = [r for r in self.replicas if r.ready(now) and r.inflight < self.latency.max_concurrency]
             if not candidates:
                 break
-            replica = min(candidates, key=lambda r: r.inflight)
             arrival, request = self.queue.popleft()
+            replica = self._choose(candidates, request, now)
             replica.inflight += 1
             wait = now - arrival
-            ttft = wait + self.latency.time_to_first_token(request.input_tokens)
+            prefill = request.input_tokens - self._reused(replica, request)
+            ttft = wait + self.latency.time_to_first_token(prefill)
             self.outcomes.append(Outcome(arrival, wait, ttft))
-            took = self.latency.service_time(request.input_tokens, request.output_tokens)
+            took = self.latency.service_time(prefill, request.output_tokens)
             # The activator learns a request's time when it ends; counted here at its start, one request
             # time early, which moves the average by a few seconds' worth of requests at most.
             self.request_time.add(took)
             started.append((now + took, replica))
         return started
+
+    def _choose(self, candidates: list[Replica], request, now: float) -> Replica:
+        """Least loaded; with prefix routing, the owner of the prompt's first block on the ring of ready
+        replicas unless it is over its bounded share (tidal.routing.ring, as the gateway does)."""
+        least = min(candidates, key=lambda r: r.inflight)
+        ready = [r for r in self.replicas if r.ready(now)]
+        key = routing_key(request.blocks, request.input_tokens) if self.routing == "prefix" else None
+        chosen = least
+        if key is not None and len(ready) > 1:
+            names = sorted(str(r.id) for r in ready)
+            if self._ring is None or list(self._ring.members) != names:
+                self._ring = HashRing(names)
+            by_name = {str(r.id): r for r in ready}
+            pick = self._ring.pick(key, {n: r.inflight for n, r in by_name.items()}, {str(r.id) for r in candidates})
+            chosen = by_name[pick] if pick is not None else least
+        if chosen.inflight + 1 > load_bound(sum(r.inflight for r in ready) + 1, len(ready)):
+            self.over_bound += 1
+        return chosen
+
+    def _reused(self, replica: Replica, request) -> int:
+        """Prompt tokens the replica's prefix cache spares this request (0 without blocks in the trace)."""
+        if not request.blocks or not self.prefix_caching:
+            return 0
+        if replica.cache is None:
+            replica.cache = KvPrefixCache(self.latency.kv_cache_tokens // BLOCK_TOKENS)
+        reused = reused_tokens(replica.cache.reuse(request.blocks), request.input_tokens)
+        replica.cache.keep(request.blocks)
+        self.prompt_tokens += request.input_tokens
+        self.reused_tokens += reused
+        return reused
 
     def finish(self, replica: Replica, now: float) -> None:
         replica.inflight -= 1

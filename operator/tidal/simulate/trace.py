@@ -1,5 +1,6 @@
 """Request traces: the Azure LLM CSV format, JSONL with timestamp, input and output tokens, or Mooncake's JSONL
-(timestamp in milliseconds, input_length, output_length; its hash_ids are not read here)."""
+(timestamp in milliseconds, input_length, output_length, and hash_ids: the prompt's 512-token blocks, equal ids
+for equal content, which the KV prefix cache of each simulated replica reuses)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class Request:
     arrival: float  # seconds from the first request
     input_tokens: int
     output_tokens: int
+    blocks: tuple[int, ...] = ()  # the prompt's blocks (Mooncake's hash_ids), for prefix caching and routing
 
 
 def _time(value) -> float:
@@ -33,7 +35,7 @@ def _time(value) -> float:
 
 def load_trace(path: Path) -> list[Request]:
     path = Path(path)
-    raw: list[tuple[float, int, int]] = []
+    raw: list[tuple] = []
     if path.suffix in (".jsonl", ".ndjson"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
@@ -42,7 +44,7 @@ def load_trace(path: Path) -> list[Request]:
                 item = json.loads(line)
                 if "input_length" in item:  # Mooncake's form: timestamp in milliseconds, input/output_length
                     raw.append((float(item["timestamp"]) / 1000, int(item["input_length"]),
-                                int(item["output_length"])))
+                                int(item["output_length"]), tuple(int(h) for h in item.get("hash_ids") or ())))
                     continue
                 raw.append((_time(item.get("timestamp", item.get("time"))),
                             int(item.get("input_tokens", item.get("ContextTokens"))),
@@ -61,4 +63,4 @@ def load_trace(path: Path) -> list[Request]:
         raise ValueError(f"{path}: no requests")
     raw.sort()
     t0 = raw[0][0]
-    return [Request(t - t0, max(1, i), max(1, o)) for t, i, o in raw]
+    return [Request(t - t0, max(1, i), max(1, o), *rest) for t, i, o, *rest in raw]

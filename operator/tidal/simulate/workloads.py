@@ -5,6 +5,7 @@ scaled), and the requests `make demo` sends. Deterministic for a seed."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from .trace import Request
 
@@ -13,7 +14,7 @@ def rate_scaled(requests: list[Request], factor: float) -> list[Request]:
     """The same requests `factor` times faster: the arrival rate times `factor`, the same work per request."""
     if factor <= 0:
         raise ValueError(f"rate scale must be positive, got {factor}")
-    return [Request(r.arrival / factor, r.input_tokens, r.output_tokens) for r in requests]
+    return [replace(r, arrival=r.arrival / factor) for r in requests]
 
 
 def _surge(rng: random.Random, sizes_from: list[Request], start: float, end: float, rate_per_s: float,
@@ -67,7 +68,7 @@ def fleet(trace: list[Request], services: int = 50, seed: int = 0) -> list[list[
         for r in trace:
             copies = int(scale) + (1 if rng.random() < scale - int(scale) else 0)
             for c in range(copies):
-                picked.append(Request((r.arrival + shift + c * 0.37) % length, r.input_tokens, r.output_tokens))
+                picked.append(replace(r, arrival=(r.arrival + shift + c * 0.37) % length))
         picked.sort(key=lambda r: r.arrival)
         out.append(picked)
     return out
@@ -85,7 +86,7 @@ def demo_slice(trace: list[Request], short: bool = False) -> list[Request]:
     if not chosen:
         raise ValueError(f"the trace has no requests between {start:g} s and {end:g} s, which the demo replays")
     first = chosen[0].arrival
-    return [Request((r.arrival - first) / DEMO_SPEEDUP, r.input_tokens, r.output_tokens) for r in chosen]
+    return [replace(r, arrival=(r.arrival - first) / DEMO_SPEEDUP) for r in chosen]
 
 
 def demo_replay(trace: list[Request], quiet_s: float = 300.0) -> list[Request]:
@@ -95,4 +96,4 @@ def demo_replay(trace: list[Request], quiet_s: float = 300.0) -> list[Request]:
     burst = demo_slice(trace)
     warmup = burst[:DEMO_WARMUP_REQUESTS]
     restart = warmup[-1].arrival + quiet_s
-    return warmup + [Request(r.arrival + restart, r.input_tokens, r.output_tokens) for r in burst]
+    return warmup + [replace(r, arrival=r.arrival + restart) for r in burst]
