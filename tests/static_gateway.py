@@ -29,12 +29,12 @@ class StaticGateway:
 
 
 @contextlib.contextmanager
-def static_gateway(endpoints: list[str], log: Path):
-    """endpoints: `namespace/name[@served]=host:port` each."""
+def static_gateway(endpoints: list[str], log: Path, *extra: str):
+    """endpoints: `namespace/name[@served]=host:port` each; extra: more of `tidal activator`'s flags."""
     port, metrics = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidal.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
                              "--metrics-port", str(metrics), "--api-keys", "off",
-                             *[f"--static-endpoint={e}" for e in endpoints]],
+                             *[f"--static-endpoint={e}" for e in endpoints], *extra],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while not http_ok(f"http://127.0.0.1:{metrics}/healthz") and time.monotonic() < deadline:

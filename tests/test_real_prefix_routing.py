@@ -1,0 +1,100 @@
+"""#35 with real parts: two real vLLM replicas (the CPU build, --enable-prefix-caching) behind the gateway in its
+static mode, the official `openai` client holding multi-turn conversations. vLLM's own counters say where the
+prefix cache was used (vllm:prefix_cache_queries_total / _hits_total, in prompt tokens, per replica).
+
+- `prefix`: every turn of a conversation lands on the replica that owns its key (computed here with the same
+  ring), whose hits rise turn after turn; the other replica sees none of it.
+- `least-loaded`: the same conversations, sent a few at a time, spread over both replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.static_gateway import static_gateway
+from tests.test_real_vllm import SERVED, SPEC, Replica, tiny_model, vllm_bin  # noqa: F401  (a fixture)
+from tidal.api.v1alpha1 import parse_spec
+from tidal.render import RenderSettings, render_deployment
+from tidal.routing.prefix import prefix_key
+from tidal.routing.ring import HashRing
+
+pytestmark = [pytest.mark.real_engine, pytest.mark.prefix_routing]
+PREFIX_CHARS = 256  # the tiny model holds 2,048 tokens: conversations stay short
+
+
+def counters(replica: Replica) -> tuple[float, float]:
+    """(prompt tokens looked up in the prefix cache, of those found), as the replica's /metrics says."""
+    text = urllib.request.urlopen(f"{replica.url}/metrics", timeout=10).read().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return values.get("vllm:prefix_cache_queries_total", 0.0), values.get("vllm:prefix_cache_hits_total", 0.0)
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_model, tmp_path_factory):  # noqa: F811
+    spec = {**SPEC, "engine": {**SPEC["engine"], "args": [*SPEC["engine"]["args"], "--enable-prefix-caching"]}}
+    container = render_deployment("tiny", "ml", "uid", parse_spec(spec), RenderSettings())["spec"]["template"][
+        "spec"]["containers"][0]
+    binary, work = vllm_bin(), tmp_path_factory.mktemp("vllm-prefix")
+    started = [Replica(container, tiny_model, f"127.0.0.{30 + i}", work / f"r{i}", binary) for i in range(2)]
+    try:
+        for replica in started:
+            replica.wait_ready()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def opening(topic: int) -> list[dict]:
+    return [{"role": "system", "content": f"You answer questions about topic number {topic}. " * 4},
+            {"role": "user", "content": f"Tell me about topic {topic}, please, in some detail. " * 3}]
+
+
+async def talk(client, messages: list[dict], turns: int) -> None:
+    for turn in range(turns):
+        answer = await client.chat.completions.create(model=SERVED, messages=messages, max_tokens=8,
+                                                      extra_body={"ignore_eos": True})
+        assert answer.usage.completion_tokens == 8
+        messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                     {"role": "user", "content": f"And then, question {turn}?"}]
+
+
+def test_prefix_routing_keeps_each_conversation_on_the_replica_holding_its_prefix(replicas, tmp_path):
+    from openai import AsyncOpenAI
+    ring = HashRing([r.url.removeprefix("http://") for r in replicas])
+    owner = {topic: ring.owner(prefix_key({"messages": opening(topic)}, PREFIX_CHARS)) for topic in range(20)}
+    # Two conversations whose keys the ring gives to different replicas (the same on every gateway replica).
+    first = 0
+    second = next(t for t in owner if owner[t] != owner[first])
+    endpoints = [f"ml/tiny@{SERVED}={r.url.removeprefix('http://')}" for r in replicas]
+    with static_gateway(endpoints, tmp_path / "gateway.log", "--static-routing", "prefix",
+                        "--static-prefix-characters", str(PREFIX_CHARS)) as gateway:
+        client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=120)
+        for topic in (first, second):
+            home = next(r for r in replicas if r.url.endswith(owner[topic]))
+            away = next(r for r in replicas if r is not home)
+            before_home, before_away = counters(home), counters(away)
+            asyncio.run(talk(client, opening(topic), turns=4))
+            (queried, hits), (away_queried, away_hits) = counters(home), counters(away)
+            assert (away_queried, away_hits) == before_away, "a turn went to the other replica"
+            assert queried > before_home[0] and hits - before_home[1] > 0.5 * (queried - before_home[0]), \
+                (before_home, queried, hits)  # turns 2-4 found the conversation in its cache
+        assert gateway.sample("tidal_gateway_routed_requests_total", how="prefix") == 8
+
+
+def test_least_loaded_spreads_the_same_conversations(replicas, tmp_path):
+    from openai import AsyncOpenAI
+    endpoints = [f"ml/tiny@{SERVED}={r.url.removeprefix('http://')}" for r in replicas]
+    before = [counters(r) for r in replicas]
+    with static_gateway(endpoints, tmp_path / "gateway.log") as gateway:
+        client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        async def several():  # four conversations at once: the second request finds the first replica busy
+            await asyncio.gather(*(talk(client, opening(100 + t), turns=2) for t in range(4)))
+        asyncio.run(several())
+        assert gateway.sample("tidal_gateway_routed_requests_total", how="least-loaded") == 8
+    after = [counters(r) for r in replicas]
+    assert all(a[0] > b[0] for a, b in zip(after, before)), (before, after)  # both replicas served some
