@@ -53,7 +53,13 @@ def opening(topic: int) -> list[dict]:
             {"role": "user", "content": f"Tell me about topic {topic}, please, in some detail. " * 3}]
 
 
-async def talk(client, messages: list[dict], turns: int) -> None:
+async def talk(address: str, messages: list[dict], turns: int) -> None:
+    from openai import AsyncOpenAI
+    async with AsyncOpenAI(base_url=f"http://{address}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        await _turns(client, messages, turns)
+
+
+async def _turns(client, messages: list[dict], turns: int) -> None:
     for turn in range(turns):
         answer = await client.chat.completions.create(model=SERVED, messages=messages, max_tokens=8,
                                                       extra_body={"ignore_eos": True})
@@ -63,7 +69,6 @@ async def talk(client, messages: list[dict], turns: int) -> None:
 
 
 def test_prefix_routing_keeps_each_conversation_on_the_replica_holding_its_prefix(replicas, tmp_path):
-    from openai import AsyncOpenAI
     ring = HashRing([r.url.removeprefix("http://") for r in replicas])
     owner = {topic: ring.owner(prefix_key({"messages": opening(topic)}, PREFIX_CHARS)) for topic in range(20)}
     # Two conversations whose keys the ring gives to different replicas (the same on every gateway replica).
@@ -72,12 +77,11 @@ def test_prefix_routing_keeps_each_conversation_on_the_replica_holding_its_prefi
     endpoints = [f"ml/tiny@{SERVED}={r.url.removeprefix('http://')}" for r in replicas]
     with static_gateway(endpoints, tmp_path / "gateway.log", "--static-routing", "prefix",
                         "--static-prefix-characters", str(PREFIX_CHARS)) as gateway:
-        client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=120)
         for topic in (first, second):
             home = next(r for r in replicas if r.url.endswith(owner[topic]))
             away = next(r for r in replicas if r is not home)
             before_home, before_away = counters(home), counters(away)
-            asyncio.run(talk(client, opening(topic), turns=4))
+            asyncio.run(talk(gateway.address, opening(topic), turns=4))
             (queried, hits), (away_queried, away_hits) = counters(home), counters(away)
             assert (away_queried, away_hits) == before_away, "a turn went to the other replica"
             assert queried > before_home[0] and hits - before_home[1] > 0.5 * (queried - before_home[0]), \
@@ -86,14 +90,11 @@ def test_prefix_routing_keeps_each_conversation_on_the_replica_holding_its_prefi
 
 
 def test_least_loaded_spreads_the_same_conversations(replicas, tmp_path):
-    from openai import AsyncOpenAI
     endpoints = [f"ml/tiny@{SERVED}={r.url.removeprefix('http://')}" for r in replicas]
     before = [counters(r) for r in replicas]
     with static_gateway(endpoints, tmp_path / "gateway.log") as gateway:
-        client = AsyncOpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused", max_retries=0, timeout=120)
-
         async def several():  # four conversations at once: the second request finds the first replica busy
-            await asyncio.gather(*(talk(client, opening(100 + t), turns=2) for t in range(4)))
+            await asyncio.gather(*(talk(gateway.address, opening(100 + t), turns=2) for t in range(4)))
         asyncio.run(several())
         assert gateway.sample("tidal_gateway_routed_requests_total", how="least-loaded") == 8
     after = [counters(r) for r in replicas]
