@@ -221,7 +221,7 @@ class Routing(_Model):
                                     "requests in flight. `prefix`: requests whose prompts begin alike (the turns of "
                                     "one conversation, an agent's calls) go to the same replica, where the engine "
                                     "keeps that prefix in its KV cache and skips its prefill (vLLM's "
-                                    "--enable-prefix-caching, SGLang's radix cache); no replica takes more than "
+                                    "--enable-prefix-caching; some engines always do); no replica takes more than "
                                     f"{LOAD_FACTOR:g}x its share of the requests in flight (the rest go to the "
                                     "next), and prompts shorter than prefixCharacters go least-loaded.")
     prefixCharacters: int = Field(DEFAULT_PREFIX_CHARS, ge=64, le=65536,

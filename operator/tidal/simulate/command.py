@@ -140,7 +140,7 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
     latency = LatencyModel(max_concurrency=args.max_concurrency, kv_cache_tokens=args.kv_cache_tokens)
     routings = [r.strip() for r in args.routing.split(",")] if args.routing else [None]
-    if [r for r in routings if r not in ("least-loaded", "prefix")] or (args.routing and args.fleet):
+    if args.routing and ([r for r in routings if r not in ("least-loaded", "prefix")] or args.fleet):
         print(f"error: --routing {args.routing!r}: least-loaded, prefix or both (comma-separated), for a single "
               "service (not with --fleet)", file=sys.stderr)
         return 2
