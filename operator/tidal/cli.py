@@ -122,6 +122,14 @@ def _activator(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"error: --static-endpoint {item!r}: use namespace/name[@served-name]=host:port", file=sys.stderr)
             return 2
+    for item in args.static_adapter or []:
+        svc, _, adapter = item.partition("=")
+        ns, _, name = svc.partition("/")
+        if not (ns and name and adapter) or (ns, name) not in static.endpoints:
+            print(f"error: --static-adapter {item!r}: use namespace/name=adapter, for a --static-endpoint's service",
+                  file=sys.stderr)
+            return 2
+        static.adapters.setdefault((ns, name), []).append(adapter)
     for item in args.static_api_key or []:
         name, _, token = item.partition("=")
         if not name or len(token) < 16:
@@ -233,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "spec.routing.prefixCharacters)")
     act.add_argument("--static-endpoint", action="append",
                      help="namespace/name=host:port: a fixed upstream instead of watching the cluster")
+    act.add_argument("--static-adapter", action="append", metavar="NAMESPACE/NAME=ADAPTER",
+                     help="with --static-endpoint: a LoRA adapter that service's endpoints serve (as spec.adapters)")
     act.set_defaults(func=_activator)
 
     usage = sub.add_parser("usage", help="tokens and requests per API key and model, from the gateway's counters")

@@ -44,4 +44,10 @@ PY
   rm -rf "$work"
   touch "$ENV/.complete-4"
 fi
+# peft makes the LoRA adapters the tests serve (tools/engines/tiny_lora.py); vLLM itself does not need it.
+PEFT=0.21.2
+if [ ! -f "$ENV/.peft-$PEFT" ]; then
+  "$ENV/bin/python3" -m pip install -q --disable-pip-version-check "peft==$PEFT" >&2
+  touch "$ENV/.peft-$PEFT"
+fi
 exec "$ENV/bin/python3" "$@"

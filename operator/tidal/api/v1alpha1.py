@@ -231,6 +231,43 @@ class Routing(_Model):
                                               "conversations spread.")
 
 
+SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"
+DEFAULT_MAX_RANK = 16
+
+
+class Adapter(_Model):
+    name: str = Field(description="Name clients use for the adapter (the OpenAI `model` field); unique among the "
+                                  "service's adapters and unlike its model's servedName.",
+                      max_length=256, pattern=SERVED_NAME)
+    uri: str = Field(description="Where the adapter's files are (its adapter_config.json and weights), as for "
+                                 "model.uri: `hf://`, `s3://`, `gs://` (through the node cache when it is on) or "
+                                 "`pvc://claim/path`.", max_length=1024, pattern=URI_PATTERN)
+    revision: str | None = Field(None, description="Revision (branch, tag or commit) for an hf:// adapter.",
+                                 max_length=128, pattern=SERVED_NAME)
+    credentials: Credentials | None = Field(None, description="Secret with credentials to fetch the adapter (keys "
+                                                              "as for model.credentials); referenced, never copied.")
+    rank: int | None = Field(None, ge=1, le=512, description="The adapter's LoRA rank (`r` in its "
+                                                             "adapter_config.json), checked against lora.maxRank "
+                                                             "when the object is applied.")
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.uri.split("://", 1)[1].rstrip("/")
+
+
+class Lora(_Model):
+    maxRank: int = Field(DEFAULT_MAX_RANK, ge=1, le=512,
+                         description="The highest adapter rank the replicas accept (the engine sets memory aside for "
+                                     "it: keep it no higher than the adapters need).")
+    maxAdaptersPerBatch: int = Field(4, ge=1, le=64,
+                                     description="Adapters one replica runs in the same batch; requests for others "
+                                                 "wait for a slot (more slots take more GPU memory).")
+
+
 class InferenceServiceSpec(_Model):
     engine: Engine = Field(description="The model server and how to run it.")
     model: Model = Field(description="The model to serve.")
@@ -239,6 +276,14 @@ class InferenceServiceSpec(_Model):
     scaling: Scaling = Field(default_factory=Scaling, description="How the autoscaler sizes the service.")
     routing: Routing = Field(default_factory=Routing, description="How the gateway spreads requests over "
                                                                  "the replicas.")
+    adapters: list[Adapter] = Field(default_factory=list, max_length=64,
+                                    description="LoRA adapters served on this model's replicas, each a model by name "
+                                                "at the one endpoint (docs/adapters.md). The service scales on the "
+                                                "requests for the model and all its adapters together. Needs an "
+                                                "engine that serves adapters: " + ", ".join(
+                                                    f"`{n}`" for n in sorted(ENGINES) if ENGINES[n].serves_adapters)
+                                                + ".")
+    lora: Lora = Field(default_factory=Lora, description="What the replicas set aside for adapters (with adapters).")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "InferenceServiceSpec":
@@ -254,12 +299,37 @@ class InferenceServiceSpec(_Model):
                                                                     or self.placement.nodeSelector):
             raise ValueError("model.cache.prefetch needs placement.nodePool (or placement.nodeSelector): the "
                              "nodes to prefetch onto")
+        self._check_adapters()
         names = [e.name for e in self.engine.env]
         if len(names) != len(set(names)):
             raise ValueError(f"engine.env: each name may appear only once; repeated: "
                              f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}")
         return self
 
+    def _check_adapters(self) -> None:
+        if not self.adapters:
+            return
+        if not ENGINES[self.engine.type].serves_adapters:
+            raise ValueError(f"adapters: engine.type {self.engine.type!r} serves no LoRA adapters; engines that do: "
+                             f"{', '.join(ADAPTER_ENGINES)}")
+        names = [a.name for a in self.adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"adapters: each name may appear only once; repeated: {', '.join(repeated)}")
+        if self.model.served_name in names:
+            raise ValueError(f"adapters: {self.model.served_name!r} is the model's own served name; give the adapter "
+                             "another name")
+        for a in self.adapters:
+            if a.rank is not None and a.rank > self.lora.maxRank:
+                raise ValueError(f"adapters: {a.name!r} has rank {a.rank}, above lora.maxRank ({self.lora.maxRank}); "
+                                 f"raise lora.maxRank to at least {a.rank}")
+            if a.revision and a.scheme != "hf":
+                raise ValueError(f"adapters: {a.name!r}: revision is only meaningful for an hf:// adapter")
+
+
+ADAPTER_ENGINES = tuple(sorted(n for n in ENGINES if ENGINES[n].serves_adapters))
+# The model's served name when none is given: the uri's last segment (Model.served_name), as CEL can say it.
+_DEFAULT_SERVED_IS = "(self.model.uri.endsWith('/' + a.name) || self.model.uri.endsWith('/' + a.name + '/'))"
 
 # CEL rules attached to objects in the generated CRD: (json path of the object, rules).
 CEL_RULES = {
@@ -278,6 +348,20 @@ CEL_RULES = {
          "(has(self.placement.nodeSelector) && self.placement.nodeSelector.size() > 0)))",
          "model.cache.prefetch needs placement.nodePool (or placement.nodeSelector): the nodes to prefetch onto",
          ".model.cache.prefetch"),
+        ("!has(self.adapters) || size(self.adapters) == 0 || self.engine.type in " + repr(list(ADAPTER_ENGINES)),
+         "adapters need an engine that serves LoRA adapters: " + ", ".join(ADAPTER_ENGINES), ".adapters"),
+        ("!has(self.adapters) || self.adapters.all(a, !has(a.rank) || a.rank <= "
+         f"(has(self.lora) && has(self.lora.maxRank) ? self.lora.maxRank : {DEFAULT_MAX_RANK}))",
+         "adapters: an adapter's rank must not exceed lora.maxRank", ".adapters"),
+        ("!has(self.adapters) || self.adapters.all(a, has(self.model.servedName) ? a.name != self.model.servedName : "
+         f"!{_DEFAULT_SERVED_IS})",
+         "adapters: an adapter may not take the model's own served name", ".adapters"),
+        ("!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+         "adapters: each name may appear only once", ".adapters"),
+    ),
+    "spec.adapters[]": rules(
+        ("!has(self.revision) || self.uri.startsWith('hf://')", "revision is only meaningful for an hf:// adapter",
+         ".revision"),
     ),
     "spec.model": rules(
         ("self.uri.startsWith('hf://') || self.uri.startsWith('s3://') || self.uri.startsWith('gs://') || "

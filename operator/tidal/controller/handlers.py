@@ -17,7 +17,7 @@ from aiohttp import web
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client, unreachable
 from ..clients.prometheus import Prometheus
-from ..planning.served_names import claim_of
+from ..planning.served_names import claims_of
 from ..planning.status import pod_gpus, pod_unschedulable, quota_refusal
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
 from ..render.prefetch import PREFETCH_LABEL
@@ -88,7 +88,7 @@ async def _reconcile(memo: kopf.Memo, body: dict) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def inference_service_event(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_):
-    before = claim_of(memo.store.services.get((namespace, name)) or {})
+    before = claims_of(memo.store.services.get((namespace, name)) or {})
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         memo.store.drop_service((namespace, name))
         memo.reconciler.forget(namespace, name)
@@ -98,9 +98,9 @@ async def inference_service_event(type: str, body: kopf.Body, namespace: str, na
         memo.store.put_service(copy.deepcopy(dict(body)))
         await _reconcile(memo, memo.store.services[(namespace, name)])
     # A served name claimed or given up: the other services claiming it may have won or lost it.
-    after = claim_of(memo.store.services.get((namespace, name)) or {})
+    after = claims_of(memo.store.services.get((namespace, name)) or {})
     if before != after:
-        names = {c.served_name for c in (before, after) if c is not None}
+        names = {c.served_name for c in set(before) ^ set(after)}
         for claim in [c for n in names for c in memo.store.claimants(n) if c.key != (namespace, name)]:
             await _reconcile(memo, memo.store.services[claim.key])
 

@@ -108,16 +108,20 @@ class Reconciler:
                                                          if ready is False else 0)
         if ready is False and failures < ENGINE_FAILURE_THRESHOLD:
             ready = None
-        owner = None
+        owner, adapter_owners = None, []
         if spec is not None:
             mine = Claim((ns, name), spec.model.served_name, meta.get("creationTimestamp") or "")
             rival = conflict(mine, self.store.claimants(mine.served_name))
             owner = rival.key if rival else None
+            for adapter in spec.adapters:
+                theirs = conflict(Claim(mine.key, adapter.name, mine.created), self.store.claimants(adapter.name))
+                if theirs is not None:
+                    adapter_owners.append((adapter.name, theirs.key))
         batch = engine(spec.engine.type).batch(spec.engine.args, self.gpu(spec)) if spec is not None else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
                           spec.model.served_name if spec is not None else None, owner, batch, cache, prefetch,
-                          spec.scaling.minReplicas if spec is not None else 0)
+                          spec.scaling.minReplicas if spec is not None else 0, tuple(adapter_owners))
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:

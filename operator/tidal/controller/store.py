@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..clients.kube import Conflict, Kube
-from ..planning.served_names import Claim, claim_of
+from ..planning.served_names import Claim, claims_of
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -85,8 +85,7 @@ class ServiceStore:
         key = (meta["namespace"], meta["name"])
         self._unindex(key)
         self.services[key] = body
-        claim = claim_of(body)
-        if claim is not None:
+        for claim in claims_of(body):
             self.claims.setdefault(claim.served_name, {})[key] = claim
 
     def claimants(self, served_name: str) -> list[Claim]:
@@ -94,8 +93,7 @@ class ServiceStore:
         return list(self.claims.get(served_name, {}).values())
 
     def _unindex(self, key: Key) -> None:
-        claim = claim_of(self.services.get(key) or {})
-        if claim is not None:
+        for claim in claims_of(self.services.get(key) or {}):
             same = self.claims.get(claim.served_name, {})
             same.pop(key, None)
             if not same:

@@ -58,9 +58,14 @@ class EngineAdapter:
     # Error answers (a fragment of the body) that mean the engine refused the request without processing
     # it, so that another replica may take it: how a draining engine says "not me".
     refusals: tuple[bytes, ...] = field(default_factory=tuple)
+    serves_adapters: bool = False  # LoRA adapters on the base model (adapter_args)
 
     def command(self, model: ModelLocation) -> list[str]:
         raise NotImplementedError
+
+    def adapter_args(self, adapters: list[tuple[str, str]], max_rank: int, per_batch: int) -> list[str]:
+        """The flags that serve LoRA adapters, (name, path inside the pod) each; only when serves_adapters."""
+        raise NotImplementedError(f"{self.name} serves no adapters")
 
     def batch(self, args: list[str], gpu: Gpu | None = None) -> Batch:
         """Requests one replica runs at once (and reports through `inflight_metric`), from the user's

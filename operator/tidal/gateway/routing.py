@@ -125,12 +125,13 @@ class Router:
 
     def models(self, path: str, key: ApiKey | None) -> web.Response:
         """GET /v1/models (those the key may use) and /v1/models/<name>."""
-        def obj(entry: Entry) -> dict:
-            return model_object(entry, len(self.endpoints.get(entry.key)), self.held(entry.key))
+        def obj(entry: Entry, name: str) -> dict:
+            return model_object(entry, len(self.endpoints.get(entry.key)), self.held(entry.key), name)
 
         if path == "/v1/models":
-            data = [obj(e) for _, e in sorted(self.catalog.by_name.items())
-                    if key is None or key.may_use(e.served_name, e.key[0])]
+            data = [obj(e, name) for name, e in sorted(self.catalog.by_name.items())
+                    if key is None or key.may_use(name, e.key[0])]
             return web.json_response({"object": "list", "data": data})
-        entry = self.entry_for(key, path[len("/v1/models/"):])
-        return entry if isinstance(entry, web.Response) else web.json_response(obj(entry))
+        name = path[len("/v1/models/"):]
+        entry = self.entry_for(key, name)
+        return entry if isinstance(entry, web.Response) else web.json_response(obj(entry, name))

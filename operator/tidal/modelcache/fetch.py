@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .layout import ENGINE_CACHE, in_use_path
 from .sources import source_for
-from .store import CacheFull, CacheStore, CacheTooSmall, FetchFailed
+from .store import CacheFull, CacheStore, CacheTooSmall, FetchFailed, used_with
 
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -43,6 +43,9 @@ def add_fetch_model(sub) -> None:
     fetch.add_argument("--termination-log", default=TERMINATION_LOG,
                        help="where the outcome (a failure's reason, a success's seconds) is written for the "
                             "operator to read")
+    fetch.add_argument("--used-with", metavar="BASE_KEY",
+                       help="an adapter: the cache key of the base model whose replicas load it (the adapter is "
+                            "kept while the base is in use)")
     fetch.add_argument("--hold", action="store_true",
                        help="then hold the model's in-use lock until stopped (the prefetch DaemonSet's pod: a "
                             "prefetched model is never evicted)")
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, "ModelFetchFailed", f"{args.uri}: {err}")
     except Exception as err:  # the source's own errors (botocore's ClientError, NoCredentialsError, ...)
         return _fail(args, "ModelFetchFailed", f"{args.uri}: {type(err).__name__}: {err}")
+    if args.used_with:
+        used_with(done.path.parent, args.used_with)
     # Where the engine keeps what it reuses between starts; made here, as the pod's user: the engine may write
     # nowhere else in the cache (its weights are mounted read-only).
     (Path(args.cache_root) / ENGINE_CACHE / done.key).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ engine's path from it, the fetcher on the node writes there, and both agree with
   <root>/entries/<key>/model/           the weights, complete and verified (only ever renamed into place)
   <root>/entries/<key>/entry.json       what was fetched: uri, revision, files, bytes
   <root>/entries/<key>/in-use           engines hold a shared lock on it while they run (never evicted then)
+  <root>/entries/<key>/used-with/<base> an adapter's: the bases whose replicas load it (in use while one of them is)
   <root>/engine-cache/<key>/            what the engine keeps between starts (vLLM's compile cache)
   <root>/partial/<key>.<pid>/           a download in progress; a killed fetch leaves it here, never in entries/
   <root>/locks/<key>.lock               one fetch per model per node at a time; the others wait, then reuse
@@ -15,7 +16,7 @@ import hashlib
 import re
 
 ENTRIES, PARTIAL, LOCKS, ENGINE_CACHE = "entries", "partial", "locks", "engine-cache"
-MANIFEST, IN_USE, WEIGHTS = "entry.json", "in-use", "model"
+MANIFEST, IN_USE, WEIGHTS, USED_WITH = "entry.json", "in-use", "model", "used-with"
 FETCH_CONTAINER = "fetch-model"  # the init container that runs `tidal fetch-model` (the operator reads its end)
 
 

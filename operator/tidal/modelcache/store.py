@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import ENTRIES, IN_USE, LOCKS, MANIFEST, PARTIAL, WEIGHTS, cache_key
+from .layout import ENTRIES, IN_USE, LOCKS, MANIFEST, PARTIAL, USED_WITH, WEIGHTS, cache_key
 from .sources import RemoteFile, Source
 
 
@@ -74,7 +74,22 @@ def _locked(path: Path, mode: int) -> Iterator[None]:
 
 
 def in_use(entry: Path) -> bool:
-    """Whether an engine holds its shared lock on the entry's in-use file (see render/model_fetch.py)."""
+    """Whether an engine holds its shared lock on the entry's in-use file (see render/model_fetch.py), or, for an
+    adapter, on the in-use file of a base it is used with (an engine holds its base's lock, which covers the
+    adapters it loads: one lock per engine, whatever the number of adapters)."""
+    if _held(entry):
+        return True
+    users = entry / USED_WITH
+    return users.is_dir() and any(_held(entry.parent / base.name) for base in users.iterdir())
+
+
+def used_with(entry: Path, base_key: str) -> None:
+    """Record that replicas of `base_key` load this entry (an adapter): in use while one of them runs."""
+    (entry / USED_WITH).mkdir(exist_ok=True)
+    (entry / USED_WITH / base_key).touch()
+
+
+def _held(entry: Path) -> bool:
     try:
         handle = open(entry / IN_USE, "rb")
     except FileNotFoundError:

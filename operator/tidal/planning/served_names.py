@@ -4,6 +4,7 @@ Two services may claim one name (two namespaces, or a copy being tried out). The
 name to one of them and the operator tells the other, both by this rule, so they always agree: the
 oldest claim wins (creationTimestamp), then namespace/name in alphabetical order for a tie within
 the same second. A newcomer therefore never takes a name away from a service that clients already use.
+A service's LoRA adapters (spec.adapters) are names it claims too, by the same rule.
 """
 
 from __future__ import annotations
@@ -50,3 +51,13 @@ def claim_of(body: dict) -> Claim | None:
         return None
     served = model.get("servedName") or uri.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
     return Claim((meta.get("namespace"), meta.get("name")), served, meta.get("creationTimestamp") or "")
+
+
+def claims_of(body: dict) -> list[Claim]:
+    """Every name an InferenceService body claims: its model's served name first, then its adapters' names."""
+    base = claim_of(body)
+    if base is None:
+        return []
+    adapters = (body.get("spec") or {}).get("adapters") or []
+    names = [a.get("name") for a in adapters if isinstance(a, dict) and isinstance(a.get("name"), str)]
+    return [base, *(Claim(base.key, n, base.created) for n in dict.fromkeys(names) if n != base.served_name)]

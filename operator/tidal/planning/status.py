@@ -26,6 +26,7 @@ class Observation:
     cache: CachePlan | None = None  # the node cache on, for a cached model: pool nodes holding it
     prefetch: tuple[str, str, str] | None = None  # the Prefetched condition, when the spec asks for prefetch
     min_replicas: int = 0  # spec.scaling.minReplicas: a quota that keeps the service below it is a failure
+    adapter_owners: tuple[tuple[str, tuple[str, str]], ...] = ()  # (adapter, the service that wins its name)
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -131,6 +132,12 @@ def routable_condition(obs: Observation) -> tuple[str, str, str]:
                 f"the served name {obs.served_name!r} is also claimed by {ns}/{name}, which claimed it first: "
                 f"requests for model {obs.served_name!r} go there. Give this service another spec.model.servedName; "
                 "its path and Host routes still reach it")
+    if obs.adapter_owners:
+        lost = "; ".join(f"adapter {a!r} is also claimed by {ns}/{name}, which claimed it first" for a, (ns, name)
+                         in obs.adapter_owners)
+        return ("False", "AdapterNameConflict",
+                f"{lost}: requests for it go there. Rename the adapter in spec.adapters; requests for model "
+                f"{obs.served_name!r} and its other adapters reach this service")
     return "True", "ServedNameClaimed", f"requests for model {obs.served_name!r} reach this service"
 
 

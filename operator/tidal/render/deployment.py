@@ -8,6 +8,7 @@ from ..api.v1alpha1 import InferenceServiceSpec
 from ..engines import engine
 from ..engines.base import EngineAdapter, ModelLocation, Probe
 from ..engines.gpus import Gpu
+from .adapters import adapter_files
 from .labels import CAPACITY_ANNOTATION, common_labels, owner_reference, selector_labels, stamp_hash
 from .model_fetch import HOLD_IN_USE, model_volume
 from .settings import GPU_PRODUCT_LABEL, GPU_RESOURCE, RenderSettings
@@ -83,6 +84,7 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
     adapter = engine(spec.engine.type)
     pod_security, container_security = security_contexts(settings)
     models = model_volume(spec.model, settings, container_security)
+    adapters = adapter_files(spec, settings, container_security)
     location = ModelLocation(models.model_path, spec.model.served_name, spec.resources.gpus,
                              spec.engine.drainSeconds)
     resources = {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
@@ -92,6 +94,8 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         resources["limits"][GPU_RESOURCE] = str(spec.resources.gpus)
     image = f"{spec.engine.image or adapter.image}:{spec.engine.tag or adapter.tag}"
     argv = adapter.command(location) + list(spec.engine.args)
+    if adapters.paths:
+        argv += adapter.adapter_args(adapters.paths, spec.lora.maxRank, spec.lora.maxAdaptersPerBatch)
     container = {
         "name": "engine",
         "image": image,
@@ -101,7 +105,7 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in adapter.ports],
         "env": _env(spec, adapter) + list(models.env),
         "resources": resources,
-        "volumeMounts": [models.mount, *models.more_mounts, {"name": "dshm", "mountPath": "/dev/shm"},
+        "volumeMounts": [models.mount, *models.more_mounts, *adapters.mounts, {"name": "dshm", "mountPath": "/dev/shm"},
                          {"name": "tmp", "mountPath": "/tmp"}],
         "startupProbe": _probe(adapter.startup_probe, PROBE_PERIOD_S,
                                math.ceil(settings.startup_budget_seconds / PROBE_PERIOD_S)),
@@ -111,7 +115,7 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         "lifecycle": {"preStop": {"sleep": {"seconds": settings.prestop_sleep_seconds}}},
         "securityContext": container_security,
     }
-    volumes = models.volumes + [
+    volumes = models.volumes + adapters.volumes + [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.sharedMemory}},
         {"name": "tmp", "emptyDir": {}},
     ]
@@ -126,8 +130,8 @@ def render_deployment(name: str, namespace: str, uid: str, spec: InferenceServic
         "terminationGracePeriodSeconds": settings.prestop_sleep_seconds + spec.engine.drainSeconds,
         **pod_placement(spec, settings),
     }
-    if models.init_containers:
-        pod_spec["initContainers"] = models.init_containers
+    if models.init_containers or adapters.init_containers:
+        pod_spec["initContainers"] = models.init_containers + adapters.init_containers
     if models.node_label:
         pod_spec["affinity"] = prefer_nodes_with(models.node_label, pod_spec.get("affinity"))
     deployment = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.v1alpha1 import Model
+from ..api.v1alpha1 import Adapter, Model
 from ..modelcache.layout import ENGINE_CACHE, FETCH_CONTAINER, cache_key, in_use_path, node_label, weights_path
 from .settings import ModelCacheSettings, RenderSettings
 
@@ -72,35 +72,45 @@ def _s3_env(secret: str) -> list[dict]:
               for key in ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"))]
 
 
-def _gcs_key(secret: str) -> tuple[dict, dict, list[dict]]:
+def _gcs_key(secret: str, volume_name: str = "gcs-key") -> tuple[dict, dict, list[dict]]:
     """The Secret's credentials.json as a file (volume, mount, env): what Google's tools read."""
-    volume = {"name": "gcs-key", "secret": {"secretName": secret,
-                                            "items": [{"key": "credentials.json", "path": "credentials.json"}]}}
-    mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
+    volume = {"name": volume_name, "secret": {"secretName": secret,
+                                              "items": [{"key": "credentials.json", "path": "credentials.json"}]}}
+    mount = {"name": volume_name, "mountPath": GCS_KEY_DIR, "readOnly": True}
     env = [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_KEY_DIR}/credentials.json"},
            {"name": "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", "value": f"{GCS_KEY_DIR}/credentials.json"}]
     return volume, mount, env
 
 
-def cached_model_volume(model: Model, cache: ModelCacheSettings, container_security: dict) -> ModelVolume:
-    """Fetched once per node into the cache (see the module's docstring)."""
-    key = cache_key(model.uri, model.revision)
-    command = ["tidal", "fetch-model", "--uri", model.uri, "--cache-root", CACHE_DIR, "--budget", cache.budget]
-    if model.revision:
-        command += ["--revision", model.revision]
-    secret = model.credentials.secretName if model.credentials else None
-    volumes = [{"name": "model-cache", "hostPath": {"path": cache.root, "type": "DirectoryOrCreate"}}]
+def cache_fetcher(source: Model | Adapter, cache: ModelCacheSettings, container_security: dict,
+                  extra_args: tuple[str, ...] = (), key_volume: str = "gcs-key") -> tuple[dict, list[dict]]:
+    """The init container that puts `source` into the node's cache with `tidal fetch-model`, and the volumes it
+    needs besides the cache itself (a gs:// key)."""
+    command = ["tidal", "fetch-model", "--uri", source.uri, "--cache-root", CACHE_DIR, "--budget", cache.budget,
+               *extra_args]
+    if source.revision:
+        command += ["--revision", source.revision]
+    secret = source.credentials.secretName if source.credentials else None
+    volumes: list[dict] = []
     env, mounts = [{"name": "HOME", "value": "/tmp"}], [{"name": "tmp", "mountPath": "/tmp"}]
-    if model.scheme == "gs" and secret:
-        volume, mount, key_env = _gcs_key(secret)
-        volumes, mounts, env = volumes + [volume], mounts + [mount], env + key_env
+    if source.scheme == "gs" and secret:
+        volume, mount, key_env = _gcs_key(secret, key_volume)
+        volumes, mounts, env = [volume], mounts + [mount], env + key_env
     else:
-        env += _credentials_env(model.scheme, secret)
+        env += _credentials_env(source.scheme, secret)
     fetcher = _fetcher(cache.image, command, env, mounts, container_security)
     fetcher["volumeMounts"] = [{"name": "model-cache", "mountPath": CACHE_DIR}, *fetcher["volumeMounts"][1:]]
     fetcher["resources"] = {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}  # it streams
+    return fetcher, volumes
+
+
+def cached_model_volume(model: Model, cache: ModelCacheSettings, container_security: dict) -> ModelVolume:
+    """Fetched once per node into the cache (see the module's docstring)."""
+    key = cache_key(model.uri, model.revision)
+    fetcher, key_volumes = cache_fetcher(model, cache, container_security)
     return ModelVolume(
-        volumes=volumes,
+        volumes=[{"name": "model-cache", "hostPath": {"path": cache.root, "type": "DirectoryOrCreate"}},
+                 *key_volumes],
         init_containers=[fetcher],
         mount={"name": "model-cache", "mountPath": CACHE_DIR, "readOnly": True},
         model_path=weights_path(CACHE_DIR, key),
@@ -119,8 +129,36 @@ def cache_node_label(model: Model, settings: RenderSettings) -> str | None:
     return node_label(cache_key(model.uri, model.revision))
 
 
+def download(source: Model | Adapter, into: str, key_volume: str = "gcs-key") -> tuple[list[str], list[dict], list[dict],
+                                                                                     list[dict]]:
+    """The command that downloads an hf://, s3:// or gs:// source into `into` with its storage's own tool, and the
+    environment, volumes and mounts it needs: (command, env, volumes, mounts)."""
+    secret = source.credentials.secretName if source.credentials else None
+    scheme, path = source.scheme, source.path
+    env: list[dict] = [{"name": "HOME", "value": "/tmp"}]
+    volumes: list[dict] = []
+    mounts: list[dict] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if scheme == "hf":
+        command = ["hf", "download", path, "--local-dir", into]
+        if source.revision:
+            command += ["--revision", source.revision]
+        if secret:
+            env.append(_secret_env(secret, "HF_TOKEN"))
+    elif scheme == "s3":
+        command = ["aws", "s3", "sync", f"s3://{path}", into, "--only-show-errors"]
+        if secret:
+            env += _s3_env(secret)
+    elif scheme == "gs":
+        command = ["gcloud", "storage", "rsync", "--recursive", f"gs://{path}", into]
+        if secret:
+            volume, mount, key_env = _gcs_key(secret, key_volume)
+            volumes, mounts, env = [volume], mounts + [mount], env + key_env
+    else:  # the API's pattern and CEL rule make this unreachable for stored objects
+        raise ValueError(f"uri scheme {scheme!r} is not downloaded")
+    return command, env, volumes, mounts
+
+
 def model_volume(model: Model, settings: RenderSettings, container_security: dict) -> ModelVolume:
-    secret = model.credentials.secretName if model.credentials else None
     scheme, path = model.scheme, model.path
     if settings.model_cache is not None and scheme in CACHED_SCHEMES:
         return cached_model_volume(model, settings.model_cache, container_security)
@@ -132,28 +170,9 @@ def model_volume(model: Model, settings: RenderSettings, container_security: dic
             mount={"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
             model_path=f"{MODELS_DIR}/{sub}" if sub else MODELS_DIR,
         )
-    volumes = [{"name": "models", "emptyDir": {}}]
-    env: list[dict] = [{"name": "HOME", "value": "/tmp"}]
-    mounts: list[dict] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if scheme == "hf":
-        command = ["hf", "download", path, "--local-dir", DOWNLOAD_DIR]
-        if model.revision:
-            command += ["--revision", model.revision]
-        if secret:
-            env.append(_secret_env(secret, "HF_TOKEN"))
-    elif scheme == "s3":
-        command = ["aws", "s3", "sync", f"s3://{path}", DOWNLOAD_DIR, "--only-show-errors"]
-        if secret:
-            env += _s3_env(secret)
-    elif scheme == "gs":
-        command = ["gcloud", "storage", "rsync", "--recursive", f"gs://{path}", DOWNLOAD_DIR]
-        if secret:
-            volume, mount, key_env = _gcs_key(secret)
-            volumes, mounts, env = volumes + [volume], mounts + [mount], env + key_env
-    else:  # the API's pattern and CEL rule make this unreachable for stored objects
-        raise ValueError(f"model.uri scheme {scheme!r} is not supported")
+    command, env, volumes, mounts = download(model, DOWNLOAD_DIR)
     return ModelVolume(
-        volumes=volumes,
+        volumes=[{"name": "models", "emptyDir": {}}, *volumes],
         init_containers=[_fetcher(settings.fetch_images[scheme], command, env, mounts, container_security)],
         mount={"name": "models", "mountPath": MODELS_DIR},
         model_path=DOWNLOAD_DIR,
