@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -148,3 +149,32 @@ def test_an_adapter_named_like_an_older_services_model_stays_with_the_older_one(
                                                              adapter_owners=(("qwen", ("ml", "qwen")),)))
     assert (status, reason) == ("False", "AdapterNameConflict")
     assert "adapter 'qwen' is also claimed by ml/qwen" in message and "Rename the adapter" in message
+
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+
+
+def test_adapter_traffic_is_dealt_by_share_and_a_conversation_stays_with_one_adapter():
+    from tidal.simulate.trace import load_trace
+    from tidal.simulate.workloads import by_adapter
+    trace = load_trace(TRACES / "mooncake-synthetic.jsonl")
+    split = by_adapter(trace, [50, 30, 20], seed=1)
+    assert sum(len(t) for t in split) == len(trace)
+    conversations = [{r.blocks[0] for r in t if r.blocks} for t in split]
+    assert not (conversations[0] & conversations[1]) and not (conversations[1] & conversations[2])
+    first, _, last = (len(c) for c in conversations)
+    assert first > last  # 50 % of the conversations against 20 %
+
+
+def test_simulate_compares_one_service_per_adapter_with_adapters_on_a_shared_base(tmp_path):
+    import json
+
+    import sys
+    out = tmp_path / "sim"
+    subprocess.run([sys.executable, "-m", "tidal.cli", "simulate", "--trace", str(TRACES / "azure-llm-2023-code.csv"),
+                    "--policy", "tidal", "--adapters", "8", "--out", str(out)], check=True, capture_output=True)
+    rows = {r["deployment"]: r for r in json.loads((out / "adapters.json").read_text())["results"]}
+    alone, shared = rows["one service per adapter"], rows["adapters on a shared base"]
+    assert (alone["services"], shared["services"]) == (8, 1)
+    # Eight adapters each warm on a GPU of their own cost more than one base warm for all of them.
+    assert shared["gpu_hours"] < alone["gpu_hours"] and shared["lost"] == alone["lost"] == 0

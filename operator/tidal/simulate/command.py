@@ -92,6 +92,11 @@ def add_simulate(sub) -> None:
     sim.add_argument("--kv-cache-tokens", type=int, default=LatencyModel().kv_cache_tokens,
                      help="with --routing: the tokens each replica's KV cache holds (its prefix cache reuses what "
                           "is there); default: the latency model's 48 x 4,096")
+    sim.add_argument("--adapters", type=int, default=0, metavar="N",
+                     help="the trace as traffic to N LoRA adapters of one base (equal shares): GPU-hours of one "
+                          "service per adapter vs the adapters on a shared base (adapters.json/.md)")
+    sim.add_argument("--adapter-shares", metavar="50,30,20",
+                     help="as --adapters, with each adapter's share of the requests")
     sim.add_argument("--workload", choices=["trace", "bursts", "varied", "demo"], default="trace",
                      help="trace: as recorded; bursts: four 2-minute surges of 20 req/s, each after 15 idle "
                           "minutes; varied: ten surges of random length and rate after random quiets (20 s to "
@@ -146,6 +151,16 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     if args.fleet:
         return _simulate_fleet(args, requests, names, latency, started)
+    if args.adapters or args.adapter_shares:
+        from .adapters import shares_of, simulate_adapters
+        try:
+            if len(shares_of(args)) < 1 or min(shares_of(args)) <= 0:
+                raise ValueError
+        except ValueError:
+            print(f"error: --adapters {args.adapters} / --adapter-shares {args.adapter_shares!r}: give a number of "
+                  "adapters (1 or more) or their shares as positive numbers (50,30,20)", file=sys.stderr)
+            return 2
+        return simulate_adapters(args, requests, names, *_config(args, latency), started)
     cfg, scaling = _config(args, latency)
     results = []
     for routing in routings:

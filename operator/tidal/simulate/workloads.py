@@ -4,6 +4,8 @@ scaled), and the requests `make demo` sends. Deterministic for a seed."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from dataclasses import replace
 
@@ -97,3 +99,18 @@ def demo_replay(trace: list[Request], quiet_s: float = 300.0) -> list[Request]:
     warmup = burst[:DEMO_WARMUP_REQUESTS]
     restart = warmup[-1].arrival + quiet_s
     return warmup + [replace(r, arrival=r.arrival + restart) for r in burst]
+
+
+def by_adapter(trace: list[Request], shares: list[float], seed: int = 0) -> list[list[Request]]:
+    """The trace's requests dealt to LoRA adapters by share (50,30,20: half to the first): one trace per adapter. The
+    turns of one conversation (requests whose first prompt block is the same, in Mooncake's traces) go to one
+    adapter, as a chat stays with its fine-tune."""
+    total = sum(shares)
+    if not shares or total <= 0 or any(s < 0 for s in shares):
+        raise ValueError(f"adapter shares must be positive numbers, not {shares}")
+    edges = list(itertools.accumulate(s / total for s in shares))
+    out: list[list[Request]] = [[] for _ in shares]
+    for n, r in enumerate(trace):
+        draw = random.Random(f"{seed}:{r.blocks[0] if r.blocks else n}").random()
+        out[min(bisect.bisect_right(edges, draw), len(shares) - 1)].append(r)
+    return out
