@@ -178,3 +178,17 @@ def test_simulate_compares_one_service_per_adapter_with_adapters_on_a_shared_bas
     assert (alone["services"], shared["services"]) == (8, 1)
     # Eight adapters each warm on a GPU of their own cost more than one base warm for all of them.
     assert shared["gpu_hours"] < alone["gpu_hours"] and shared["lost"] == alone["lost"] == 0
+
+
+def test_an_adapter_that_cannot_be_fetched_is_named_in_the_condition():
+    from tidal.planning.status import fetch_failure
+    pod = {"status": {"initContainerStatuses": [
+        {"name": "fetch-model", "state": {"terminated": {"exitCode": 0}}},
+        {"name": "fetch-adapter-1", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {
+            "exitCode": 1, "message": "ModelFetchFailed: s3://adapters/poet: no object under adapters/poet"}}}]}}
+    assert fetch_failure([pod]) == ("AdapterFetchFailed",
+                                    "the fetch of spec.adapters[1]: s3://adapters/poet: no object under adapters/poet")
+    aws = {"status": {"initContainerStatuses": [{"name": "fetch-adapter-0", "state": {"terminated": {
+        "exitCode": 1, "message": "fatal error: An error occurred (AccessDenied) when calling the ListObjectsV2"}}}]}}
+    reason, message = fetch_failure([aws])
+    assert reason == "AdapterFetchFailed" and message.startswith("the fetch of spec.adapters[0]: fatal error: ")

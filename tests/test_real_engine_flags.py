@@ -40,10 +40,14 @@ def example_specs(engine_type: str) -> list[dict]:
 
 
 def option_specs(engine_type: str, uri: str) -> list[dict]:
-    """Each option that changes the rendered command: GPUs (tensor parallelism), drain time, model source."""
+    """Each option that changes the rendered command: GPUs (tensor parallelism), drain time, model source; and LoRA
+    adapters (one, or two from two sources, with a rank the engine may have to round up)."""
+    adapters = [{"name": "sql", "uri": "s3://adapters/sql"}, {"name": "poet", "uri": "pvc://claims/poet"}]
     return [{"engine": {"type": engine_type, "drainSeconds": drain}, "model": {"uri": u, "servedName": "served"},
              "resources": {"gpus": gpus}}
-            for gpus, drain, u in product([0, 1, 2, 8], [5, 30, 600], [uri, "pvc://weights/models/m"])]
+            for gpus, drain, u in product([0, 1, 2, 8], [5, 30, 600], [uri, "pvc://weights/models/m"])] + [
+        {"engine": {"type": engine_type}, "model": {"uri": uri}, "adapters": adapters[:n], "lora": lora}
+        for n, lora in ((1, {}), (2, {"maxRank": 24, "maxAdaptersPerBatch": 3}))]
 
 
 def vllm_verdicts(argvs: list[list[str]]) -> list[dict]:

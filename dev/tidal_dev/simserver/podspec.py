@@ -24,6 +24,7 @@ class EngineSpec:
     port: int
     metrics_port: int | None
     latency: LatencyModel
+    adapters: tuple[str, ...] = ()  # LoRA adapters served by name on the model (vLLM --lora-modules name=path)
 
 
 def flag(argv: list[str], name: str) -> list[str]:
@@ -35,6 +36,18 @@ def flag(argv: list[str], name: str) -> list[str]:
         elif arg.startswith(name + "="):
             values.append(arg.split("=", 1)[1])
     return values
+
+
+def listed(argv: list[str], name: str) -> list[str]:
+    """The values of a flag that takes several (`--lora-modules a=/x b=/y`): up to the next flag."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == name:
+            for value in argv[i + 1:]:
+                if value.startswith("--"):
+                    break
+                out.append(value)
+    return out
 
 
 def pod_latency(annotations: dict, gpu_product: str | None) -> LatencyModel:

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .engine import Engine
 from tidal.simulate.latency import LatencyModel, prompt_tokens
-from .podspec import EngineSpec, flag
+from .podspec import EngineSpec, flag, listed
 from .registry import SimulatedEngine, register
 from .scheduler import Draining
 
@@ -44,9 +44,11 @@ class _LiveGauges:
 
 
 class VllmServer:
-    def __init__(self, model: str, served_name: str | None = None, latency: LatencyModel | None = None):
+    def __init__(self, model: str, served_name: str | None = None, latency: LatencyModel | None = None,
+                 adapters: tuple[str, ...] = ()):
         self.model = model
         self.served_name = served_name or model
+        self.adapters = adapters  # LoRA adapters' names: answered like the model, named in the answer
         self.engine = Engine(latency or LatencyModel())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_LiveGauges(self))
@@ -86,7 +88,8 @@ class VllmServer:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
             "id": self.served_name, "object": "model", "created": 0, "owned_by": "vllm", "root": self.model,
-            "max_model_len": 8192}]})
+            "max_model_len": 8192}] + [{"id": name, "object": "model", "created": 0, "owned_by": "vllm",
+                                        "root": name, "parent": self.served_name} for name in self.adapters]})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
@@ -104,7 +107,8 @@ class VllmServer:
             return _error(400, "request body is not valid JSON", "BadRequestError")
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object", "BadRequestError")
-        if body.get("model", self.served_name) != self.served_name:
+        asked = body.get("model", self.served_name)
+        if asked != self.served_name and asked not in self.adapters:
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         source = body.get("messages") if chat else body.get("prompt")
         if source is None:
@@ -118,7 +122,7 @@ class VllmServer:
             if body.get("stream"):
                 options = body.get("stream_options")
                 usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                return await self._stream(request, rid, chat, n_in, n_out, usage)
+                return await self._stream(request, rid, chat, n_in, n_out, usage, asked)
             timings = await self.engine.run(n_in, n_out)
         except Draining:
             return _error(503, "server is shutting down", "ServiceUnavailableError")
@@ -128,10 +132,10 @@ class VllmServer:
                   if chat else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None})
         return web.json_response({
             "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": self.served_name, "choices": [choice],
+            "model": asked, "choices": [choice],
             "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
 
-    async def _stream(self, request, rid, chat, n_in, n_out, include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, request, rid, chat, n_in, n_out, include_usage: bool, asked: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
@@ -143,7 +147,7 @@ class VllmServer:
             if not response.prepared:
                 await response.prepare(request)
             delta = {"delta": {"content": _text(n)}} if chat else {"text": _text(n)}
-            await send({"id": rid, "object": obj, "created": created, "model": self.served_name,
+            await send({"id": rid, "object": obj, "created": created, "model": asked,
                         "choices": [{"index": 0, **delta, "finish_reason": None}]})
 
         try:
@@ -151,10 +155,10 @@ class VllmServer:
         except ConnectionResetError:  # the client went away mid-stream; its slot is already freed
             return response
         final = {"delta": {}} if chat else {"text": ""}
-        await send({"id": rid, "object": obj, "created": created, "model": self.served_name,
+        await send({"id": rid, "object": obj, "created": created, "model": asked,
                     "choices": [{"index": 0, **final, "finish_reason": "length"}]})
         if include_usage:  # as vLLM does: one more event, with no choices, only when asked for
-            await send({"id": rid, "object": obj, "created": created, "model": self.served_name, "choices": [],
+            await send({"id": rid, "object": obj, "created": created, "model": asked, "choices": [],
                         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -191,11 +195,12 @@ def parse(argv: list[str], words: list[str], latency: LatencyModel) -> EngineSpe
     model = rest[0] if rest and not rest[0].startswith("-") else (flag(argv, "--model") or ["model"])[0]
     served = (flag(argv, "--served-model-name") or [model])[0]
     port = int((flag(argv, "--port") or ["8000"])[0])
-    return EngineSpec("vllm", (model,), served, port, None, latency)
+    adapters = tuple(item.split("=", 1)[0] for item in listed(argv, "--lora-modules"))
+    return EngineSpec("vllm", (model,), served, port, None, latency, adapters)
 
 
 def serve(spec: EngineSpec) -> tuple[VllmServer, list[tuple[web.Application, int]]]:
-    server = VllmServer(spec.models[0], spec.served_name, spec.latency)
+    server = VllmServer(spec.models[0], spec.served_name, spec.latency, spec.adapters)
     return server, [(server.app(), spec.port)]
 
 

@@ -21,7 +21,7 @@ from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
 from ..planning.cache_nodes import (CachePlan, fetched_on, plan_cache_nodes, pool_nodes_holding,
                                     prefetch_condition)
-from ..planning.checks import (ClusterFacts, Problem, find_problems, referenced_claim, referenced_secrets,
+from ..planning.checks import (ClusterFacts, Problem, find_problems, referenced_claims, referenced_secrets,
                                replica_gpu)
 from ..planning.conditions import get_condition
 from ..planning.served_names import Claim, conflict
@@ -133,8 +133,8 @@ class Reconciler:
     async def _facts(self, ns: str, spec: InferenceServiceSpec) -> ClusterFacts:
         missing_secrets = tuple(sorted([s for s in referenced_secrets(spec)
                                         if not await self.kube.exists("Secret", ns, s)]))
-        claim = referenced_claim(spec)
-        missing_claims = (claim,) if claim and not await self.kube.exists("PersistentVolumeClaim", ns, claim) else ()
+        missing_claims = tuple([c for c in referenced_claims(spec)
+                                if not await self.kube.exists("PersistentVolumeClaim", ns, c)])
         return ClusterFacts(list(self.store.nodes.values()), missing_secrets, missing_claims)
 
     async def _apply(self, body: dict, spec: InferenceServiceSpec, current: dict | None) -> dict:

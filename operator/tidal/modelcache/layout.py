@@ -18,6 +18,7 @@ import re
 ENTRIES, PARTIAL, LOCKS, ENGINE_CACHE = "entries", "partial", "locks", "engine-cache"
 MANIFEST, IN_USE, WEIGHTS, USED_WITH = "entry.json", "in-use", "model", "used-with"
 FETCH_CONTAINER = "fetch-model"  # the init container that runs `tidal fetch-model` (the operator reads its end)
+ADAPTER_FETCH_PREFIX = "fetch-adapter-"  # an adapter's init container: this and its index in spec.adapters
 
 
 def cache_key(uri: str, revision: str | None = None) -> str:

@@ -62,20 +62,28 @@ def find_problems(spec: InferenceServiceSpec, facts: ClusterFacts, pool_label: s
         problems.append(Problem("SecretNotFound", f"Secret {secret!r} (referenced by the spec) does not exist in "
                                                   "this namespace; create it or fix the reference"))
     for claim in facts.missing_claims:
-        problems.append(Problem("ClaimNotFound", f"spec.model.uri: PersistentVolumeClaim {claim!r} does not "
+        field = "spec.model.uri" if claim == referenced_claim(spec) else "spec.adapters[].uri"
+        problems.append(Problem("ClaimNotFound", f"{field}: PersistentVolumeClaim {claim!r} does not "
                                                  "exist in this namespace"))
     return problems
 
 
 def referenced_secrets(spec: InferenceServiceSpec) -> set[str]:
     names = {e.valueFromSecret.name for e in spec.engine.env if e.valueFromSecret}
-    if spec.model.credentials:
-        names.add(spec.model.credentials.secretName)
+    for source in (spec.model, *spec.adapters):
+        if source.credentials:
+            names.add(source.credentials.secretName)
     return names
 
 
 def referenced_claim(spec: InferenceServiceSpec) -> str | None:
     return spec.model.path.split("/", 1)[0] if spec.model.scheme == "pvc" else None
+
+
+def referenced_claims(spec: InferenceServiceSpec) -> list[str]:
+    """The PersistentVolumeClaims the model and its adapters are read from."""
+    claims = [s.path.split("/", 1)[0] for s in (spec.model, *spec.adapters) if s.scheme == "pvc"]
+    return list(dict.fromkeys(claims))
 
 
 def replica_gpu(spec: InferenceServiceSpec, nodes: list[dict], pool_label: str) -> Gpu | None:

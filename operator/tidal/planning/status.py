@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..engines.base import Batch
-from ..modelcache.layout import FETCH_CONTAINER
+from ..modelcache.layout import ADAPTER_FETCH_PREFIX, FETCH_CONTAINER
 from .cache_nodes import CachePlan
 from .checks import Problem
 from .conditions import set_condition
@@ -71,16 +71,23 @@ def fetch_failure(pods: list[dict]) -> tuple[str, str] | None:
     lastState while the next attempt waits (CrashLoopBackOff)."""
     for pod in pods:
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") != FETCH_CONTAINER:
+            name = status.get("name") or ""
+            if name != FETCH_CONTAINER and not name.startswith(ADAPTER_FETCH_PREFIX):
                 continue
+            what = "the model fetch" if name == FETCH_CONTAINER else \
+                f"the fetch of spec.adapters[{name.removeprefix(ADAPTER_FETCH_PREFIX)}]"
             for state in (status.get("state") or {}, status.get("lastState") or {}):
                 ended = state.get("terminated")
                 if ended and ended.get("exitCode", 0) != 0:
                     message = (ended.get("message") or "").strip() or \
-                        f"the model fetch exited with code {ended.get('exitCode')} ({ended.get('reason', '')})"
-                    reason = message.split(":", 1)[0]
-                    return (reason, message.split(":", 1)[1].strip()) if reason in FETCH_REASONS \
-                        else ("ModelFetchFailed", message)
+                        f"{what} exited with code {ended.get('exitCode')} ({ended.get('reason', '')})"
+                    reason, _, rest = message.partition(":")
+                    if reason not in FETCH_REASONS:
+                        reason, rest = "ModelFetchFailed", message
+                    if name != FETCH_CONTAINER:  # an adapter's: say which
+                        reason = "AdapterFetchFailed" if reason == "ModelFetchFailed" else reason
+                        rest = rest if rest.lstrip().startswith(what) else f"{what}: {rest.strip()}"
+                    return reason, rest.strip()
     return None
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.v1alpha1 import InferenceServiceSpec
-from ..modelcache.layout import cache_key, weights_path
+from ..modelcache.layout import ADAPTER_FETCH_PREFIX, cache_key, weights_path
 from .model_fetch import CACHE_DIR, CACHED_SCHEMES, _fetcher, cache_fetcher, download
 from .settings import RenderSettings
 
 ADAPTERS_DIR = "/adapters"
 CLAIMS_DIR = "/adapter-claims"
-FETCH_PREFIX = "fetch-adapter-"
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def adapter_files(spec: InferenceServiceSpec, settings: RenderSettings, containe
     paths: list[tuple[str, str]] = []
     downloads = False
     for n, adapter in enumerate(spec.adapters):
-        name = f"{FETCH_PREFIX}{n}"
+        name = f"{ADAPTER_FETCH_PREFIX}{n}"
         if adapter.scheme == "pvc":
             claim, _, sub = adapter.path.partition("/")
             volumes.append({"name": f"adapter-claim-{n}",

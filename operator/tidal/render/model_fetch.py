@@ -54,6 +54,9 @@ def _fetcher(image: str, command: list[str], env: list[dict], mounts: list[dict]
     return {"name": FETCH_CONTAINER, "image": image, "command": command, "env": env,
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}] + mounts,
             "securityContext": security,
+            # A download tool that fails (aws, hf, gcloud) writes no termination message: its last log lines are
+            # the message the operator reads (planning/status.py, fetch_failure) and puts in the condition.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}}
 
 
