@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.cluster.test_autoscaler import apply, replicas, service
-from tests.cluster.test_operator import condition, events, wait_condition
+from tests.cluster.test_operator import condition, events, get, wait_condition
 from tests.cluster.test_smoke import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lora]
@@ -55,6 +55,11 @@ def test_an_adapter_of_a_base_at_zero_wakes_it_and_answers_by_its_own_name(opera
     chat = client.chat.completions.create(model=adapters[0], messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=3)
     assert chat.model == adapters[0]
+    # Status lists each ready replica with the adapters its engine has loaded.
+    def listed_in_status():
+        status = get(kubectl, namespace, "tis", "base").get("status") or {}
+        return [r for r in status.get("replicaAdapters") or [] if sorted(r["adapters"]) == sorted(adapters)]
+    wait_for(listed_in_status, timeout=30, what="status.replicaAdapters naming both adapters")
 
 
 def test_an_adapter_named_like_another_services_model_stays_with_it_and_the_newcomer_says_so(

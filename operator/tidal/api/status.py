@@ -38,6 +38,11 @@ class BatchStatus(_Model):
                                     "the pool's GPU (a conservative value when the GPU cannot be told).")
 
 
+class ReplicaAdapters(_Model):
+    pod: str = Field(description="The replica's pod.")
+    adapters: list[str] = Field(description="The LoRA adapters its engine lists as loaded (GET /v1/models).")
+
+
 class InferenceServiceStatus(_Model):
     observedGeneration: int = Field(0, description="The spec generation the operator last acted on.")
     conditions: list[Condition] = Field(default_factory=list, description="Current state, by type.")
@@ -66,3 +71,5 @@ class InferenceServiceStatus(_Model):
                                                       "starting there loads without a download, and new "
                                                       "replicas prefer them.")
     lastDecision: ScalingDecision | None = Field(None, description="The autoscaler's last change and why.")
+    replicaAdapters: list[ReplicaAdapters] | None = Field(None, description="With spec.adapters: each ready "
+                                                          "replica and the adapters its engine has loaded.")

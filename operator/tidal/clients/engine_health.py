@@ -12,16 +12,23 @@ import aiohttp
 TIMEOUT_S = 3.0
 
 
-async def openai_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
+async def openai_models(host: str, port: int) -> tuple[list[str] | None, str]:
+    """The ids `GET /v1/models` lists (the served model, and each LoRA adapter loaded on it), or None and why."""
     url = f"http://{host}:{port}/v1/models"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
             async with http.get(url) as resp:
                 if resp.status != 200:
-                    return False, f"GET {url} answered {resp.status}"
-                ids = [m.get("id") for m in (await resp.json()).get("data", [])]
-    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-        return False, f"GET {url} failed: {err or type(err).__name__}"
+                    return None, f"GET {url} answered {resp.status}"
+                return [m.get("id") for m in (await resp.json()).get("data", [])], ""
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as err:
+        return None, f"GET {url} failed: {err or type(err).__name__}"
+
+
+async def openai_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
+    ids, why = await openai_models(host, port)
+    if ids is None:
+        return False, why
     if served_name in ids:
         return True, ""
     return False, f"the engine at {host}:{port} serves {ids}, not {served_name!r}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
-from ..clients.engine_health import model_ready
+from ..clients.engine_health import model_ready, openai_models
 from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
 from ..planning.cache_nodes import (CachePlan, fetched_on, plan_cache_nodes, pool_nodes_holding,
@@ -38,6 +38,7 @@ log = logging.getLogger("tidal.reconcile")
 # Not-ready reasons that are normal progress, announced as Normal events rather than Warnings.
 PROGRESS_REASONS = {"Creating", "ModelLoading", "Prefetching"}
 ENGINE_FAILURE_THRESHOLD = 3
+MAX_LISTED = 16  # replicas whose loaded adapters status lists (each one GET per reconcile)
 
 
 def utcnow() -> str:
@@ -103,6 +104,7 @@ class Reconciler:
         cache, prefetch = await self._node_cache(ns, name, spec, pods) if spec is not None and not problems \
             else (None, None)
         ready, why = await self._engine_check(spec, deployment, pods)
+        loaded = await self._loaded_adapters(spec, pods) if not problems else None
         # Like a probe's failureThreshold: one slow answer on a busy node is not an outage.
         failures = self._engine_failures[(ns, name)] = (self._engine_failures.get((ns, name), 0) + 1
                                                          if ready is False else 0)
@@ -121,7 +123,7 @@ class Reconciler:
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
                           spec.model.served_name if spec is not None else None, owner, batch, cache, prefetch,
-                          spec.scaling.minReplicas if spec is not None else 0, tuple(adapter_owners))
+                          spec.scaling.minReplicas if spec is not None else 0, tuple(adapter_owners), loaded)
         now = utcnow()
         before, after = await update_status(self.kube, self.store, body, lambda cur: plan_status(cur, obs, now))
         if after != before:
@@ -224,6 +226,21 @@ class Reconciler:
             if result[0]:
                 return result
         return result
+
+    async def _loaded_adapters(self, spec, pods) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        """(pod, the adapters its engine lists) for each ready replica (up to MAX_LISTED), for status; None when the
+        service has no adapters. An engine that does not answer is left out, not listed empty."""
+        if spec is None or not spec.adapters or engine(spec.engine.type).model_check != "openai":
+            return None
+        port, out = engine(spec.engine.type).api_port, []
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"])[:MAX_LISTED]:
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip and any(c.get("type") == "Ready" and c.get("status") == "True"
+                          for c in (pod.get("status") or {}).get("conditions") or []):
+                ids, _ = await openai_models(ip, port)
+                if ids is not None:
+                    out.append((pod["metadata"]["name"], tuple(sorted(i for i in ids if i != spec.model.served_name))))
+        return tuple(out)
 
     async def _announce(self, body: dict, before: dict, after: dict) -> None:
         """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""

@@ -27,6 +27,7 @@ class Observation:
     prefetch: tuple[str, str, str] | None = None  # the Prefetched condition, when the spec asks for prefetch
     min_replicas: int = 0  # spec.scaling.minReplicas: a quota that keeps the service below it is a failure
     adapter_owners: tuple[tuple[str, tuple[str, str]], ...] = ()  # (adapter, the service that wins its name)
+    loaded_adapters: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # (pod, adapters its engine lists)
 
 
 def pod_unschedulable(pod: dict) -> str | None:
@@ -177,6 +178,10 @@ def plan_status(current: dict, obs: Observation, now: str) -> dict:
         out["desiredReplicas"] = (obs.deployment.get("spec") or {}).get("replicas", 0)
     if obs.url:
         out["url"] = obs.url
+    if obs.loaded_adapters is not None:
+        out["replicaAdapters"] = [{"pod": pod, "adapters": list(names)} for pod, names in obs.loaded_adapters]
+    elif not obs.problems:
+        out.pop("replicaAdapters", None)
     if obs.cache is not None:
         out["cachedNodes"], out["poolNodes"] = obs.cache.cached, obs.cache.pool
     elif not obs.problems:
