@@ -105,7 +105,19 @@ class ModelCache(_Model):
                                               "the operator's model cache on and an s3://, hf:// or gs:// model.")
 
 
-class Model(_Model):
+class _Fetched(_Model):
+    """What is fetched from a uri (the model, an adapter): its scheme and the path after it."""
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.uri.split("://", 1)[1].rstrip("/")
+
+
+class Model(_Fetched):
     uri: str = Field(description="Where the weights are: `hf://org/name` (Hugging Face), "
                                  "`s3://bucket/path`, `gs://bucket/path`, or `pvc://claim/path` "
                                  "(mounted read-only instead of downloaded).",
@@ -120,14 +132,6 @@ class Model(_Model):
                                                               "model; referenced, never copied.")
     cache: ModelCache | None = Field(None, description="How the node-local model cache treats this model "
                                                        "(docs/model-cache.md).")
-
-    @property
-    def scheme(self) -> str:
-        return self.uri.split("://", 1)[0]
-
-    @property
-    def path(self) -> str:
-        return self.uri.split("://", 1)[1].rstrip("/")
 
     @property
     def served_name(self) -> str:
@@ -235,7 +239,7 @@ SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"
 DEFAULT_MAX_RANK = 16
 
 
-class Adapter(_Model):
+class Adapter(_Fetched):
     name: str = Field(description="Name clients use for the adapter (the OpenAI `model` field); unique among the "
                                   "service's adapters and unlike its model's servedName.",
                       max_length=256, pattern=SERVED_NAME)
@@ -249,14 +253,6 @@ class Adapter(_Model):
     rank: int | None = Field(None, ge=1, le=512, description="The adapter's LoRA rank (`r` in its "
                                                              "adapter_config.json), checked against lora.maxRank "
                                                              "when the object is applied.")
-
-    @property
-    def scheme(self) -> str:
-        return self.uri.split("://", 1)[0]
-
-    @property
-    def path(self) -> str:
-        return self.uri.split("://", 1)[1].rstrip("/")
 
 
 class Lora(_Model):
