@@ -47,7 +47,7 @@ def option_specs(engine_type: str, uri: str) -> list[dict]:
              "resources": {"gpus": gpus}}
             for gpus, drain, u in product([0, 1, 2, 8], [5, 30, 600], [uri, "pvc://weights/models/m"])] + [
         {"engine": {"type": engine_type}, "model": {"uri": uri}, "adapters": adapters[:n], "lora": lora}
-        for n, lora in ((1, {}), (2, {"maxRank": 24, "maxAdaptersPerBatch": 3}))]
+        for n, lora in ((1, {}), (2, {"maxRank": 24, "maxAdaptersPerBatch": 3})) if engine(engine_type).serves_adapters]
 
 
 def vllm_verdicts(argvs: list[list[str]]) -> list[dict]:
