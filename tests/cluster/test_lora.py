@@ -25,7 +25,7 @@ def with_adapters(name: str, adapters: list[str], **spec) -> dict:
 
 @pytest.mark.parametrize("patch,words", [
     ({"adapters": [{"name": "a", "uri": "s3://x/a"}, {"name": "a", "uri": "s3://x/b"}]},
-     "spec.adapters: Invalid value: \"array\": adapters: each name may appear only once"),
+     "spec.adapters: Invalid value: adapters: each name may appear only once"),
     ({"adapters": [{"name": "bad-lora", "uri": "s3://x/a"}]}, "an adapter may not take the model's own served name"),
     ({"adapters": [{"name": "a", "uri": "s3://x/a", "rank": 64}], "lora": {"maxRank": 32}},
      "adapters: an adapter's rank must not exceed lora.maxRank"),
