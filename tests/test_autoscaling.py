@@ -354,14 +354,29 @@ def test_short_requests_at_a_low_rate_wake_one_replica():
     assert [(d.replicas, d.reason) for d in decisions] == [(1, "ActivatorWake"), (1, "WaitingForFirstReplica")]
 
 
-def test_without_a_measured_request_time_the_wake_up_does_not_grow_on_the_backlog():
-    """The first wake-up of a service: no request time yet, so the held requests say nothing about how
-    fast they drain; the wake-up is sized for what is held when it is called, and waits for a replica."""
+def test_without_a_measured_request_time_the_wake_up_grows_only_into_room_no_service_at_zero_needs():
+    """The first wake-up of a service: no request time yet, so the held requests say nothing about how fast they
+    drain. It grows on them only into the pool's room beyond one seat for each other service at zero (they wake
+    into it); in a pool of unknown size (a service alone) it grows as the backlog asks."""
     obs = Observation(current=0, ready=0, waiting=0, running=0, pending=30, held_rate=3, cold_start_s=10)
-    # (30 + 3 x 10) / 12 = 5, and at most 4 from zero in one decision
-    assert [d.replicas for d in wake_until_steady(obs)] == [4, 4]
-    grown = decide(replace(obs, current=1, pending=600), ScalerState(), SMALL_BATCH, 10.0)
-    assert (grown.replicas, grown.reason) == (1, "WaitingForFirstReplica")
+    # (30 + 3 x 10) / 12 = 5: at most 4 from zero in one decision, then the fifth while they start
+    assert [d.replicas for d in wake_until_steady(obs)] == [4, 5, 5]
+    starting = replace(obs, current=1, pending=600)
+    alone = decide(starting, ScalerState(), SMALL_BATCH, 10.0)
+    assert (alone.replicas, alone.reason) == (5, "WakeForBacklog")  # four more at once (the step), toward 53
+    # A pool with room for 6 (this one's 1 and 5 free) and 3 other services at zero: 2 to spare.
+    shared = decide(replace(starting, pool_capacity=6, wake_reserve=3), ScalerState(), SMALL_BATCH, 10.0)
+    assert (shared.replicas, shared.reason) == (3, "WakeForBacklog")
+    # As many at zero as there are free GPUs: nothing to spare, it waits for its first replica.
+    full = decide(replace(starting, pool_capacity=6, wake_reserve=5), ScalerState(), SMALL_BATCH, 10.0)
+    assert (full.replicas, full.reason) == (1, "WaitingForFirstReplica")
+
+
+def test_the_room_to_spare_is_what_the_services_at_zero_do_not_need():
+    from tidal.autoscaling.limits import spare_beyond_reserve
+    assert spare_beyond_reserve(64, 40, 10) == 14
+    assert spare_beyond_reserve(64, 40, 30) == 0
+    assert spare_beyond_reserve(None, 3, 10) > 1000
 
 
 def test_a_wake_up_while_replicas_start_never_removes_them_and_respects_a_full_pool():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .limits import (adapted_idle_seconds, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
+from .limits import (adapted_idle_seconds, spare_beyond_reserve, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
                      idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap, replicas_to_drain,
                      stabilise_down, stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
@@ -34,6 +34,7 @@ class Observation:
     gateway_message: str = ""
     quota_refused: str | None = None  # the namespace's ResourceQuota refused a replica (the Deployment says why)
     metrics_outage: bool = False  # Prometheus gave no answer at all (down, or the service's own query failed)
+    wake_reserve: int = 0  # of the pool's room, replicas' worth other services at zero may need to wake
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,10 @@ def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> D
     sized = recommend(backlog, 0, policy.target_queue, policy.max_concurrency)
     if not obs.request_s and obs.current > 0:
         # ...but without a request time (the service never answered through this gateway) the backlog
-        # says nothing about how fast it drains: 600 held 4 s requests are one 48-slot replica's minute.
-        # Growing on it anyway cost a 50-service fleet starting together on 64 GPUs 14 % more GPU-hours
-        # and 1,289 lost requests in `tidal simulate`, as the first services took the GPUs of the others.
-        sized = obs.current
+        # says nothing about how fast it drains, so it grows only into room no other service needs: never
+        # into the seats its pool keeps for the services at zero (grown into anyway, the 50-service fleet on
+        # 64 GPUs missed 15 % more as the first wakes took the GPUs the next ones waited for).
+        sized = min(sized, obs.current + spare_beyond_reserve(obs.pool_capacity, obs.current, obs.wake_reserve))
     if obs.request_s and obs.cold_start_s and policy.max_concurrency > 0:
         # ...and no more than it takes to serve that backlog within `wake_drain_s` of being ready while
         # requests keep coming: short requests drain fast (2.6/s at 4 s a request is 10 busy slots of 48).

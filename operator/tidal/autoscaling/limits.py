@@ -129,3 +129,12 @@ def cap_at_pool_capacity(wanted: int, current: int, capacity: int | None) -> int
     if capacity is None or wanted <= capacity:
         return wanted
     return max(capacity, min(current, wanted))
+
+
+def spare_beyond_reserve(capacity: int | None, current: int, reserve: int) -> int:
+    """Replicas a service may add in its pool beyond the room kept for the services at zero (one replica each to
+    wake into): a pool of 64 with 40 taken and 10 services asleep has 14 to spare; None capacity is a pool of
+    unknown size, taken as room enough (a service alone, or outside any pool Tidal counts)."""
+    if capacity is None:
+        return 1 << 30
+    return max(0, capacity - current - reserve)

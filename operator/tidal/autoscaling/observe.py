@@ -30,6 +30,7 @@ class Replicas:
     unschedulable: int = 0  # Pending because the node pool is full
     pool_capacity: int | None = None  # the most replicas the pool could hold; None: unknown
     quota_refused: str | None = None  # why the namespace's ResourceQuota refused a replica, if it did
+    wake_reserve: int = 0  # replicas' worth of the pool's room kept for other services at zero to wake into
 
 
 class Signal(Protocol):
@@ -102,7 +103,8 @@ def observe(replicas: Replicas, signals: Iterable[Signal], cold_start_s: float |
     """One observation: the replicas, then each signal folded in, in order."""
     obs = Observation(current=replicas.current, ready=min(replicas.ready, replicas.current), waiting=None,
                       running=None, cold_start_s=cold_start_s, unschedulable=replicas.unschedulable,
-                      pool_capacity=replicas.pool_capacity, quota_refused=replicas.quota_refused)
+                      pool_capacity=replicas.pool_capacity, quota_refused=replicas.quota_refused,
+                      wake_reserve=replicas.wake_reserve)
     for signal in signals:
         obs = signal.fold(obs, replicas)
     return obs

@@ -141,6 +141,7 @@ class Autoscaler:
 
     async def tick(self) -> None:
         self._capacity, self._used = {}, self.store.gpus_used()
+        self.pools.new_tick()
         with metrics.TICK_SECONDS.time():
             self.store.forget_departed_before(time.monotonic() - DEPARTED_MEMORY_S)
             loads = await self._loads()
@@ -244,9 +245,11 @@ class Autoscaler:
             return None  # the reconciler has not created it yet
         held_rate, request_s = self._held_demand(key, time.monotonic())
         pending = len(self.store.unschedulable.get(key, ()))
+        others_asleep = self.pools.asleep(self, (spec.placement.nodePool, spec.resources.gpuProduct)) - (
+            deployment.replicas == 0 and bool(spec.resources.gpus))
         replicas = Replicas(deployment.replicas, deployment.ready, pending,
                             self._pool_capacity(spec, max(0, deployment.replicas - pending)),
-                            quota_refused=deployment.unavailable_reason)
+                            quota_refused=deployment.unavailable_reason, wake_reserve=max(0, others_asleep))
         signals = [engine_queue(load, spec, self._query_errors.get(key)),
                    GatewayDemand(extra_pending, held_rate, request_s)]
         fast = self.gateway_loads.of(key, time.monotonic()) if deployment.ready else None

@@ -16,6 +16,25 @@ Key = tuple[str, str]
 
 
 class Pools:
+    def __init__(self) -> None:
+        self._asleep: dict[tuple, int] | None = None  # per (pool, GPU product): services at zero, this tick
+
+    def new_tick(self) -> None:
+        self._asleep = None
+
+    def asleep(self, scaler, pool: tuple) -> int:
+        """GPU services of a pool (pool name, GPU product) at zero: each keeps a seat of the pool's room to wake into
+        (a wake that does not know its request time yet grows only beyond those: autoscaling/limits.py,
+        spare_beyond_reserve). Counted once per tick."""
+        if self._asleep is None:
+            self._asleep = {}
+            for key in list(scaler.store.services):
+                deployment, spec = scaler.store.deployments.get(key), scaler.seat_inputs(key)[0]
+                if deployment is not None and spec is not None and spec.resources.gpus and deployment.replicas == 0:
+                    where = (spec.placement.nodePool, spec.resources.gpuProduct)
+                    self._asleep[where] = self._asleep.get(where, 0) + 1
+        return self._asleep.get(pool, 0)
+
     def seats(self, scaler, keys: list[Key], now_monotonic: float) -> dict[tuple, list[Seat]]:
         """The GPU services of each pool (pool name, GPU product), as seats."""
         pools: dict[tuple, list[Seat]] = {}

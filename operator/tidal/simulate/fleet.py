@@ -67,7 +67,15 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
                     *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2],
-                    in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free)
+                    in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free,
+                    pool_asleep=asleep(now) - (svc.current() == 0))
+
+    asleep_at: list = [None, 0]  # (time, services at zero then): counted once per instant, not once per look
+
+    def asleep(now) -> int:
+        if asleep_at[0] != now:
+            asleep_at[:] = [now, sum(1 for s in services if s.current() == 0)]
+        return asleep_at[1]
 
     keys = [("fleet", f"service-{j}") for j in range(len(services))]
 

@@ -36,6 +36,7 @@ class View:
     in_flight: float = 0.0  # requests sent to a replica and not answered yet, as the gateway counts them
     arrivals_per_s: float = 0.0  # every request's arrival, as the gateway counts them (the fast signal)
     pool_free: int | None = None  # GPUs free in a shared pool (a fleet); None: unlimited
+    pool_asleep: int = 0  # other services of the pool at zero (each may need a GPU to wake)
 
 
 class SimPolicy:
@@ -82,7 +83,7 @@ class TidalPolicy(SimPolicy):
             queue = EngineQueue(waiting=view.scraped_waiting, running=view.scraped_running,
                                 queue_exported=view.scraped_series)
         capacity = view.current + view.pool_free if view.pool_free is not None else None
-        replicas = Replicas(view.current, view.ready, view.unschedulable, capacity)
+        replicas = Replicas(view.current, view.ready, view.unschedulable, capacity, wake_reserve=view.pool_asleep)
         signals = [queue, GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)]
         load = self.gateway_load(view)
         if self.fast_signal and view.ready and not wake and load.has_traffic():
