@@ -275,7 +275,10 @@ def gateway_recommends(obs: Observation, policy: Policy) -> int:
     if not (obs.request_s and slots > 0):
         return recommend(obs.gateway_demand or 0.0, 0, policy.target_queue, slots)
     horizon = obs.cold_start_s or UNKNOWN_COLD_START_S
-    return replicas_to_drain(obs.gateway_demand or 0.0, obs.gateway_rate, obs.request_s, horizon, slots)
+    # A replica is full with its batch running and targetQueueDepth waiting, as the engines' queue is counted
+    # (recommend): the two signals agree on what one replica holds.
+    return replicas_to_drain(obs.gateway_demand or 0.0, obs.gateway_rate, obs.request_s, horizon,
+                             slots + policy.target_queue)
 
 
 def _gateway_scale_up(obs: Observation, state: ScalerState, policy: Policy, now: float, fast: int) -> Decision:
