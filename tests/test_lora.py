@@ -5,6 +5,7 @@ stays that service's."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -192,3 +193,21 @@ def test_an_adapter_that_cannot_be_fetched_is_named_in_the_condition():
         "exitCode": 1, "message": "fatal error: An error occurred (AccessDenied) when calling the ListObjectsV2"}}}]}}
     reason, message = fetch_failure([aws])
     assert reason == "AdapterFetchFailed" and message.startswith("the fetch of spec.adapters[0]: fatal error: ")
+
+
+def test_a_key_limited_to_an_adapter_reaches_that_adapter_and_not_its_base():
+    from aiohttp import web
+
+    from tidal.gateway.endpoints import Endpoints
+    from tidal.gateway.keys import ApiKey, digest
+    from tidal.gateway.routing import Router
+    catalog = Catalog()
+    catalog.put(entry_from_object(service("llama", "2026-01-01T00:00:00Z", "llama", ["sql-expert", "poet"])))
+    router = Router(catalog, Endpoints())
+    key = ApiKey("analysts", digest("x" * 32), models=frozenset({"sql-expert"}))
+    assert router.entry_for(key, "sql-expert").key == ("ml", "llama")
+    for other in ("llama", "poet"):
+        refused = router.entry_for(key, other)
+        assert isinstance(refused, web.Response) and refused.status == 403
+    listed = json.loads(router.models("/v1/models", key).body)
+    assert [m["id"] for m in listed["data"]] == ["sql-expert"] and listed["data"][0]["parent"] == "llama"
