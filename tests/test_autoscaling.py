@@ -581,6 +581,16 @@ def test_a_burst_the_replicas_serve_before_a_new_one_could_start_buys_none():
     assert d.replicas == 2 and d.reason != "GatewayLoad"
 
 
+def test_a_rise_within_the_tolerance_of_what_serves_buys_no_replica_and_one_past_it_does():
+    # One replica of 48 slots + 4 waiting places: 96 arrivals/s at 0.57 s a request is 1.06 replicas, within 10 %
+    # of the one there (HPA's tolerance, on the ratio before rounding); 110/s is 1.21: a second replica.
+    one = Observation(current=1, ready=1, waiting=0.0, running=0.0, cold_start_s=60.0, gateway_demand=18.0,
+                      request_s=0.57)
+    assert decide(replace(one, gateway_rate=96.0), ScalerState(), POLICY, now=1000.0).replicas == 1
+    d = decide(replace(one, gateway_rate=110.0), ScalerState(), POLICY, now=1000.0)
+    assert (d.replicas, d.reason) == (2, "GatewayLoad")
+
+
 def test_the_gateways_view_never_removes_what_the_engines_queue_asks_for():
     busy = Observation(current=4, ready=4, waiting=100.0, running=192.0, cold_start_s=60.0, gateway_demand=1.0,
                        gateway_rate=0.1, request_s=4.0)

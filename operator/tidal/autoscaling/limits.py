@@ -34,7 +34,12 @@ def replicas_to_drain(backlog: float, arrivals_per_s: float, request_s: float, h
     """Replicas that serve `backlog` within `horizon_s` while requests keep arriving, each completing
     slots / request_s requests a second. 600 waiting, drained over a 60 s cold start while 5/s arrive, at
     8 s a request and 48 slots: (600 / 60 + 5) x 8 / 48 = 2.5 -> 3 (where one slot per request is 12)."""
-    return math.ceil((backlog / horizon_s + max(0.0, arrivals_per_s)) * request_s / slots - 1e-9)
+    return math.ceil(replicas_needed(backlog, arrivals_per_s, request_s, horizon_s, slots) - 1e-9)
+
+
+def replicas_needed(backlog: float, arrivals_per_s: float, request_s: float, horizon_s: float, slots: float) -> float:
+    """replicas_to_drain before rounding up: 2.5 in its example."""
+    return (backlog / horizon_s + max(0.0, arrivals_per_s)) * request_s / slots
 
 
 def too_late_to_help(since_wake_s: float, backlog: float, arrivals_per_s: float, request_s: float | None,
