@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.server_process import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,28 +39,19 @@ def gcs_server(directory: Path, buckets=("models",)):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = directory / "fake-gcs-server.log"
     directory.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([str(ROOT / "tools/fake-gcs-server.sh"), "-scheme", "http", "-host", "127.0.0.1",
-                             "-port", str(port), "-public-host", f"127.0.0.1:{port}", "-backend", "filesystem",
-                             "-filesystem-root", str(directory / "data"), "-log-level", "warn"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
     server = GcsServer(f"http://127.0.0.1:{port}", directory)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            try:
-                urllib.request.urlopen(f"{server.url}/storage/v1/b", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"{server.url}/storage/v1/b", timeout=1).close()
+            return True
+        except OSError:
+            return False
+    with serving([str(ROOT / "tools/fake-gcs-server.sh"), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                  "-public-host", f"127.0.0.1:{port}", "-backend", "filesystem", "-filesystem-root",
+                  str(directory / "data"), "-log-level", "warn"], directory / "fake-gcs-server.log", answers,
+                 timeout_s=120):
         for bucket in buckets:
             server.create_bucket(bucket)
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()

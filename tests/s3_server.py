@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.server_process import connects, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCESS_KEY, SECRET_KEY = "tidal-test", "tidal-test-secret-key"
@@ -42,26 +42,10 @@ def s3_server(directory: Path, buckets=("tidal",)):
                           f"s3proxy.identity={ACCESS_KEY}\ns3proxy.credential={SECRET_KEY}\n"
                           "jclouds.provider=filesystem\n"
                           f"jclouds.filesystem.basedir={directory / 'data'}\n")
-    log = directory / "s3proxy.log"
-    proc = subprocess.Popen([str(ROOT / "tools/s3proxy.sh"), "--properties", str(properties)],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
     server = S3Server(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+    with serving([str(ROOT / "tools/s3proxy.sh"), "--properties", str(properties)], directory / "s3proxy.log",
+                 lambda: connects("127.0.0.1", port), timeout_s=60):
         client = server.client()
         for bucket in buckets:
             client.create_bucket(Bucket=bucket)
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()

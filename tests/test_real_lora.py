@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.static_gateway import static_gateway
-from tests.test_real_vllm import SPEC, TOOLS, Replica, tiny_model, vllm_bin  # noqa: F401  (a fixture)
+from tests.test_real_vllm import SPEC, TOOLS, Replica, running, tiny_model, vllm_bin  # noqa: F401  (a fixture)
 from tidal.api.v1alpha1 import parse_spec
 from tidal.modelcache.layout import ENTRIES, cache_key
 from tidal.modelcache.store import in_use
@@ -39,7 +39,7 @@ def made_adapter(tiny_model: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):  # noqa: F811
     """(the replica, the node's cache root), the replica started from what the operator renders."""
-    from tests.s3_server import ACCESS_KEY, SECRET_KEY, s3_server
+    from tests.s3_server import s3_server
     work = tmp_path_factory.mktemp("lora")
     spec = parse_spec({**SPEC, "model": {"uri": "s3://models/tiny", "servedName": BASE}, "lora": {"maxRank": 8},
                        "adapters": [{"name": n, "uri": u, "rank": 8} for n, (u, _) in ADAPTERS.items()]})
@@ -53,8 +53,7 @@ def served(tiny_model, tmp_path_factory):  # noqa: F811
         for uri, seed in ADAPTERS.values():
             for f in made_adapter(tiny_model, seed).iterdir():
                 client.upload_file(str(f), "adapters", f"{uri.rsplit('/', 1)[1]}/{f.name}")
-        env = {**os.environ, "AWS_ENDPOINT_URL": s3.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+        env = {**os.environ, **s3.env}
         for init in pod["initContainers"]:  # the model's fetch, then each adapter's, as the kubelet runs them
             argv = [a.replace(CACHE_DIR, str(root)) for a in init["command"]]
             assert argv[:2] == ["tidal", "fetch-model"], argv
@@ -65,12 +64,8 @@ def served(tiny_model, tmp_path_factory):  # noqa: F811
     container = pod["containers"][0]
     container = {**container, "args": [a.replace(CACHE_DIR, str(root)) for a in container["args"]]}
     weights = root / ENTRIES / cache_key("s3://models/tiny") / "model"
-    replica = Replica(container, weights, "127.0.0.40", work / "r0", vllm_bin())
-    try:
-        replica.wait_ready()
-        yield replica, root
-    finally:
-        replica.stop()
+    with running([Replica(container, weights, "127.0.0.40", work / "r0", vllm_bin())]) as started:
+        yield started[0], root
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.static_gateway import static_gateway
-from tests.test_real_vllm import SERVED, SPEC, Replica, tiny_model, vllm_bin  # noqa: F401  (a fixture)
+from tests.test_real_vllm import SERVED, SPEC, Replica, running, tiny_model, vllm_bin  # noqa: F401  (a fixture)
 from tidal.api.v1alpha1 import parse_spec
 from tidal.render import RenderSettings, render_deployment
 from tidal.routing.prefix import prefix_key
@@ -38,14 +38,9 @@ def replicas(tiny_model, tmp_path_factory):  # noqa: F811
     container = render_deployment("tiny", "ml", "uid", parse_spec(spec), RenderSettings())["spec"]["template"][
         "spec"]["containers"][0]
     binary, work = vllm_bin(), tmp_path_factory.mktemp("vllm-prefix")
-    started = [Replica(container, tiny_model, f"127.0.0.{30 + i}", work / f"r{i}", binary) for i in range(2)]
-    try:
-        for replica in started:
-            replica.wait_ready()
+    with running([Replica(container, tiny_model, f"127.0.0.{30 + i}", work / f"r{i}", binary)
+                  for i in range(2)]) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def opening(topic: int) -> list[dict]:

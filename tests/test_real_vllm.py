@@ -8,10 +8,12 @@ replica: no client sees an error or an empty answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,18 @@ class Replica:
             self.proc.wait(10)
 
 
+@contextlib.contextmanager
+def running(replicas: list[Replica]) -> Iterator[list[Replica]]:
+    """The replicas once all serve; stopped when the block ends, whatever happened (a fixture's body)."""
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 CACHED_URI = "s3://models/tiny"
 
 
@@ -111,15 +125,9 @@ def replicas(tiny_model, tmp_path_factory):
     binary, work = vllm_bin(), tmp_path_factory.mktemp("vllm")
     cached_container, cached_weights = from_node_cache(tiny_model, work)
     # Replica 0 loads the model from a directory as a pod with a PVC would; replica 1 from the node's cache.
-    started = [Replica(container, tiny_model, "127.0.0.20", work / "r0", binary),
-               Replica(cached_container, cached_weights, "127.0.0.21", work / "r1", binary)]
-    try:
-        for replica in started:
-            replica.wait_ready()
+    with running([Replica(container, tiny_model, "127.0.0.20", work / "r0", binary),
+                  Replica(cached_container, cached_weights, "127.0.0.21", work / "r1", binary)]) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 @pytest.fixture(scope="module")
