@@ -125,3 +125,51 @@ def test_without_a_known_capacity_nothing_is_held_and_a_full_line_answers_429_na
         assert all("every ready replica is busy" in r["error"]["message"] for r in refusals)
 
     asyncio.run(scenario())
+
+
+def test_a_replica_listed_before_its_server_listens_is_tried_again_and_no_request_fails():
+    """The pod watch can list a replica whose server does not listen yet (Ready a moment early) or any more
+    (its process died before the watch says so). Its connections are refused: nothing reached it, so the
+    requests wait for it within the hold limit instead of failing at once — here it listens 1.5 s late."""
+    async def scenario():
+        port = free_port()  # nothing listens here yet
+        endpoints = Endpoints()
+        endpoints.update(KEY, "a", Endpoint("127.0.0.1", port, capacity=8))
+        gw, runner, url = await gateway(endpoints)
+        runners = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                requests = [asyncio.create_task(http.post(url, json={"prompt": "x", "max_tokens": 5}))
+                            for _ in range(10)]
+                await asyncio.sleep(1.5)
+                early = [r for r in requests if r.done()]
+                latency = LatencyModel(prefill_s_per_token=0, decode_s_per_token=0.01, overhead_s=0, max_concurrency=8)
+                _, runners = await serve_engine(EngineSpec("vllm", ("m",), "m", port, None, latency), "127.0.0.1")
+                statuses = [(await r).status for r in requests]
+        finally:
+            await runner.cleanup()
+            for r in runners:
+                await r.cleanup()
+        assert [(await r).text() for r in early] == []  # none answered while the replica took no connection
+        assert statuses == [200] * 10
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_never_listens_ends_in_the_holds_503_with_retry_after():
+    async def scenario():
+        endpoints = Endpoints()
+        endpoints.update(KEY, "a", Endpoint("127.0.0.1", free_port(), capacity=8))
+        gw, runner, url = await gateway(endpoints, Limits(hold_timeout_s=2))
+        try:
+            async with aiohttp.ClientSession() as http:
+                started = time.monotonic()
+                async with http.post(url, json={"prompt": "x", "max_tokens": 5}) as answer:
+                    waited, status, body = time.monotonic() - started, answer.status, await answer.json()
+                    retry_after = answer.headers.get("Retry-After")
+        finally:
+            await runner.cleanup()
+        assert status == 503 and retry_after and body["error"]["type"], (status, body)
+        assert waited >= 2, waited  # it waited out the hold limit, trying the replica again meanwhile
+
+    asyncio.run(scenario())

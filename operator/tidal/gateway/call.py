@@ -13,7 +13,6 @@ class Limits:
     max_pending: int = 1000  # requests held per service (no ready replica, or all of them busy)
     hold_timeout_s: float = 300.0  # then 503 with Retry-After
     max_body_bytes: int = 16 * 2**20
-    upstream_attempts: int = 5  # a replica that refused (went away, shutting down) is tried elsewhere
     keepalive_s: float = 15.0  # a held streamed request: its answer begins, and an SSE comment every this long
     load_report_s: float = 1.0  # the load report to the operator (load_report.py); 0: none
 

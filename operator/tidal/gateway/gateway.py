@@ -24,7 +24,6 @@ from .call import Call, Limits
 from .catalog import Catalog, Entry
 from .demand import Demand
 from .endpoints import Endpoints
-from .errors import gateway_error as _error
 from .hold import Holds
 from .keys import KeyRing
 from .load_report import LoadReporter
@@ -167,15 +166,18 @@ class Gateway:
         return response
 
     async def _serve(self, request, call: Call) -> web.StreamResponse:
-        """A replica with room (holding until there is one), then the hop; a replica that gives the request
-        back unprocessed is left out and another tried. A streamed request held through a long wake gets its
-        answer begun, with keep-alive comments, meanwhile (keepalive.py)."""
+        """A replica with room (holding until there is one), then the hop. A replica that gives the request
+        back unprocessed, or takes no connection, is left out for a moment (proxy.py) and another tried, or the
+        request waits for one: within one hold limit from its arrival, then the hold's 503 with Retry-After. A
+        streamed request held through a long wake gets its answer begun, with keep-alive comments, meanwhile
+        (keepalive.py)."""
         key = call.service
         tried: set[int] = set()
         opened: web.StreamResponse | None = None
-        for _ in range(self.limits.upstream_attempts):
+        deadline = time.monotonic() + self.limits.hold_timeout_s
+        while True:  # ends: each refusal keeps its replica out of rotation for a while, and the hold has a deadline
             def find():
-                return self.holds.endpoint(key, tried, call)
+                return self.holds.endpoint(key, tried, call, deadline)
             if call.meter is not None:  # an OpenAI request with "stream": true
                 endpoint, opened = await keepalive.hold(request, call.model, self.limits.keepalive_s, find, opened)
             else:
@@ -186,9 +188,6 @@ class Gateway:
             result = await self.proxy.forward(request, call, endpoint, opened)
             if result is not None:
                 return result
-        error = _error(502, "UpstreamUnavailable", f"no replica of {key[0]}/{key[1]} accepted the request after "
-                                                    f"{self.limits.upstream_attempts} attempts", retry_after=1)
-        return error if opened is None else await keepalive.fail(opened, error)
 
     # ---- for the playground and batches ------------------------------------------------------------
     def model_for_key(self, authorization: str | None, model: str) -> Entry | web.Response:

@@ -52,13 +52,15 @@ class Holds:
         times = self._held_at.get(key)
         return now - next(iter(times.values())) if times else 0.0
 
-    async def endpoint(self, key: Key, tried: set[int], call: Call | None = None) -> Endpoint | web.Response:
+    async def endpoint(self, key: Key, tried: set[int], call: Call | None = None,
+                       deadline: float | None = None) -> Endpoint | web.Response:
         """The ready endpoint with room the service's routing picks (balancing.py): the least busy, or the
         owner of the prompt's prefix. The request is held in the service's line while
         the service has no ready replica (and the service is woken), or while every replica has its
-        capacity in flight or older requests are waiting."""
+        capacity in flight or older requests are waiting. `deadline` (time.monotonic()): when the hold ends with a
+        503, the hold limit from now unless given."""
         held_at = time.monotonic()
-        deadline = held_at + self.limits.hold_timeout_s
+        deadline = deadline if deadline is not None else held_at + self.limits.hold_timeout_s
         line: Line | None = None
         turn: asyncio.Future | None = None
         token = object()  # this request's place among the service's held times

@@ -24,6 +24,10 @@ log = logging.getLogger("tidal.gateway")
 REFUSALS = refusals()  # engines' answers that mean "not processed, try another replica"
 # A replica that refused a request because it is shutting down stays out of rotation this long.
 UNAVAILABLE_S = 5.0
+# One that took no connection is tried again after this long: its pod can be listed as Ready a moment before
+# its server listens, or after its process died and before the pod watch says so. Nothing reached it, so the
+# request looks for another replica, or waits within the hold limit (hold.py), instead of failing.
+UNREACHABLE_S = 1.0
 # Headers that describe one hop, not the request (RFC 9110 7.6.1), and what aiohttp sets itself.
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
        "transfer-encoding", "upgrade", "host", "content-length"}
@@ -66,6 +70,7 @@ class Proxy:
             except Refused as err:
                 log.info("%s/%s: %s", key[0], key[1], err)
                 self.metrics.retried.labels(*key, "connection").inc()
+                endpoint.unavailable_until = time.monotonic() + UNREACHABLE_S
                 return None
             answer = None
             small = upstream.content_length is not None and upstream.content_length <= 1 << 20
