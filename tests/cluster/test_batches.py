@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import time
 import uuid
 
@@ -52,7 +51,9 @@ def test_a_batch_of_2000_wakes_a_model_at_zero_completes_and_lets_it_return_to_z
             peak = max(peak, replicas(kubectl, namespace, "bulk") or 0)
             time.sleep(0.5)
         done = client.batches.retrieve(batch.id)
-        assert done.status == "completed" and done.request_counts.completed == 2000, done
+        errors = client.files.content(done.error_file_id).read().splitlines()[:3] if done.error_file_id else []
+        assert done.status == "completed" and done.request_counts.completed == 2000, (
+            done.request_counts, errors, gateway.log_path.read_text()[-3000:])
         # The unsent requests are demand (tidal_gateway_batch_backlog_requests): more than the one replica
         # a wake for the first held requests gives, up to maxReplicas (4).
         print(f"replicas at the peak of the batch: {peak}")
