@@ -12,6 +12,8 @@ On a cluster of its own: the shared cluster's operator runs without the node cac
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.tcp_forwarder import TcpForwarder
 from tests.test_model_cache import model_bytes, tiny_model  # noqa: F401  (a fixture)
 from tidal.modelcache.layout import cache_key, node_label
 from tidal_dev.cluster.cluster import DevCluster
+from tidal_dev.cluster.processes import pid_alive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine, pytest.mark.model_cache]
 NS, NAME, URI = "models", "cached", "s3://models/tiny"
@@ -45,7 +48,7 @@ def cache_cluster(tmp_path_factory, tiny_model):  # noqa: F811
         kubectl("create", "secret", "generic", "s3-credentials", "-n", NS, f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
                 f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}", f"--from-literal=AWS_ENDPOINT_URL={forwarder.url}",
                 "--from-literal=AWS_REGION=us-east-1")
-        yield kubectl, forwarder
+        yield kubectl, forwarder, cluster
     operator.proc.terminate()
     operator.proc.wait(10)
     cluster.down()
@@ -84,7 +87,7 @@ def _serving(kubectl, seconds_before: float | None) -> dict:
 
 
 def test_a_cached_wake_spends_zero_seconds_fetching(cache_cluster):
-    kubectl, s3 = cache_cluster
+    kubectl, s3, cluster = cache_cluster
     _apply(kubectl, 1)
     first = _serving(kubectl, None)
     [pod] = [p for p in _pods(kubectl) if not p["metadata"].get("deletionTimestamp")]
@@ -108,3 +111,23 @@ def test_a_cached_wake_spends_zero_seconds_fetching(cache_cluster):
     assert s3.gets("/models/tiny/") == fetched  # and read not one object from S3
     assert phases["weight_fetch"] == 0, phases  # a cached wake: zero seconds in the fetch phase
     assert phases["engine_load"] > 0, phases
+
+    # The real engines run in sessions of their own, as containers would: stopping the cluster must stop them
+    # too, or each vLLM outlives it (~1 GB).
+    engines = _processes_in(pod["metadata"]["uid"])
+    assert engines, "the real vLLM's processes (their working directory is the pod's)"
+    cluster.down(quiet=True)
+    wait_for(lambda: not [p for p in engines if pid_alive(p)], timeout=20, interval=0.5,
+             what=f"the real engine's processes {engines} gone with the cluster")
+
+
+def _processes_in(pod_uid: str) -> list[int]:
+    """The processes whose working directory is the sim-runtime's directory for this pod."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")).name == pod_uid:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
