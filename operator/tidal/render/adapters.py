@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..api.v1alpha1 import InferenceServiceSpec
 from ..modelcache.layout import ADAPTER_FETCH_PREFIX, cache_key, weights_path
-from .model_fetch import CACHE_DIR, CACHED_SCHEMES, _fetcher, cache_fetcher, download
+from .model_fetch import CACHE_DIR, CACHED_SCHEMES, cache_fetcher, downloader
 from .settings import RenderSettings
 
 ADAPTERS_DIR = "/adapters"
@@ -58,10 +58,10 @@ def adapter_files(spec: InferenceServiceSpec, settings: RenderSettings, containe
             paths.append((adapter.name, weights_path(CACHE_DIR, cache_key(adapter.uri, adapter.revision))))
         else:
             into = f"{ADAPTERS_DIR}/{n}"
-            command, env, key_volumes, fetch_mounts = download(adapter, into, f"gcs-key-{n}")
-            fetcher = _fetcher(settings.fetch_images[adapter.scheme], command, env, fetch_mounts, container_security)
+            fetcher, key_volumes = downloader(adapter, into, {"name": "adapters", "mountPath": ADAPTERS_DIR},
+                                              settings.fetch_images[adapter.scheme], container_security,
+                                              f"gcs-key-{n}")
             fetcher["name"] = name
-            fetcher["volumeMounts"] = [{"name": "adapters", "mountPath": ADAPTERS_DIR}, *fetcher["volumeMounts"][1:]]
             inits.append(fetcher)
             volumes += key_volumes
             paths.append((adapter.name, into))

@@ -50,9 +50,11 @@ def _secret_env(secret: str, key: str, optional: bool = False) -> dict:
     return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
 
 
-def _fetcher(image: str, command: list[str], env: list[dict], mounts: list[dict], security: dict) -> dict:
+def _fetcher(image: str, command: list[str], env: list[dict], mounts: list[dict], security: dict,
+             into: dict | None = None) -> dict:
+    """`into`: the volume the fetch writes, mounted ({"name": "models", "mountPath": MODELS_DIR} by default)."""
     return {"name": FETCH_CONTAINER, "image": image, "command": command, "env": env,
-            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}] + mounts,
+            "volumeMounts": [into or {"name": "models", "mountPath": MODELS_DIR}] + mounts,
             "securityContext": security,
             # A download tool that fails (aws, hf, gcloud) writes no termination message: its last log lines are
             # the message the operator reads (planning/status.py, fetch_failure) and puts in the condition.
@@ -161,6 +163,14 @@ def download(source: Model | Adapter, into: str, key_volume: str = "gcs-key") ->
     return command, env, volumes, mounts
 
 
+def downloader(source: Model | Adapter, into: str, volume: dict, image: str, container_security: dict,
+               key_volume: str = "gcs-key") -> tuple[dict, list[dict]]:
+    """An init container that downloads `source` into the directory `into` of the mounted `volume` (a
+    volumeMount) with its storage's own tool, and the volumes its credentials need."""
+    command, env, volumes, mounts = download(source, into, key_volume)
+    return _fetcher(image, command, env, mounts, container_security, volume), volumes
+
+
 def model_volume(model: Model, settings: RenderSettings, container_security: dict) -> ModelVolume:
     scheme, path = model.scheme, model.path
     if settings.model_cache is not None and scheme in CACHED_SCHEMES:
@@ -173,10 +183,11 @@ def model_volume(model: Model, settings: RenderSettings, container_security: dic
             mount={"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
             model_path=f"{MODELS_DIR}/{sub}" if sub else MODELS_DIR,
         )
-    command, env, volumes, mounts = download(model, DOWNLOAD_DIR)
+    fetcher, volumes = downloader(model, DOWNLOAD_DIR, {"name": "models", "mountPath": MODELS_DIR},
+                                  settings.fetch_images[scheme], container_security)
     return ModelVolume(
         volumes=[{"name": "models", "emptyDir": {}}, *volumes],
-        init_containers=[_fetcher(settings.fetch_images[scheme], command, env, mounts, container_security)],
+        init_containers=[fetcher],
         mount={"name": "models", "mountPath": MODELS_DIR},
         model_path=DOWNLOAD_DIR,
     )
