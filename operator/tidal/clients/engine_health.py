@@ -26,7 +26,12 @@ async def openai_models(host: str, port: int) -> tuple[list[str] | None, str]:
 
 
 async def openai_model_ready(host: str, port: int, served_name: str) -> tuple[bool, str]:
-    ids, why = await openai_models(host, port)
+    return listing_serves(host, port, await openai_models(host, port), served_name)
+
+
+def listing_serves(host: str, port: int, listing: tuple[list[str] | None, str], served_name: str) -> tuple[bool, str]:
+    """Whether an answer of `openai_models` lists the served name, and if not, why."""
+    ids, why = listing
     if ids is None:
         return False, why
     if served_name in ids:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from ..api.v1alpha1 import InferenceServiceSpec, parse_spec
-from ..clients.engine_health import model_ready, openai_models
+from ..clients.engine_health import listing_serves, model_ready, openai_models
 from ..clients.kube import OPERATOR_MANAGER, Kube, Rejected, manages
 from ..engines import engine
 from ..planning.cache_nodes import (CachePlan, fetched_on, plan_cache_nodes, pool_nodes_holding,
@@ -24,7 +24,7 @@ from ..planning.cache_nodes import (CachePlan, fetched_on, plan_cache_nodes, poo
 from ..planning.checks import (ClusterFacts, Problem, find_problems, referenced_claims, referenced_secrets,
                                replica_gpu)
 from ..planning.conditions import get_condition
-from ..planning.served_names import Claim, conflict
+from ..planning.served_names import Claim, claims_of, conflict
 from ..planning.status import Observation, fetch_failure, plan_status
 from ..render import RenderSettings, render_deployment, render_network_policy, render_service
 from ..render.deployment import pod_placement
@@ -103,8 +103,7 @@ class Reconciler:
         pods = await self.kube.list_pods(ns, f"{SERVICE_LABEL}={name}") if deployment else []
         cache, prefetch = await self._node_cache(ns, name, spec, pods) if spec is not None and not problems \
             else (None, None)
-        ready, why = await self._engine_check(spec, deployment, pods)
-        loaded = await self._loaded_adapters(spec, pods) if not problems else None
+        ready, why, loaded = await self._ask_engines(spec, deployment, pods, problems)
         # Like a probe's failureThreshold: one slow answer on a busy node is not an outage.
         failures = self._engine_failures[(ns, name)] = (self._engine_failures.get((ns, name), 0) + 1
                                                          if ready is False else 0)
@@ -115,10 +114,10 @@ class Reconciler:
             mine = Claim((ns, name), spec.model.served_name, meta.get("creationTimestamp") or "")
             rival = conflict(mine, self.store.claimants(mine.served_name))
             owner = rival.key if rival else None
-            for adapter in spec.adapters:
-                theirs = conflict(Claim(mine.key, adapter.name, mine.created), self.store.claimants(adapter.name))
+            for claim in claims_of(body)[1:]:  # its adapters' names
+                theirs = conflict(claim, self.store.claimants(claim.served_name))
                 if theirs is not None:
-                    adapter_owners.append((adapter.name, theirs.key))
+                    adapter_owners.append((claim.served_name, theirs.key))
         batch = engine(spec.engine.type).batch(spec.engine.args, self.gpu(spec)) if spec is not None else None
         obs = Observation(generation, problems, deployment, pods, ready, why,
                           service_url(name, ns) if spec is not None and not problems else None,
@@ -213,34 +212,31 @@ class Reconciler:
         held = pool_nodes_holding(nodes, pool, fetched_on(current))
         return plan, prefetch_condition(held, plan.pool, fetch_failure(prefetchers))
 
-    async def _engine_check(self, spec, deployment, pods) -> tuple[bool | None, str]:
-        if spec is None or not deployment or not (deployment.get("status") or {}).get("readyReplicas"):
-            return None, ""
+    async def _ask_engines(self, spec, deployment, pods, problems) -> tuple[bool | None, str, tuple | None]:
+        """Whether a ready replica's engine serves the model (beyond its pod being Ready), and for a service
+        with adapters, (pod, the adapters its engine lists) for each ready replica (up to MAX_LISTED; an engine
+        that does not answer is left out, not listed empty; None: no adapters). One GET per replica for both."""
+        if spec is None:
+            return None, "", None
         adapter = engine(spec.engine.type)
-        ready_ips = [(p.get("status") or {}).get("podIP") for p in pods
-                     if any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in (p.get("status") or {}).get("conditions") or [])]
+        ready_pods = sorted((p for p in pods if _ready(p) and (p.get("status") or {}).get("podIP")),
+                            key=lambda p: p["metadata"]["name"])
+        lists_adapters = bool(spec.adapters) and adapter.model_check == "openai" and not problems
+        listings: dict[str, tuple] = {}  # pod name -> its engine's answer to GET /v1/models
+        for pod in ready_pods[:MAX_LISTED] if lists_adapters else []:
+            listings[pod["metadata"]["name"]] = await openai_models(pod["status"]["podIP"], adapter.api_port)
+        loaded = tuple((pod, tuple(sorted(i for i in ids if i != spec.model.served_name)))
+                       for pod, (ids, _) in listings.items() if ids is not None) if lists_adapters else None
+        if not deployment or not (deployment.get("status") or {}).get("readyReplicas"):
+            return None, "", loaded
         result: tuple[bool | None, str] = (None, "")
-        for ip in [ip for ip in ready_ips if ip][:3]:  # one serving replica is enough to call it Ready
-            result = await model_ready(adapter.model_check, ip, adapter.api_port, spec.model.served_name)
+        for pod in ready_pods[:3]:  # one serving replica is enough to call it Ready
+            ip, listing = pod["status"]["podIP"], listings.get(pod["metadata"]["name"])
+            result = listing_serves(ip, adapter.api_port, listing, spec.model.served_name) if listing else \
+                await model_ready(adapter.model_check, ip, adapter.api_port, spec.model.served_name)
             if result[0]:
-                return result
-        return result
-
-    async def _loaded_adapters(self, spec, pods) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
-        """(pod, the adapters its engine lists) for each ready replica (up to MAX_LISTED), for status; None when the
-        service has no adapters. An engine that does not answer is left out, not listed empty."""
-        if spec is None or not spec.adapters or engine(spec.engine.type).model_check != "openai":
-            return None
-        port, out = engine(spec.engine.type).api_port, []
-        for pod in sorted(pods, key=lambda p: p["metadata"]["name"])[:MAX_LISTED]:
-            ip = (pod.get("status") or {}).get("podIP")
-            if ip and any(c.get("type") == "Ready" and c.get("status") == "True"
-                          for c in (pod.get("status") or {}).get("conditions") or []):
-                ids, _ = await openai_models(ip, port)
-                if ids is not None:
-                    out.append((pod["metadata"]["name"], tuple(sorted(i for i in ids if i != spec.model.served_name))))
-        return tuple(out)
+                break
+        return *result, loaded
 
     async def _announce(self, body: dict, before: dict, after: dict) -> None:
         """Events on transitions of Valid and Ready, as `kubectl describe` readers expect."""
@@ -251,11 +247,15 @@ class Reconciler:
                 await self.kube.event(body, kind, new["reason"], new["message"])
 
 
+def _ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def _running(pod: dict) -> bool:
     """Not being deleted, and Ready: a prefetch pod that holds its model (an old revision's pod going away
     does not count for the new one)."""
-    return not (pod.get("metadata") or {}).get("deletionTimestamp") and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and _ready(pod)
 
 
 def _fetch_command(pod: dict) -> list[str] | None:
