@@ -44,11 +44,13 @@ class Pools:
             if spec is None or deployment is None or not spec.resources.gpus:
                 continue
             load = scaler.gateway_loads.of(key, now_monotonic)
+            body = scaler.store.services.get(key) or {}
             pools.setdefault((spec.placement.nodePool, spec.resources.gpuProduct), []).append(Seat(
                 key, deployment.replicas, deployment.ready, spec.scaling.minReplicas, busy,
                 last_active, len(scaler.store.unschedulable.get(key, ())),
                 load.held if load is not None else 0.0, load.oldest_held_s if load is not None else 0.0,
-                gpus=spec.resources.gpus, priority=TIERS[spec.placement.priority or "normal"]))
+                gpus=spec.resources.gpus, priority=TIERS[spec.placement.priority or "normal"],
+                start_s=scaler.cold_starts.last(key, body.get("status")) or 0.0))
         return pools
 
     async def make_way(self, scaler, keys: list[Key]) -> None:

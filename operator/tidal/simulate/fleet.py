@@ -85,7 +85,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         return Seat(keys[j], svc.current(), ready, policy.policy.min_replicas,
                     busy=bool(svc.waiting() or svc.running()), idle_since=policy.state.last_active,
                     pending_for_gpu=svc.unschedulable(), held=float(svc.waiting()),
-                    oldest_held_s=now - svc.queue[0][0] if svc.queue else 0.0)
+                    oldest_held_s=now - svc.queue[0][0] if svc.queue else 0.0,
+                    start_s=svc.last_start_s(now))
 
     def act(i, desired, now):
         nonlocal waited_for_gpu

@@ -136,6 +136,12 @@ class Service:
         # Lognormal around the median cold start: mostly near it, a few much slower.
         return self.cold_start_s * math.exp(self._rng.gauss(0, self.cold_start_sigma))
 
+    def last_start_s(self, now: float) -> float:
+        """How long its latest replica to become ready took from launch (0: none has yet), as the operator
+        keeps status.lastColdStartSeconds."""
+        latest = max((r for r in self.replicas if r.ready_at <= now), key=lambda r: r.ready_at, default=None)
+        return latest.ready_at - latest.launched if latest is not None else 0.0
+
     def scale_to(self, desired: int, now: float) -> list[Replica]:
         """Launch or remove replicas; returns the launched ones (their ready events are scheduled)."""
         live = [r for r in self.replicas if not r.draining]
