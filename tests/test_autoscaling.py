@@ -567,10 +567,12 @@ def _serving(**gateway) -> Observation:
     return Observation(current=2, ready=2, waiting=0.0, running=20.0, cold_start_s=60.0, **gateway)
 
 
-def test_a_sustained_rise_the_gateway_sees_scales_up_at_once_naming_it():
-    # 40/s of 4 s requests is 160 busy slots: 4 replicas of 48, whatever the last scrape said.
-    d = decide(_serving(gateway_demand=60.0, gateway_rate=40.0, request_s=4.0, gateway_message="the gateway sees"),
-               ScalerState(), POLICY, now=1000.0)
+def test_a_sustained_rise_the_gateway_sees_scales_up_once_the_slots_there_are_full_naming_it():
+    # 40/s of 4 s requests is 160 busy slots: 4 replicas of 48, whatever the last scrape said. The first report
+    # (60 in flight on 96 slots) finds room; a second later they are full and the rise is acted on.
+    rising = dict(gateway_rate=40.0, request_s=4.0, gateway_message="the gateway sees")
+    assert decide(_serving(gateway_demand=60.0, **rising), ScalerState(), POLICY, now=1000.0).replicas == 2
+    d = decide(_serving(gateway_demand=100.0, **rising), ScalerState(), POLICY, now=1001.0)
     assert (d.replicas, d.reason) == (4, "GatewayLoad") and "Prometheus last saw" in d.message
 
 
@@ -582,13 +584,22 @@ def test_a_burst_the_replicas_serve_before_a_new_one_could_start_buys_none():
 
 
 def test_a_rise_within_the_tolerance_of_what_serves_buys_no_replica_and_one_past_it_does():
-    # One replica of 48 slots + 4 waiting places: 96 arrivals/s at 0.57 s a request is 1.06 replicas, within 10 %
-    # of the one there (HPA's tolerance, on the ratio before rounding); 110/s is 1.21: a second replica.
-    one = Observation(current=1, ready=1, waiting=0.0, running=0.0, cold_start_s=60.0, gateway_demand=18.0,
+    # One full replica of 48 slots + 4 waiting places: 96 arrivals/s at 0.57 s a request is 1.06 replicas, within
+    # 10 % of the one there (HPA's tolerance, on the ratio before rounding); 110/s is 1.22: a second replica.
+    one = Observation(current=1, ready=1, waiting=0.0, running=0.0, cold_start_s=60.0, gateway_demand=52.0,
                       request_s=0.57)
     assert decide(replace(one, gateway_rate=96.0), ScalerState(), POLICY, now=1000.0).replicas == 1
     d = decide(replace(one, gateway_rate=110.0), ScalerState(), POLICY, now=1000.0)
     assert (d.replicas, d.reason) == (2, "GatewayLoad")
+
+
+def test_a_moments_high_rate_the_replicas_have_slots_for_buys_no_replica():
+    # The code trace x4 at 146 s: 27 in flight on one replica of 48, 74/s counted over a second or two (1.4
+    # replicas by rate). The blip was over long before a replica started then would have been ready.
+    blip = Observation(current=1, ready=1, waiting=0.0, running=0.0, cold_start_s=60.0, gateway_demand=27.0,
+                       gateway_rate=74.0, request_s=0.97)
+    assert decide(blip, ScalerState(), POLICY, now=1000.0).replicas == 1
+    assert decide(replace(blip, gateway_demand=48.0), ScalerState(), POLICY, now=1000.0).replicas == 2  # full
 
 
 def test_the_gateways_view_never_removes_what_the_engines_queue_asks_for():

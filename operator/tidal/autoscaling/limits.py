@@ -42,6 +42,15 @@ def replicas_needed(backlog: float, arrivals_per_s: float, request_s: float, hor
     return (backlog / horizon_s + max(0.0, arrivals_per_s)) * request_s / slots
 
 
+def replicas_have_room(demand: float, ready: int, slots: float) -> bool:
+    """Whether the ready replicas have a free slot for everything the gateway sees in flight and held. Then they
+    absorb what arrives, and a rate counted over a second or two is no reason to start a replica that serves
+    only a cold start later: 27 in flight on one replica of 48 slots during a moment of 74/s is room (a replica
+    started for that blip was ready 60 s after it ended). A sustained rise fills the slots within seconds —
+    60 in flight on two replicas of 48 at 40/s: full one second later — and then scales up."""
+    return demand < ready * slots
+
+
 def too_late_to_help(since_wake_s: float, backlog: float, arrivals_per_s: float, request_s: float | None,
                      slots: float, starting: int) -> bool:
     """A replica added during a wake is ready a cold start after it is added, `since_wake_s` after the
