@@ -145,6 +145,9 @@ def test_in_the_simulated_fleet_two_busy_services_on_one_gpu_take_turns_and_lose
     kept, shared = run(False), run(True)
     assert kept.lost > 500, kept.lost
     assert shared.lost == 0 and shared.wait_max < 600, (shared.lost, shared.wait_max)
+    # Each service's longest wait, as the fleet report gives it: the starved one waited out the hold.
+    assert kept.wait_max_by_service[0] < 60 <= 600 <= kept.wait_max_by_service[1], kept.wait_max_by_service
+    assert max(shared.wait_max_by_service) < 600, shared.wait_max_by_service
 
 
 def test_a_low_services_requests_outrank_an_idle_high_one_once_they_have_waited_half_the_hold():

@@ -27,6 +27,7 @@ class FleetResult:
     lost: int
     pending_launches: int  # replicas that had to wait for a GPU
     wait_max: float  # the longest queue wait of a served request
+    wait_max_by_service: list[float]  # each service's longest wait, a lost request's (its whole hold) included
     cache_hit_ratio: float | None = None  # with --model-cache: cold starts whose weights were on the node
     cold_start_p50_s: float | None = None  # with --model-cache: fetch + load, median
     cold_start_phases_p50_s: dict | None = None  # with --model-cache: weight_fetch, engine_load medians
@@ -159,4 +160,5 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         slo_misses=sum(1 for o in outcomes if o.lost or o.wait > cfg.slo_wait_s),
         lost=sum(1 for o in outcomes if o.lost) + total - len(outcomes), pending_launches=waited_for_gpu,
         wait_max=max((o.wait for o in outcomes if not o.lost), default=0.0),
+        wait_max_by_service=[round(max((o.wait for o in s.outcomes), default=0.0), 1) for s in services],
         **cache_figures(pool.nodes, [t for s in services for t in s.cold_start_times]))
