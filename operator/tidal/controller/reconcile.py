@@ -29,7 +29,7 @@ from ..planning.status import Observation, fetch_failure, plan_status
 from ..render import RenderSettings, render_deployment, render_network_policy, render_service
 from ..render.deployment import pod_placement
 from ..render.labels import SERVICE_LABEL, SPEC_HASH_ANNOTATION
-from ..render.model_fetch import cache_node_label, model_volume
+from ..render.model_fetch import cache_fetch_command, cache_node_label
 from ..render.prefetch import PREFETCH_LABEL, prefetch_name, render_prefetch, wants_prefetch
 from ..render.service import service_url
 from .store import ServiceStore, update_status
@@ -207,7 +207,7 @@ class Reconciler:
         if not prefetching:
             return plan, None
         # Only pods of the current model count: during a rollout to a new uri, the old one's pods still run.
-        command = model_volume(spec.model, self.settings, {}).init_containers[0]["command"]
+        command = cache_fetch_command(spec.model, self.settings.model_cache)
         current = [p for p in prefetchers if _running(p) and _fetch_command(p) == command]
         held = pool_nodes_holding(nodes, pool, fetched_on(current))
         return plan, prefetch_condition(held, plan.pool, fetch_failure(prefetchers))

@@ -87,14 +87,19 @@ def _gcs_key(secret: str, volume_name: str = "gcs-key") -> tuple[dict, dict, lis
     return volume, mount, env
 
 
+def cache_fetch_command(source: Model | Adapter, cache: ModelCacheSettings,
+                        extra_args: tuple[str, ...] = ()) -> list[str]:
+    """`tidal fetch-model` for `source`: what a replica's (or a prefetch pod's) cache fetcher runs."""
+    command = ["tidal", "fetch-model", "--uri", source.uri, "--cache-root", CACHE_DIR, "--budget", cache.budget,
+               *extra_args]
+    return command + ["--revision", source.revision] if source.revision else command
+
+
 def cache_fetcher(source: Model | Adapter, cache: ModelCacheSettings, container_security: dict,
                   extra_args: tuple[str, ...] = (), key_volume: str = "gcs-key") -> tuple[dict, list[dict]]:
     """The init container that puts `source` into the node's cache with `tidal fetch-model`, and the volumes it
     needs besides the cache itself (a gs:// key)."""
-    command = ["tidal", "fetch-model", "--uri", source.uri, "--cache-root", CACHE_DIR, "--budget", cache.budget,
-               *extra_args]
-    if source.revision:
-        command += ["--revision", source.revision]
+    command = cache_fetch_command(source, cache, extra_args)
     secret = source.credentials.secretName if source.credentials else None
     volumes: list[dict] = []
     env, mounts = [{"name": "HOME", "value": "/tmp"}], [{"name": "tmp", "mountPath": "/tmp"}]
