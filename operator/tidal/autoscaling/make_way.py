@@ -15,8 +15,9 @@ replica per Pending replica: nothing more is taken than is asked for.
 A busy service gives a replica only so that nobody starves: when a service with no ready replica has held
 requests so long that they would time out unless a replica starts now (`starving_after`) and no idle replica
 can make way, the busy service of no higher priority with the most replicas gives one (`shares_first`; of
-equals, the one holding fewest requests). It keeps serving on its others, or, giving its last, its requests wait in turn and will take a seat the same way: the pool's seats go
-round, a cold start per turn, instead of the same services keeping them while the others' requests time out.
+equals, the one holding fewest requests). It keeps serving on its others, or, giving its last, its requests
+wait in turn and will take a seat the same way: the pool's seats go round, a cold start per turn, instead of
+the same services keeping them while the others' requests time out.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def idle_enough_to_yield(oldest_held_s: float, hold_timeout_s: float, floor_s: f
 def make_way(seats: list[Seat], now: float, hold_timeout_s: float = 300.0, floor_s: float = 0.0) -> list[Yield]:
     """The scale-downs that free a GPU for each Pending replica of a service with held requests (the longest
     held first), taken from idle services in `cheapest_first` order; for a starving service (no ready replica,
-    its requests held half the hold) one more from a busy service in `shares_first` order if none is idle."""
+    its requests about to time out: `starving_after`) one from a busy service in `shares_first` order if none
+    is idle."""
     needy = sorted((s for s in seats if waiting_for_gpu(s)), key=lambda s: (-s.priority, -s.oldest_held_s))
     left = {s.key: s.replicas for s in seats}
     # A service never started yet: its pool's usual cold start (the same GPUs), the median of those known.
