@@ -4,6 +4,7 @@ and Cloud Storage servers of the tests share)."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,6 @@ def serving(argv: list[str], log: Path, answers: Callable[[], bool], timeout_s: 
 
 
 def connects(host: str, port: int) -> bool:
-    import socket
     try:
         socket.create_connection((host, port), timeout=1).close()
         return True

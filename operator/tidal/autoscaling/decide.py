@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 
 from .limits import (adapted_idle_seconds, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
                      idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap, replicas_have_room,
-                     replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down, stabilise_up, too_late_to_help,
-                     within_tolerance)
+                     replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down, stabilise_up,
+                     too_late_to_help, within_tolerance)
 from .policy import Policy
 
 
@@ -281,14 +281,15 @@ def gateway_recommends(obs: Observation, policy: Policy) -> int:
     # (recommend): the two signals agree on what one replica holds.
     need = replicas_needed(obs.gateway_demand or 0.0, obs.gateway_rate, obs.request_s, horizon,
                            slots + policy.target_queue)
+    whole = math.ceil(need - 1e-9)
     room = replicas_have_room(obs.gateway_demand or 0.0, obs.ready, slots)
     if obs.current and (room or need <= obs.current * (1 + policy.tolerance)):
         # Slots free in the replicas there (code x4: 0.435 -> 0.418 GPU-h, no miss changed), or within the
         # tolerance of what serves, as HPA judges its ratio before rounding: a second of 96 arrivals/s at 0.57 s a
         # request is 1.06 replicas of 52 places, which the one replica there absorbs in a second; rounded up to 2
         # it started a replica (a cold start of GPU time) that the engines' queue never asked for.
-        return min(obs.current, math.ceil(need - 1e-9))
-    return math.ceil(need - 1e-9)
+        return min(obs.current, whole)
+    return whole
 
 
 def _gateway_scale_up(obs: Observation, state: ScalerState, policy: Policy, now: float, fast: int) -> Decision:

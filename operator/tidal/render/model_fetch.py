@@ -108,8 +108,8 @@ def cache_fetcher(source: Model | Adapter, cache: ModelCacheSettings, container_
         volumes, mounts, env = [volume], mounts + [mount], env + key_env
     else:
         env += _credentials_env(source.scheme, secret)
-    fetcher = _fetcher(cache.image, command, env, mounts, container_security)
-    fetcher["volumeMounts"] = [{"name": "model-cache", "mountPath": CACHE_DIR}, *fetcher["volumeMounts"][1:]]
+    fetcher = _fetcher(cache.image, command, env, mounts, container_security,
+                       {"name": "model-cache", "mountPath": CACHE_DIR})
     fetcher["resources"] = {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}  # it streams
     return fetcher, volumes
 
