@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.properties import examples
 
 from tidal.autoscaling import Observation, Policy, ScalerState, decide
+from tidal.autoscaling.decide import measured_at
 from tidal.autoscaling.limits import (adapted_idle_seconds, clamp, expected_backlog, limit_scale_down, limit_scale_up,
                                       recommend, remember_gap, replicas_to_drain, stabilise_down, too_late_to_help,
                                       within_tolerance)
@@ -623,3 +624,38 @@ def test_while_prometheus_is_down_the_gateways_count_changes_nothing():
                       gateway_rate=40.0, request_s=4.0, metrics_outage=True)
     d = decide(obs, ScalerState(), POLICY, now=1000.0)
     assert (d.replicas, d.reason) == (2, "MetricsUnavailable")
+
+
+# ---- the scale-down window counts from when the demand was seen ----------------------------------------------
+def test_a_scraped_reading_is_dated_when_it_was_scraped_and_the_gateways_count_now():
+    scraped = Observation(current=2, ready=2, waiting=0.0, running=60.0, queue_age_s=12.0)
+    assert measured_at(scraped, now=100.0, slow=2, fast=0) == 88.0
+    assert measured_at(scraped, now=100.0, slow=2, fast=2) == 100.0  # the gateway's count of now says as much
+    assert measured_at(replace(scraped, queue_age_s=-3.0), now=100.0, slow=2, fast=0) == 100.0  # never later
+
+
+def _first_scale_down(age_s: float) -> float:
+    """Four busy replicas until 80 s, idle after; each tick reads a scrape `age_s` old."""
+    state, current = ScalerState(observing_since=-1000.0), 4
+    for now in range(0, 400, 2):
+        busy = now - age_s < 80
+        obs = Observation(current=current, ready=current, waiting=0.0, running=180.0 if busy else 0.0,
+                          queue_age_s=age_s)
+        d = decide(obs, state, POLICY, float(now))
+        state = d.state
+        if d.replicas < current:
+            return float(now)
+    raise AssertionError("never scaled down")
+
+
+def test_the_scale_down_window_counts_from_the_scrape_not_from_when_it_was_read():
+    # The idle scrape is read 14 s late either way; the busy ones are no longer held 14 s past the window.
+    assert _first_scale_down(0.0) == 140.0
+    assert _first_scale_down(14.0) == 140.0
+
+
+def test_a_busy_reading_holds_the_replicas_however_old_it_is():
+    history = tuple((float(t), 1) for t in range(0, 100, 2))
+    busy = Observation(current=4, ready=4, waiting=0.0, running=180.0, queue_age_s=3600.0)
+    d = decide(busy, ScalerState(history=history, observing_since=-1000.0), POLICY, now=100.0)
+    assert d.replicas == 4

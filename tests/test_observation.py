@@ -33,7 +33,8 @@ def worlds(draw):
                 request_s=draw(st.none() | st.floats(0.1, 60)), unschedulable=draw(st.integers(0, 3)),
                 cold_start_s=draw(st.none() | st.floats(1, 600)), wake=draw(st.booleans()),
                 # the gateway's load report (the fast signal): in flight, in its line, arriving per second
-                in_flight=draw(counts), line=draw(counts), arriving=draw(counts))
+                in_flight=draw(counts), line=draw(counts), arriving=draw(counts),
+                age=draw(st.integers(0, 30).map(float)))  # seconds since the engines' gauges were scraped
 
 
 def operator_sees(w: dict):
@@ -52,7 +53,8 @@ def operator_sees(w: dict):
         return scaler._observe(KEY, SPEC, ServiceLoad(), extra_pending=held, status=status)
     series = w["ready"] > 0 and w["scraped"]
     load = ServiceLoad(waiting=w["waiting"] if series else 0.0, running=w["running"] if series else 0.0,
-                       pending=held, seen={ADAPTER.queue_metric, ADAPTER.inflight_metric} if series else set())
+                       pending=held, seen={ADAPTER.queue_metric, ADAPTER.inflight_metric} if series else set(),
+                       scrape_age_s=w.get("age", 0.0) if series else None)
     return scaler._observe(KEY, SPEC, load, status=status)
 
 
@@ -62,7 +64,8 @@ def simulator_sees(w: dict):
     view = View(now=100.0, current=w["current"], ready=w["ready"], scraped_waiting=w["waiting"],
                 scraped_running=w["running"], live_concurrency=0.0, held=w["held"], held_rate=w["held_rate"],
                 request_s=w["request_s"], unschedulable=w["unschedulable"], scraped_series=w["scraped"],
-                in_flight=w.get("in_flight", 0.0), arrivals_per_s=w.get("arriving", 0.0))
+                in_flight=w.get("in_flight", 0.0), arrivals_per_s=w.get("arriving", 0.0),
+                scraped_at=100.0 - w.get("age", 0.0))
     view = replace(view, live_concurrency=view.in_flight + w.get("line", 0.0))
     return policy.observed(view, wake=w["wake"])
 

@@ -50,6 +50,7 @@ class EngineQueue:
     queue_exported: bool = True  # the engine's queue series is in the answer (always, for a custom query)
     trustworthy: bool = True  # False on a NaN or infinite sample
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
+    age_s: float = 0.0  # how long before the tick the engines' gauges were scraped
 
     def fold(self, obs: Observation, replicas: Replicas) -> Observation:
         if not self.answered:
@@ -59,7 +60,8 @@ class EngineQueue:
         waiting, running = (self.waiting, self.running) if self.answered else (0.0, 0.0)
         return replace(obs, waiting=waiting if known else None, running=running if known else None,
                        pending=obs.pending + self.held, batch_backlog=self.batch_backlog,
-                       query_error=self.query_error, metrics_outage=not self.answered)
+                       query_error=self.query_error, metrics_outage=not self.answered,
+                       queue_age_s=self.age_s if self.answered else 0.0)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ The engines' queue gauges are summed per (namespace, InferenceService) in a sing
 by pod and metric name, together with `up` (how many of the service's pods Prometheus scrapes):
 
   sum by (namespace, <service label>, pod, __name__) ({__name__=~"vllm:num_requests_waiting|...|up"})
+  or label_replace(time() - timestamp({__name__=~"<queue gauges>"}) ..., "tidal_scrape", "age", "", "")
+
+The second part is how old each pod's queue gauge is (Prometheus's own clock on both sides, so no clock skew):
+the autoscaler dates what it saw by when it was scraped (autoscaling.decide.measured_at). Its extra label keeps
+`or` from taking it for the pod's gauge of the same labels (`or` matches label sets without the metric name).
 
 Edge cases, each decided here once: an HTTP error, a timeout or a malformed answer raise
 PrometheusError (the autoscaler then holds every service); NaN or ±Inf make that one service's
@@ -30,6 +35,10 @@ ACTIVATOR_PENDING = "tidal_activator_pending_requests"
 BATCH_BACKLOG = "tidal_gateway_batch_backlog_requests"
 
 
+# The label marking the query's scrape-age series (see the module's docstring).
+SCRAPE_AGE = ("tidal_scrape", "age")
+
+
 class PrometheusError(RuntimeError):
     pass
 
@@ -41,6 +50,7 @@ class ServiceLoad:
     pending: float = 0.0
     batch_backlog: float = 0.0
     targets_up: float = 0.0
+    scrape_age_s: float | None = None  # how long ago the freshest of its queue gauges was scraped
     unknown: bool = False  # a NaN/Inf sample: the numbers above cannot be trusted
     seen: set[str] = field(default_factory=set)  # metric names present
 
@@ -57,7 +67,11 @@ def batched_query(service_label: str) -> str:
     (see `service_loads`). 2,000 services of 2 pods and 4 series each is 16,000 small samples."""
     waiting, running = signal_metrics()
     names = "|".join(sorted(waiting | running | {ACTIVATOR_PENDING, BATCH_BACKLOG, "up"}))
-    return f'sum by (namespace, {service_label}, pod, __name__) ({{__name__=~"{names}", {service_label}!=""}})'
+    queues = "|".join(sorted(waiting))
+    ages = (f'min by (namespace, {service_label}, pod) '
+            f'(time() - timestamp({{__name__=~"{queues}", {service_label}!=""}}))')
+    return (f'sum by (namespace, {service_label}, pod, __name__) ({{__name__=~"{names}", {service_label}!=""}})'
+            f' or label_replace({ages}, "{SCRAPE_AGE[0]}", "{SCRAPE_AGE[1]}", "", "")')
 
 
 class Prometheus:
@@ -114,6 +128,11 @@ class Prometheus:
             except (KeyError, IndexError, TypeError, ValueError):
                 raise PrometheusError(f"malformed sample from Prometheus: {series!r}") from None
             load = loads.setdefault(key, ServiceLoad())
+            if labels.get(SCRAPE_AGE[0]) == SCRAPE_AGE[1]:
+                if math.isfinite(value):  # the freshest pod's: a reading is never dated older than it is
+                    load.scrape_age_s = max(0.0, min(value, load.scrape_age_s if load.scrape_age_s is not None
+                                                     else math.inf))
+                continue
             name = labels.get("__name__", "")
             load.seen.add(name)
             if not math.isfinite(value):

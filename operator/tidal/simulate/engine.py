@@ -99,7 +99,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     push(0.0, "sample")
     if policy.observe_s:
         push(0.0, "observe")
-    scraped = (0.0, 0.0, False)  # (waiting, running, whether any replica was ready to export them)
+    scraped = (0.0, 0.0, False, 0.0)  # (waiting, running, whether a replica was ready to export them, when)
     timeline: list[tuple[float, int, int, int]] = []
     arrived = 0
     next_progress = 0.1
@@ -107,7 +107,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     def view(now: float) -> View:
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[0], scraped[1], svc.waiting() + svc.running(),
-                    *svc.held(now), scraped_series=scraped[2], in_flight=svc.running(),
+                    *svc.held(now), scraped_series=scraped[2], scraped_at=scraped[3], in_flight=svc.running(),
                     arrivals_per_s=svc.arrivals.per_second(now))
 
     def act(desired, now):
@@ -157,7 +157,8 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             start(now)
             push(now + policy.observe_s, "observe")
         elif kind == "scrape":
-            scraped = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) else (0.0, 0.0, False)
+            scraped = ((float(svc.waiting()), float(svc.running()), True, now) if svc.ready_count(now)
+                       else (0.0, 0.0, False, now))
             push(now + cfg.scrape_interval_s, "scrape")
         elif kind == "sample":
             timeline.append((now, svc.current(), svc.ready_count(now), svc.waiting()))

@@ -58,7 +58,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
     if arbiter:  # Tidal frees GPUs in a full pool for services with held requests (autoscaling/make_way.py)
         push(0.0, "make_way", 0)
     made_way = 0
-    scraped = [(0.0, 0.0, False)] * len(traces)  # (waiting, running, whether a replica exported them)
+    scraped = [(0.0, 0.0, False, 0.0)] * len(traces)  # (waiting, running, whether a replica exported them, when)
     remaining = [len(t) for t in traces]
     end = max((t[-1].arrival for t in traces if t), default=0.0)
     last_done = 0.0
@@ -67,7 +67,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         svc = services[i]
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2],
+                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2], scraped_at=scraped[i][3],
                     in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free,
                     pool_asleep=asleep(now) - (svc.current() == 0))
 
@@ -147,8 +147,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
                 start(j, now)
             push(now + policies[0].tick_s, "make_way", 0)
         elif kind == "scrape":
-            scraped[i] = (float(svc.waiting()), float(svc.running()), True) if svc.ready_count(now) \
-                else (0.0, 0.0, False)
+            scraped[i] = ((float(svc.waiting()), float(svc.running()), True, now) if svc.ready_count(now)
+                          else (0.0, 0.0, False, now))
             push(now + cfg.scrape_interval_s, "scrape", i)
     stop = max(last_done, end)
     outcomes = [o for s in services for o in s.outcomes]
