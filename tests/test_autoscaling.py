@@ -11,7 +11,7 @@ from tests.properties import examples
 
 from tidal.autoscaling import Observation, Policy, ScalerState, decide
 from tidal.autoscaling.decide import measured_at
-from tidal.autoscaling.limits import (adapted_idle_seconds, clamp, expected_backlog, limit_scale_down, limit_scale_up,
+from tidal.autoscaling.limits import (adapted_idle_seconds, batch_that_fits, clamp, expected_backlog, limit_scale_down, limit_scale_up,
                                       recommend, remember_gap, replicas_to_drain, stabilise_down, too_late_to_help,
                                       within_tolerance)
 
@@ -659,3 +659,24 @@ def test_a_busy_reading_holds_the_replicas_however_old_it_is():
     busy = Observation(current=4, ready=4, waiting=0.0, running=180.0, queue_age_s=3600.0)
     d = decide(busy, ScalerState(history=history, observing_since=-1000.0), POLICY, now=100.0)
     assert d.replicas == 4
+
+
+# ---- a batch of long prompts fills the KV cache before its places ----------------------------------------------
+def test_the_batch_that_fits_is_what_runs_when_the_kv_cache_is_full():
+    assert batch_that_fits(48, running=104, ready=8, kv_usage=0.95) == 13  # 13 a replica fill 95 %: 13.7
+    assert batch_that_fits(48, running=96, ready=2, kv_usage=0.30) == 48  # short prompts: the batch is the limit
+    assert batch_that_fits(48, running=2, ready=1, kv_usage=0.05) == 48  # too little in the cache to tell
+    assert batch_that_fits(48, running=30, ready=2, kv_usage=None) == 48  # an engine without the gauge
+    assert batch_that_fits(0, running=30, ready=2, kv_usage=0.9) == 0  # queue-only signals stay queue-only
+    assert batch_that_fits(48, running=3, ready=1, kv_usage=1.0) == 3
+
+
+def test_long_prompts_waiting_behind_full_kv_caches_scale_up_and_say_why():
+    # 8 replicas of a 48-request batch run 13 long prompts each (their KV caches 95 % full) and 300 wait: counted
+    # at 48 places a replica that is 8 replicas' worth (ceil(404 / 52)), the service never grew while they waited.
+    policy = replace(POLICY, max_replicas=40)
+    full = Observation(current=8, ready=8, waiting=300.0, running=104.0, kv_usage=0.95)
+    d = decide(full, ScalerState(), policy, now=1000.0)
+    assert d.replicas == 24 and d.reason == "QueueAboveTarget"  # ceil(404 / (13 + 4)), within the x4 step limit
+    assert "KV caches 95% full: 13 a replica" in d.message
+    assert decide(replace(full, kv_usage=None), ScalerState(), policy, now=1000.0).replicas == 8

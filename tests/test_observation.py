@@ -34,7 +34,8 @@ def worlds(draw):
                 cold_start_s=draw(st.none() | st.floats(1, 600)), wake=draw(st.booleans()),
                 # the gateway's load report (the fast signal): in flight, in its line, arriving per second
                 in_flight=draw(counts), line=draw(counts), arriving=draw(counts),
-                age=draw(st.integers(0, 30).map(float)))  # seconds since the engines' gauges were scraped
+                age=draw(st.integers(0, 30).map(float)),  # seconds since the engines' gauges were scraped
+                kv=draw(st.none() | st.integers(0, 100).map(lambda p: p / 100)))  # their KV caches' usage
 
 
 def operator_sees(w: dict):
@@ -54,7 +55,9 @@ def operator_sees(w: dict):
     series = w["ready"] > 0 and w["scraped"]
     load = ServiceLoad(waiting=w["waiting"] if series else 0.0, running=w["running"] if series else 0.0,
                        pending=held, seen={ADAPTER.queue_metric, ADAPTER.inflight_metric} if series else set(),
-                       scrape_age_s=w.get("age", 0.0) if series else None)
+                       scrape_age_s=w.get("age", 0.0) if series else None,
+                       kv_usage_sum=w["kv"] if series and w.get("kv") is not None else 0.0,
+                       kv_pods=1 if series and w.get("kv") is not None else 0)
     return scaler._observe(KEY, SPEC, load, status=status)
 
 
@@ -65,7 +68,7 @@ def simulator_sees(w: dict):
                 scraped_running=w["running"], live_concurrency=0.0, held=w["held"], held_rate=w["held_rate"],
                 request_s=w["request_s"], unschedulable=w["unschedulable"], scraped_series=w["scraped"],
                 in_flight=w.get("in_flight", 0.0), arrivals_per_s=w.get("arriving", 0.0),
-                scraped_at=100.0 - w.get("age", 0.0))
+                scraped_at=100.0 - w.get("age", 0.0), scraped_kv_usage=w.get("kv"))
     view = replace(view, live_concurrency=view.in_flight + w.get("line", 0.0))
     return policy.observed(view, wake=w["wake"])
 

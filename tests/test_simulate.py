@@ -238,3 +238,20 @@ def test_the_command_takes_several_policies_and_names_an_unknown_one(tmp_path):
     assert bad.returncode == 2
     assert "--policy 'tidal,kserve': unknown kserve; choose from tidal, keda-hpa, knative-kpa, reactive-bound" \
         in bad.stderr
+
+
+def test_a_replica_takes_long_prompts_only_while_its_kv_cache_holds_them():
+    """vLLM admits a request only while its blocks fit: 196,608 tokens of KV cache hold sixteen 12,100-token
+    requests, whatever the 48 places of its batch; short ones fill the batch. The scrape shows the cache's use."""
+    from tidal.simulate.service import Service
+    svc = Service(LatencyModel(), cold_start_s=0.0)
+    svc.scale_to(1, 0.0)
+    for _ in range(40):
+        svc.arrive(Request(0.0, 12_000, 100), 0.0)
+    assert len(svc.dispatch(0.0)) == 16 and svc.waiting() == 24
+    assert svc.scrape(0.0).kv_usage == pytest.approx(16 * 12_100 / 196_608)
+    short = Service(LatencyModel(), cold_start_s=0.0)
+    short.scale_to(1, 0.0)
+    for _ in range(60):
+        short.arrive(Request(0.0, 200, 180), 0.0)
+    assert len(short.dispatch(0.0)) == 48 and short.waiting() == 12

@@ -51,6 +51,8 @@ def test_series_of_several_pods_are_summed_per_service_and_a_departed_pod_is_lef
                      + series("vllm:num_requests_waiting", "pc-sum", "chat", "chat-b", "4")
                      + series("vllm:num_requests_running", "pc-sum", "chat", "chat-a", "48")
                      + series("vllm:num_requests_running", "pc-sum", "chat", "chat-b", "10")
+                     + series("vllm:kv_cache_usage_perc", "pc-sum", "chat", "chat-a", "0.9")
+                     + series("vllm:kv_cache_usage_perc", "pc-sum", "chat", "chat-b", "0.5")
                      + series("nv_inference_pending_request_count", "pc-sum", "vision", "vision-a", "2")
                      + 'vllm:num_requests_waiting{namespace="pc-sum",pod="stray"} 99\n')  # no service label
     prometheus = Prometheus(dev_cluster.prometheus_url)
@@ -58,6 +60,7 @@ def test_series_of_several_pods_are_summed_per_service_and_a_departed_pod_is_lef
     chat, vision = loads[("pc-sum", "chat")], loads[("pc-sum", "vision")]
     assert (chat.waiting, chat.running, chat.unknown) == (7, 58, False)
     assert (vision.waiting, vision.running) == (2, 0)
+    assert chat.kv_usage == pytest.approx(0.7) and vision.kv_usage is None  # the pods' mean; Triton has none
     assert "vllm:num_requests_waiting" in chat.seen and "up" not in chat.seen  # `up` carries no service label here
     # How old the scrape is, by Prometheus's own clock: the test cluster scrapes every second (conftest), so
     # within about a second (a slow scrape, a loaded machine: 3 s); a quarter of an hour would be the lookback.
@@ -65,6 +68,7 @@ def test_series_of_several_pods_are_summed_per_service_and_a_departed_pod_is_lef
     # A pod the watch saw deleted: its series are history, not load.
     gone = loads_once_scraped(prometheus, "pc-sum", 2, gone=lambda key, pod: pod == "chat-b")
     assert (gone[("pc-sum", "chat")].waiting, gone[("pc-sum", "chat")].running) == (3, 48)
+    assert gone[("pc-sum", "chat")].kv_usage == pytest.approx(0.9)
     assert prometheus.queries >= 2
 
 

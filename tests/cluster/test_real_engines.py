@@ -100,6 +100,10 @@ def test_a_real_vllm_service_scales_1_2_0_from_its_own_queue_and_wakes(operator,
     # replica at most its batch plus the target queue (2 + 1) and holds the rest, so vLLM's queue peaks at 1.
     series = prometheus_series(dev_cluster.prometheus_url, f'vllm:num_requests_waiting{{model_name="{SERVED}"}}')
     assert series and {"model_name", "engine", "namespace"} <= set(series[0]["metric"]), series
+    # ...and its KV-cache gauge, by the name the autoscaler reads (a batch of long prompts is full before its
+    # places are: autoscaling.limits.batch_that_fits).
+    kv = prometheus_series(dev_cluster.prometheus_url, f'vllm:kv_cache_usage_perc{{model_name="{SERVED}"}}')
+    assert kv and 0 <= float(kv[0]["value"][1]) <= 1 and "namespace" in kv[0]["metric"], kv
     peak = prometheus_series(dev_cluster.prometheus_url,
                              f'max(max_over_time(vllm:num_requests_waiting{{model_name="{SERVED}"}}[10m]))')
     assert peak and float(peak[0]["value"][1]) >= 1, peak

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .limits import (adapted_idle_seconds, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
+from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
                      idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap, replicas_have_room,
                      replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down, stabilise_up,
                      too_late_to_help, within_tolerance)
@@ -38,6 +38,7 @@ class Observation:
     metrics_outage: bool = False  # Prometheus gave no answer at all (down, or the service's own query failed)
     wake_reserve: int = 0  # of the pool's room, replicas' worth other services at zero may need to wake
     queue_age_s: float = 0.0  # how old `waiting` and `running` are: the scrape was taken this long before now
+    kv_usage: float | None = None  # the serving replicas' KV caches, the fraction in use (mean); None: not exported
 
 
 @dataclass(frozen=True)
@@ -173,11 +174,11 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     # replica serves and there is no engine queue to know), so that an outage changes nothing that exists.
     if obs.ready == 0 and obs.pending > 0 and (obs.current == 0 or obs.waiting is not None):
         return _wake(obs, state, policy, now)
-    fast = gateway_recommends(obs, policy)
     if obs.waiting is None or obs.running is None:
         # Never act on missing data: a metrics outage must not look like an idle service. The gateway's own
         # count is data, though, and it only adds: while new replicas' series are not scraped yet, a rise it
         # sees scales up. Not while Prometheus is down: an outage changes nothing that exists.
+        fast = gateway_recommends(obs, policy)
         if fast > obs.current and obs.ready > 0 and not obs.metrics_outage:
             return _gateway_scale_up(obs, state, policy, now, fast)
         if obs.query_error:  # the user's query is wrong, not Prometheus away: say which
@@ -185,6 +186,12 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
                          f"spec.scaling.query failed: {obs.query_error[:400]}; keeping the current replicas")
         return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
 
+    # A replica whose KV cache fills before its batch holds fewer requests: every count below uses what fits.
+    fits = batch_that_fits(policy.max_concurrency, obs.running, obs.ready, obs.kv_usage)
+    batch_note = (f"; KV caches {obs.kv_usage:.0%} full: {fits:g} a replica" if fits < policy.max_concurrency
+                  else "")
+    policy = replace(policy, max_concurrency=fits)
+    fast = gateway_recommends(obs, policy)
     # A batch's unsent requests are demand too: 2,000 of them with a target queue of 2 ask for every
     # replica maxReplicas allows, so the batch finishes in hours rather than on one replica's spare places.
     waiting = obs.waiting + obs.pending + obs.batch_backlog
@@ -197,7 +204,7 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     recommended = max(slow, fast)
     state = _remember(state, policy, measured_at(obs, now, slow, fast), recommended)
     load = (f"{waiting:g} waiting" + (f" ({obs.batch_backlog:g} of a batch)" if obs.batch_backlog else "")
-            + f", {obs.running:g} running on {obs.ready}/{obs.current} ready")
+            + f", {obs.running:g} running on {obs.ready}/{obs.current} ready{batch_note}")
 
     def result(replicas: int, reason: str, message: str) -> Decision:
         replicas = clamp(replicas, policy.min_replicas, policy.max_replicas)

@@ -21,6 +21,19 @@ def recommend(waiting: float, running: float, target_queue: float, max_concurren
     return math.ceil(demand / (max_concurrency + target_queue)) if demand > 0 else 0
 
 
+# Below this KV-cache usage a replica's few requests say too little about what a full cache holds.
+MIN_KV_USAGE = 0.1
+
+
+def batch_that_fits(batch: float, running: float, ready: int, kv_usage: float | None) -> float:
+    """Requests one replica holds at once: its batch (--max-num-seqs), or fewer when its KV cache fills first, as
+    with long prompts. 104 running on 8 replicas whose caches are 95 % full: 13 / 0.95 -> 13 a replica, not 48,
+    so 300 waiting ask for ceil(404 / (13 + 4)) = 24 replicas, where counting 48 places asked for the 8 there."""
+    if batch <= 0 or ready <= 0 or running <= 0 or kv_usage is None or kv_usage < MIN_KV_USAGE:
+        return batch
+    return max(1, min(batch, math.floor(running / ready / min(1.0, kv_usage))))
+
+
 def expected_backlog(held: float, arrivals_per_s: float, cold_start_s: float | None) -> float:
     """What will be waiting when a replica started now is ready: what is held plus what arrives during
     its cold start. 100 held, arriving at 20/s, a 20 s cold start -> 500 (at 8 + 4 per replica: 42

@@ -51,6 +51,7 @@ class EngineQueue:
     trustworthy: bool = True  # False on a NaN or infinite sample
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
     age_s: float = 0.0  # how long before the tick the engines' gauges were scraped
+    kv_usage: float | None = None  # the replicas' KV caches, the fraction in use (mean); None: not exported
 
     def fold(self, obs: Observation, replicas: Replicas) -> Observation:
         if not self.answered:
@@ -61,7 +62,8 @@ class EngineQueue:
         return replace(obs, waiting=waiting if known else None, running=running if known else None,
                        pending=obs.pending + self.held, batch_backlog=self.batch_backlog,
                        query_error=self.query_error, metrics_outage=not self.answered,
-                       queue_age_s=self.age_s if self.answered else 0.0)
+                       queue_age_s=self.age_s if self.answered else 0.0,
+                       kv_usage=self.kv_usage if self.answered and known else None)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Prometheus, as the autoscaler reads it: one instant query per tick for every service.
 
-The engines' queue gauges are summed per (namespace, InferenceService) in a single query, grouped
-by pod and metric name, together with `up` (how many of the service's pods Prometheus scrapes):
+The engines' queue and KV-cache usage gauges are summed per (namespace, InferenceService) in a single query,
+grouped by pod and metric name, together with `up` (how many of the service's pods Prometheus scrapes):
 
   sum by (namespace, <service label>, pod, __name__) ({__name__=~"vllm:num_requests_waiting|...|up"})
   or label_replace(time() - timestamp({__name__=~"<queue gauges>"}) ..., "tidal_scrape", "age", "", "")
@@ -51,6 +51,13 @@ class ServiceLoad:
     batch_backlog: float = 0.0
     targets_up: float = 0.0
     scrape_age_s: float | None = None  # how long ago the freshest of its queue gauges was scraped
+    kv_usage_sum: float = 0.0  # its pods' KV-cache usage gauges (0..1), summed, and how many pods have one
+    kv_pods: int = 0
+
+    @property
+    def kv_usage(self) -> float | None:
+        """The mean fraction of its pods' KV caches in use; None if no pod exports the gauge."""
+        return self.kv_usage_sum / self.kv_pods if self.kv_pods else None
     unknown: bool = False  # a NaN/Inf sample: the numbers above cannot be trusted
     seen: set[str] = field(default_factory=set)  # metric names present
 
@@ -62,11 +69,16 @@ def signal_metrics() -> tuple[set[str], set[str]]:
     return waiting, running
 
 
+def kv_usage_metrics() -> set[str]:
+    """Every registered engine's KV-cache usage gauge."""
+    return {e.kv_usage_metric for e in ENGINES.values() if e.kv_usage_metric}
+
+
 def batched_query(service_label: str) -> str:
     """Summed per pod, not per service: the autoscaler must be able to leave out a pod that is gone
     (see `service_loads`). 2,000 services of 2 pods and 4 series each is 16,000 small samples."""
     waiting, running = signal_metrics()
-    names = "|".join(sorted(waiting | running | {ACTIVATOR_PENDING, BATCH_BACKLOG, "up"}))
+    names = "|".join(sorted(waiting | running | kv_usage_metrics() | {ACTIVATOR_PENDING, BATCH_BACKLOG, "up"}))
     queues = "|".join(sorted(waiting))
     ages = (f'min by (namespace, {service_label}, pod) '
             f'(time() - timestamp({{__name__=~"{queues}", {service_label}!=""}}))')
@@ -117,6 +129,7 @@ class Prometheus:
         running when the target went; a pod deleted during a Prometheus restart keeps showing its last
         (busy) samples for the 5-minute lookback, and counting them would hold a replica for minutes."""
         waiting, running = signal_metrics()
+        kv_usage = kv_usage_metrics()
         loads: dict[tuple[str, str], ServiceLoad] = {}
         for series in await self.query(batched_query(self.service_label)):
             labels = series.get("metric", {})
@@ -148,6 +161,9 @@ class Prometheus:
                 load.batch_backlog += value
             elif name == "up":
                 load.targets_up += value
+            elif name in kv_usage:
+                load.kv_usage_sum += value
+                load.kv_pods += 1
         return loads
 
     async def scalar(self, promql: str) -> float | None:

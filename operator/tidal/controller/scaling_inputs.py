@@ -31,7 +31,8 @@ def engine_queue(load: ServiceLoad | None, spec: InferenceServiceSpec, query_err
                        held=load.pending, batch_backlog=load.batch_backlog,
                        queue_exported=bool(spec.scaling.query) or adapter.queue_metric in load.seen,
                        trustworthy=not load.unknown, query_error=query_error,
-                       age_s=0.0 if spec.scaling.query else load.scrape_age_s or 0.0)
+                       age_s=0.0 if spec.scaling.query else load.scrape_age_s or 0.0,
+                       kv_usage=None if spec.scaling.query else load.kv_usage)
 
 
 def custom_query(spec: InferenceServiceSpec, namespace: str, name: str) -> str | None:

@@ -59,6 +59,9 @@ class EngineAdapter:
     # it, so that another replica may take it: how a draining engine says "not me".
     refusals: tuple[bytes, ...] = field(default_factory=tuple)
     serves_adapters: bool = False  # LoRA adapters on the base model (adapter_args)
+    # The fraction of its KV cache in use (0..1), if it exports one: a batch of long prompts fills the cache before
+    # its places, and then the replica is full with fewer requests running (autoscaling.limits.batch_that_fits).
+    kv_usage_metric: str | None = None
 
     def command(self, model: ModelLocation) -> list[str]:
         raise NotImplementedError

@@ -61,6 +61,7 @@ SGLANG = register(SglangAdapter(
     metrics_path="/metrics",
     queue_metric="sglang:num_queue_reqs",
     inflight_metric="sglang:num_running_reqs",
+    kv_usage_metric="sglang:token_usage",
     model_label="model_name",
     # /health answers 503 until the server is up and while it shuts down; /v1/models lists the model.
     startup_probe=Probe("/health"),

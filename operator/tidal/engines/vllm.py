@@ -71,6 +71,7 @@ VLLM = register(VllmAdapter(
     metrics_path="/metrics",
     queue_metric="vllm:num_requests_waiting",
     inflight_metric="vllm:num_requests_running",
+    kv_usage_metric="vllm:kv_cache_usage_perc",
     model_label="model_name",
     startup_probe=Probe("/health"),
     readiness_probe=Probe("/health"),

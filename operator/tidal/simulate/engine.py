@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .latency import LatencyModel
 from .nodes import CacheModel, Nodes
 from .policies import SimPolicy, View
-from .service import Pool, Service
+from .service import Pool, Scrape, Service
 from .trace import Request
 
 
@@ -99,15 +99,16 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
     push(0.0, "sample")
     if policy.observe_s:
         push(0.0, "observe")
-    scraped = (0.0, 0.0, False, 0.0)  # (waiting, running, whether a replica was ready to export them, when)
+    scraped = Scrape()
     timeline: list[tuple[float, int, int, int]] = []
     arrived = 0
     next_progress = 0.1
 
     def view(now: float) -> View:
         ready = svc.ready_count(now)
-        return View(now, svc.current(), ready, scraped[0], scraped[1], svc.waiting() + svc.running(),
-                    *svc.held(now), scraped_series=scraped[2], scraped_at=scraped[3], in_flight=svc.running(),
+        return View(now, svc.current(), ready, scraped.waiting, scraped.running, svc.waiting() + svc.running(),
+                    *svc.held(now), scraped_series=scraped.series, scraped_at=scraped.at,
+                    scraped_kv_usage=scraped.kv_usage, in_flight=svc.running(),
                     arrivals_per_s=svc.arrivals.per_second(now))
 
     def act(desired, now):
@@ -122,8 +123,8 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             push(replica.ready_at, "ready", replica)
 
     def start(now):
-        for done_at, replica in svc.dispatch(now):
-            push(done_at, "done", replica)
+        for done_at, replica, tokens in svc.dispatch(now):
+            push(done_at, "done", (replica, tokens))
 
     now = last_done = 0.0
     while events:
@@ -142,7 +143,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
                 next_progress += 0.1
         elif kind == "done":
             last_done = now
-            svc.finish(payload, now)
+            svc.finish(*payload, now)
             started_by_release()
             start(now)
         elif kind == "ready":
@@ -157,8 +158,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
             start(now)
             push(now + policy.observe_s, "observe")
         elif kind == "scrape":
-            scraped = ((float(svc.waiting()), float(svc.running()), True, now) if svc.ready_count(now)
-                       else (0.0, 0.0, False, now))
+            scraped = svc.scrape(now)
             push(now + cfg.scrape_interval_s, "scrape")
         elif kind == "sample":
             timeline.append((now, svc.current(), svc.ready_count(now), svc.waiting()))

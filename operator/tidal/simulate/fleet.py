@@ -12,7 +12,7 @@ from ..autoscaling.make_way import Seat, make_way
 from .engine import SimConfig, cache_figures
 from .nodes import Nodes
 from .policies import View
-from .service import Pool, Service
+from .service import Pool, Scrape, Service
 from .trace import Request
 
 
@@ -58,7 +58,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
     if arbiter:  # Tidal frees GPUs in a full pool for services with held requests (autoscaling/make_way.py)
         push(0.0, "make_way", 0)
     made_way = 0
-    scraped = [(0.0, 0.0, False, 0.0)] * len(traces)  # (waiting, running, whether a replica exported them, when)
+    scraped = [Scrape()] * len(traces)
     remaining = [len(t) for t in traces]
     end = max((t[-1].arrival for t in traces if t), default=0.0)
     last_done = 0.0
@@ -66,8 +66,9 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
     def view(i, now):
         svc = services[i]
         ready = svc.ready_count(now)
-        return View(now, svc.current(), ready, scraped[i][0], scraped[i][1], svc.waiting() + svc.running(),
-                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i][2], scraped_at=scraped[i][3],
+        return View(now, svc.current(), ready, scraped[i].waiting, scraped[i].running, svc.waiting() + svc.running(),
+                    *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i].series,
+                    scraped_at=scraped[i].at, scraped_kv_usage=scraped[i].kv_usage,
                     in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free,
                     pool_asleep=asleep(now) - (svc.current() == 0))
 
@@ -105,8 +106,8 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             push(replica.ready_at, "ready", services.index(svc), replica)
 
     def start(i, now):
-        for done_at, replica in services[i].dispatch(now):
-            push(done_at, "done", i, replica)
+        for done_at, replica, tokens in services[i].dispatch(now):
+            push(done_at, "done", i, (replica, tokens))
 
     while events:
         now, _, kind, i, payload = heapq.heappop(events)
@@ -122,7 +123,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
             start(i, now)
         elif kind == "done":
             last_done = max(last_done, now)
-            svc.finish(payload, now)
+            svc.finish(*payload, now)
             started_by_release()
             start(i, now)
         elif kind == "ready":
@@ -147,8 +148,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
                 start(j, now)
             push(now + policies[0].tick_s, "make_way", 0)
         elif kind == "scrape":
-            scraped[i] = ((float(svc.waiting()), float(svc.running()), True, now) if svc.ready_count(now)
-                          else (0.0, 0.0, False, now))
+            scraped[i] = svc.scrape(now)
             push(now + cfg.scrape_interval_s, "scrape", i)
     stop = max(last_done, end)
     outcomes = [o for s in services for o in s.outcomes]

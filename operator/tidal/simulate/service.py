@@ -26,6 +26,7 @@ class Replica:
     removed_at: float | None = None
     node: int | None = None  # with modelled nodes: where it runs
     cache: KvPrefixCache | None = None  # its KV prefix cache, when the trace has prompt blocks
+    kv_tokens: int = 0  # KV-cache tokens its running requests hold (prompt and output)
 
     def ready(self, now: float) -> bool:
         return not self.draining and self.ready_at <= now
@@ -74,6 +75,16 @@ class Pool:
 
     def withdraw(self, replica: "Replica") -> None:
         self.pending = collections.deque((s, r) for s, r in self.pending if r is not replica)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """What Prometheus's last scrape of a service's engines holds."""
+    waiting: float = 0.0
+    running: float = 0.0
+    series: bool = False  # a ready replica exported them (before that, the series do not exist)
+    at: float = 0.0  # when it was taken
+    kv_usage: float | None = None  # the ready replicas' KV caches, the fraction in use (mean)
 
 
 @dataclass
@@ -173,6 +184,13 @@ class Service:
         if self.pool is not None:
             self.pool.release(now, replica, self.model)
 
+    def scrape(self, now: float) -> Scrape:
+        ready = [r for r in self.replicas if r.ready(now)]
+        if not ready:
+            return Scrape(at=now)
+        usage = sum(r.kv_tokens for r in ready) / (len(ready) * self.latency.kv_cache_tokens)
+        return Scrape(float(self.waiting()), float(self.running()), True, now, usage)
+
     def held(self, now: float) -> tuple[float, float, float | None]:
         """What an activator sees while no replica is ready: requests held, how fast they arrive, and how
         long requests took recently."""
@@ -187,16 +205,20 @@ class Service:
             self.held_arrivals.add(now)
         self.queue.append((now, request))
 
-    def dispatch(self, now: float) -> list[tuple[float, Replica]]:
-        """Start queued requests on free slots (least busy replica first); returns (done_at, replica)."""
+    def dispatch(self, now: float) -> list[tuple[float, Replica, int]]:
+        """Start queued requests where there is room (least busy replica first); returns (done_at, replica, its
+        KV tokens)."""
         started = []
         while self.queue:
-            candidates = [r for r in self.replicas if r.ready(now) and r.inflight < self.latency.max_concurrency]
+            arrival, request = self.queue[0]
+            tokens = request.input_tokens + request.output_tokens
+            candidates = [r for r in self.replicas if r.ready(now) and self._has_room(r, tokens)]
             if not candidates:
                 break
-            arrival, request = self.queue.popleft()
+            self.queue.popleft()
             replica = self._choose(candidates, request, now)
             replica.inflight += 1
+            replica.kv_tokens += tokens
             wait = now - arrival
             prefill = request.input_tokens - self._reused(replica, request)
             ttft = wait + self.latency.time_to_first_token(prefill)
@@ -205,8 +227,16 @@ class Service:
             # The activator learns a request's time when it ends; counted here at its start, one request
             # time early, which moves the average by a few seconds' worth of requests at most.
             self.request_time.add(took)
-            started.append((now + took, replica))
+            started.append((now + took, replica, tokens))
         return started
+
+    def _has_room(self, replica: Replica, tokens: int) -> bool:
+        """A free place in its batch and room in its KV cache for the whole request, as vLLM admits a request
+        only while its blocks fit: 48 places, but 196,608 tokens hold sixteen 12,000-token conversations. A
+        request larger than the cache runs alone."""
+        if replica.inflight >= self.latency.max_concurrency:
+            return False
+        return replica.inflight == 0 or replica.kv_tokens + tokens <= self.latency.kv_cache_tokens
 
     def _choose(self, candidates: list[Replica], request, now: float) -> Replica:
         """Least loaded; with prefix routing, the owner of the prompt's first block on the ring of ready
@@ -222,7 +252,9 @@ class Service:
             by_name = {str(r.id): r for r in ready}
             pick = self._ring.pick(key, {n: r.inflight for n, r in by_name.items()}, {str(r.id) for r in candidates})
             chosen = by_name[pick] if pick is not None else least
-        if chosen.inflight + 1 > load_bound(sum(r.inflight for r in ready) + 1, len(ready)):
+        # The bound over the replicas that could take it, as the ring bounds them (a replica with no room in its
+        # batch or KV cache takes nothing, whatever its count).
+        if chosen.inflight + 1 > load_bound(sum(r.inflight for r in candidates) + 1, len(candidates)):
             self.over_bound += 1
         return chosen
 
@@ -238,8 +270,9 @@ class Service:
         self.reused_tokens += reused
         return reused
 
-    def finish(self, replica: Replica, now: float) -> None:
+    def finish(self, replica: Replica, tokens: int, now: float) -> None:
         replica.inflight -= 1
+        replica.kv_tokens -= tokens
         if replica.draining and replica.inflight == 0:
             self._remove(replica, now)
 
