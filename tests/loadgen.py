@@ -19,7 +19,7 @@ def ready_pod_ips(kubectl, namespace: str, name: str) -> list[str]:
 
 
 async def steady_load(kubectl, namespace, name, concurrency: int, seconds: float, max_tokens: int,
-                      max_requests: int = 5000) -> dict:
+                      max_requests: int = 5000, prompt: str = "x") -> dict:
     counts = {"ok": 0, "failed": 0}
     deadline = time.monotonic() + seconds
     ips: list[str] = []
@@ -38,7 +38,7 @@ async def steady_load(kubectl, namespace, name, concurrency: int, seconds: float
                 ip = ips[next(sent) % len(ips)]
                 try:
                     async with http.post(f"http://{ip}:8000/v1/completions",
-                                         json={"prompt": "x", "max_tokens": max_tokens}) as r:
+                                         json={"prompt": prompt, "max_tokens": max_tokens}) as r:
                         await r.read()
                         counts["ok" if r.status == 200 else "failed"] += 1
                 except aiohttp.ClientError:

@@ -63,6 +63,36 @@ def test_fifo_scheduler_serves_in_arrival_order_within_the_limit():
     asyncio.run(scenario())
 
 
+def test_long_requests_wait_for_room_in_the_kv_cache_first_come_first_served():
+    """As vLLM admits a request only while its blocks fit: a 48-place batch with a 100-token cache runs two
+    40-token requests; the third waits, and a small one behind it waits its turn; the big one runs alone."""
+    async def scenario():
+        sched = FifoScheduler(48, kv_tokens=100)
+        done = {i: asyncio.Event() for i in range(5)}
+        order = []
+
+        async def job(i, tokens):
+            async with sched.slot(tokens):
+                order.append(i)
+                await done[i].wait()
+
+        tasks = [asyncio.create_task(job(i, t)) for i, t in enumerate((40, 40, 40, 10, 500))]
+        await asyncio.sleep(0)
+        assert (sched.running, sched.waiting, sched.kv_held) == (2, 3, 80)
+        done[0].set()
+        await asyncio.sleep(0.01)
+        assert order == [0, 1, 2, 3] and (sched.running, sched.kv_held) == (3, 90)  # 40 + 40 + 10
+        for i in (1, 2, 3):
+            done[i].set()
+        await asyncio.sleep(0.01)
+        assert order[-1] == 4 and (sched.running, sched.kv_held) == (1, 500)  # larger than the cache: alone
+        done[4].set()
+        await asyncio.gather(*tasks)
+        assert (sched.running, sched.waiting, sched.kv_held) == (0, 0, 0)
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_waiter_gives_its_place_back():
     async def scenario():
         sched = FifoScheduler(1)

@@ -84,6 +84,35 @@ def test_load_raises_replicas_to_max_and_idle_returns_them_to_zero(operator, kub
     assert "tidal_autoscaler_tick_seconds_count" in metrics
 
 
+def test_replicas_whose_kv_caches_are_full_count_as_full(operator, kubectl, namespace):
+    """Long prompts fill a simulated vLLM's 196,608-token KV cache at 4 requests of ~40,400 tokens, far below its
+    48-request batch: the other 16 wait in the engine. Counted at 48 + 2 places a replica, 20 requests ask for
+    one; counted at what fits (4 a replica), for ceil(20 / 6) = 4, and the decision says why."""
+    long = service("longctx", minReplicas=1)
+    long["spec"]["engine"]["args"] = ["--max-num-seqs=48"]
+    apply(kubectl, namespace, long)
+    wait_condition(kubectl, namespace, "longctx", "Ready", "True", "ModelReady")
+    most, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            most[0] = max(most[0], replicas(kubectl, namespace, "longctx") or 0)
+            time.sleep(0.5)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        # 160,000 characters are ~40,000 prompt tokens: 4 s of prefill and 2.8 s of decoding each.
+        counts = asyncio.run(steady_load(kubectl, namespace, "longctx", concurrency=20, seconds=20, max_tokens=400,
+                                         prompt="tide " * 32_000))
+    finally:
+        stop.set()
+        watcher.join()
+    assert counts["failed"] == 0 and counts["ok"] > 0
+    assert most[0] >= 3, f"at most {most[0]} replica(s) while 16 requests waited for KV-cache room"
+    scaled = [m for t, r, m in events(kubectl, namespace, "longctx") if r == "Scaled"]
+    assert any("QueueAboveTarget" in m and "KV caches" in m for m in scaled), scaled
+
+
 def test_prometheus_outage_holds_replicas_then_scaling_resumes(dev_cluster, operator, kubectl, namespace):
     from tidal_dev.cluster.cluster import DevCluster
     cluster = DevCluster(dev_cluster.state_dir)

@@ -25,29 +25,23 @@ class Timings:
 class Engine:
     def __init__(self, latency: LatencyModel):
         self.latency = latency
-        self.scheduler = FifoScheduler(latency.max_concurrency)
-        self.kv_tokens = 0
+        self.scheduler = FifoScheduler(latency.max_concurrency, latency.kv_cache_tokens)
 
     @property
     def kv_cache_usage(self) -> float:
-        return min(1.0, self.kv_tokens / self.latency.kv_cache_tokens)
+        return min(1.0, self.scheduler.kv_held / self.latency.kv_cache_tokens)
 
     async def run(self, prompt_tokens: int, output_tokens: int,
                   on_tokens: Callable[[int], Awaitable[None]] | None = None) -> Timings:
         """Queue, prefill, decode. `on_tokens(n)` is awaited as each chunk of n tokens is produced."""
         started = time.monotonic()
-        async with self.scheduler.slot() as queued_s:
-            held = prompt_tokens + output_tokens
-            self.kv_tokens += held
-            try:
-                await asyncio.sleep(self.latency.time_to_first_token(prompt_tokens))
-                ttft = time.monotonic() - started
-                if on_tokens is None:
-                    await asyncio.sleep(self.latency.decode_time(max(0, output_tokens - 1)))
-                else:
-                    await self._stream(output_tokens, on_tokens)
-            finally:
-                self.kv_tokens -= held
+        async with self.scheduler.slot(prompt_tokens + output_tokens) as queued_s:
+            await asyncio.sleep(self.latency.time_to_first_token(prompt_tokens))
+            ttft = time.monotonic() - started
+            if on_tokens is None:
+                await asyncio.sleep(self.latency.decode_time(max(0, output_tokens - 1)))
+            else:
+                await self._stream(output_tokens, on_tokens)
         return Timings(queued_s, ttft, time.monotonic() - started)
 
     async def _stream(self, output_tokens: int, on_tokens) -> None:
