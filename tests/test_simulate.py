@@ -240,18 +240,27 @@ def test_the_command_takes_several_policies_and_names_an_unknown_one(tmp_path):
         in bad.stderr
 
 
-def test_a_replica_takes_long_prompts_only_while_its_kv_cache_holds_them():
-    """vLLM admits a request only while its blocks fit: 196,608 tokens of KV cache hold sixteen 12,100-token
+def test_with_kv_admission_a_replica_takes_long_prompts_only_while_its_kv_cache_holds_them():
+    """--kv-admission, as vLLM admits a request only while its blocks fit: 196,608 tokens of KV cache hold sixteen 12,100-token
     requests, whatever the 48 places of its batch; short ones fill the batch. The scrape shows the cache's use."""
     from tidal.simulate.service import Service
-    svc = Service(LatencyModel(), cold_start_s=0.0)
+    svc = Service(LatencyModel(), cold_start_s=0.0, kv_admission=True)
     svc.scale_to(1, 0.0)
     for _ in range(40):
         svc.arrive(Request(0.0, 12_000, 100), 0.0)
     assert len(svc.dispatch(0.0)) == 16 and svc.waiting() == 24
     assert svc.scrape(0.0).kv_usage == pytest.approx(16 * 12_100 / 196_608)
-    short = Service(LatencyModel(), cold_start_s=0.0)
+    short = Service(LatencyModel(), cold_start_s=0.0, kv_admission=True)
     short.scale_to(1, 0.0)
     for _ in range(60):
         short.arrive(Request(0.0, 200, 180), 0.0)
     assert len(short.dispatch(0.0)) == 48 and short.waiting() == 12
+
+
+def test_without_kv_admission_the_batch_is_the_only_limit_and_no_kv_gauge_is_exported():
+    from tidal.simulate.service import Service
+    svc = Service(LatencyModel(), cold_start_s=0.0)
+    svc.scale_to(1, 0.0)
+    for _ in range(40):
+        svc.arrive(Request(0.0, 12_000, 100), 0.0)
+    assert len(svc.dispatch(0.0)) == 40 and svc.scrape(0.0).kv_usage is None

@@ -32,7 +32,7 @@ def _config(args: argparse.Namespace, latency):
     from .engine import SimConfig
     cfg = SimConfig(latency=latency, cold_start_s=args.cold_start, cold_start_sigma=args.cold_start_sigma,
                     seed=args.seed, scrape_interval_s=args.scrape_interval, slo_wait_s=args.slo,
-                    cache=cache_model(args), pool_gpus=args.pool_gpus)
+                    cache=cache_model(args), pool_gpus=args.pool_gpus, kv_admission=args.kv_admission)
     scaling = Policy(min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_queue=args.target_queue,
                      max_concurrency=args.max_concurrency, idle_seconds=args.idle_seconds,
                      adaptive_idle=not args.fixed_idle, scale_down_window_s=args.scale_down_window)
@@ -90,8 +90,12 @@ def add_simulate(sub) -> None:
                           "prompt blocks (Mooncake's hash_ids); results add routing, ttft_p50_s, ttft_p99_s and "
                           "prefix_cache_hit_ratio")
     sim.add_argument("--kv-cache-tokens", type=int, default=LatencyModel().kv_cache_tokens,
-                     help="with --routing: the tokens each replica's KV cache holds (its prefix cache reuses what "
-                          "is there); default: the latency model's 48 x 4,096")
+                     help="with --routing or --kv-admission: the tokens each replica's KV cache holds (its prefix "
+                          "cache reuses what is there); default: the latency model's 48 x 4,096")
+    sim.add_argument("--kv-admission", action="store_true",
+                     help="a replica takes a request only while its KV cache holds the whole request (prompt and "
+                          "output), as vLLM admits one, and exports the cache's use to the autoscaler: long prompts "
+                          "then run fewer than --max-concurrency at once")
     sim.add_argument("--adapters", type=int, default=0, metavar="N",
                      help="the trace as traffic to N LoRA adapters of one base (equal shares): GPU-hours of one "
                           "service per adapter vs the adapters on a shared base (adapters.json/.md)")

@@ -32,6 +32,10 @@ class SimConfig:
     # --routing: how the gateway spreads requests over replicas ("least-loaded" or "prefix"), with each replica's
     # KV prefix cache modelled on traces that carry prompt blocks; None: neither (the results stay as they were).
     routing: str | None = None
+    # --kv-admission: a replica takes a request only while its KV cache holds it (as vLLM does), and exports
+    # the cache's use; off, a replica runs `max_concurrency` requests whatever their length (the tables published
+    # before session 19 were measured so).
+    kv_admission: bool = False
 
 
 CACHE_FIGURES = ("cache_hit_ratio", "cold_start_p50_s", "cold_start_phases_p50_s")
@@ -75,7 +79,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progress=None) -> Result:
-    svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed)
+    svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed, kv_admission=cfg.kv_admission)
     if cfg.routing is not None:
         svc.routing, svc.prefix_caching = cfg.routing, True
     if cfg.cache is not None:

@@ -36,7 +36,7 @@ class FleetResult:
 def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, pool_gpus: int) -> FleetResult:
     pool = Pool(pool_gpus, Nodes(cfg.cache, pool_gpus) if cfg.cache is not None else None)
     services = [Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed + i, pool=pool,
-                        model=f"model-{i}") for i in range(len(traces))]
+                        model=f"model-{i}", kv_admission=cfg.kv_admission) for i in range(len(traces))]
     if pool.nodes is not None and cfg.cache.enabled and cfg.cache.prefetch:
         pool.nodes.prefetch([s.model for s in services])
     policies = [make_policy() for _ in traces]

@@ -116,6 +116,7 @@ class Service:
     prompt_tokens: int = 0  # of requests with blocks, and of those what replicas' prefix caches held
     reused_tokens: int = 0
     over_bound: int = 0  # requests sent to a replica above its bounded share (none while one is under it)
+    kv_admission: bool = False  # --kv-admission: a replica takes a request only while its KV cache holds it
     _ring: HashRing | None = None
     _ids: int = 0
 
@@ -188,7 +189,9 @@ class Service:
         ready = [r for r in self.replicas if r.ready(now)]
         if not ready:
             return Scrape(at=now)
-        usage = sum(r.kv_tokens for r in ready) / (len(ready) * self.latency.kv_cache_tokens)
+        # The engines' KV gauge, where the KV cache's admission is modelled (else it would read past 100 %).
+        usage = (sum(r.kv_tokens for r in ready) / (len(ready) * self.latency.kv_cache_tokens)
+                 if self.kv_admission else None)
         return Scrape(float(self.waiting()), float(self.running()), True, now, usage)
 
     def held(self, now: float) -> tuple[float, float, float | None]:
@@ -236,7 +239,8 @@ class Service:
         request larger than the cache runs alone."""
         if replica.inflight >= self.latency.max_concurrency:
             return False
-        return replica.inflight == 0 or replica.kv_tokens + tokens <= self.latency.kv_cache_tokens
+        return (not self.kv_admission or replica.inflight == 0
+                or replica.kv_tokens + tokens <= self.latency.kv_cache_tokens)
 
     def _choose(self, candidates: list[Replica], request, now: float) -> Replica:
         """Least loaded; with prefix routing, the owner of the prompt's first block on the ring of ready
