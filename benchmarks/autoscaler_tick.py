@@ -1,10 +1,10 @@
 """One autoscaling tick for N InferenceServices against the real Prometheus and apiserver.
 
 Sets up a throw-away local cluster, creates N InferenceServices (minReplicas 1, idle), and a
-metrics target that exports both engine gauges for every one of them (so Prometheus holds 2N
-series with the same labels as real engine pods). Then runs the operator's Autoscaler, pinned to
-one core, with its store filled as the watches fill it (every service, its Deployment at 1 ready
-replica), and measures, after the first ticks have written each service's initial status:
+metrics target that exports vLLM's three gauges the autoscaler reads (waiting, running, KV cache in use) for
+every one of them (so Prometheus holds 3N series with the same labels as real engine pods). Then runs the
+operator's Autoscaler, pinned to one core, with its store filled as the watches fill it (every service, its
+Deployment at 1 ready replica), and measures, after the first ticks have written each service's initial status:
 
 - one tick's duration (median, p95), CPU seconds per tick and resident memory of the process,
 - Kubernetes reads and writes per tick, Prometheus queries per tick,
@@ -37,11 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def exporter(namespace: str, names: list[str]):
-    lines = ["# TYPE vllm:num_requests_waiting gauge", "# TYPE vllm:num_requests_running gauge"]
+    lines = ["# TYPE vllm:num_requests_waiting gauge", "# TYPE vllm:num_requests_running gauge",
+             "# TYPE vllm:kv_cache_usage_perc gauge"]
     for n in names:
         labels = f'namespace="{namespace}",tidal_dev_inferenceservice="{n}",model_name="m"'
         lines.append(f"vllm:num_requests_waiting{{{labels}}} 0")
         lines.append(f"vllm:num_requests_running{{{labels}}} 0")
+        lines.append(f"vllm:kv_cache_usage_perc{{{labels}}} 0")
     body = ("\n".join(lines) + "\n").encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp, expected_backlog,
-                     idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap, replicas_have_room,
-                     replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down, stabilise_up,
-                     too_late_to_help, within_tolerance)
+from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp,
+                     expected_backlog, idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap,
+                     replicas_have_room, replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down,
+                     stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
 
 
