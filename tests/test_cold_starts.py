@@ -108,3 +108,27 @@ def test_the_clock_observes_each_phase_and_status_carries_them_only_when_they_ch
     assert status["lastColdStartPhases"]["engine_load"] == 50.0
     same = dict(clock.last_phases(KEY))  # the same figures, another object: nothing new to write
     assert plan_scaling_status(status, decision, 1, None, 1, 1001.0, cold_start_phases=same) == status
+
+
+def test_a_new_cold_start_never_shows_an_older_ones_phases_and_is_explained_when_its_pod_can_say():
+    # The first start's phases (52 s of them) beside a 28 s wake would say where 52 s went in 28.
+    clock = ColdStarts()
+    first = {"scheduling": 0.0, "image_pull": 0.5, "weight_fetch": 3.4, "engine_load": 35.5, "ready": 0.0}
+    clock.begun(KEY, 0.0)
+    clock.replicas_ready(KEY, 1, 39.4)
+    clock.explained(KEY, first)
+    decision = Decision(1, "ActivatorWake", "", ScalerState())
+    status = plan_scaling_status({}, decision, 0, None, 1, 100.0, cold_start_s=39.4,
+                                 cold_start_phases=clock.last_phases(KEY))
+    assert status["lastColdStartPhases"] == first and clock.unexplained(KEY, 100.0) is None
+    clock.begun(KEY, 200.0)
+    took = clock.replicas_ready(KEY, 1, 228.0)  # the pod's times are not there yet: not explained
+    assert clock.last_phases(KEY) is None and clock.unexplained(KEY, 229.0) == took == 28.0
+    status = plan_scaling_status(status, decision, 0, None, 1, 229.0, cold_start_s=took,
+                                 cold_start_phases=clock.last_phases(KEY))
+    assert status["lastColdStartSeconds"] == 28.0 and status["lastColdStartPhases"] is None  # removed (merge patch)
+    clock.explained(KEY, {**first, "weight_fetch": 0.0, "engine_load": 27.0})  # a later tick found them
+    assert clock.unexplained(KEY, 230.0) is None and clock.last_phases(KEY)["weight_fetch"] == 0.0
+    clock.begun(KEY, 300.0)
+    clock.replicas_ready(KEY, 1, 330.0)
+    assert clock.unexplained(KEY, 330.0 + 31.0) is None  # a pod that never says is given up on

@@ -303,6 +303,9 @@ class Autoscaler:
                                   f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
                      decision.message)
+        unexplained = self.cold_starts.unexplained(key, time.monotonic())
+        if unexplained is not None:  # its pod did not show its times when it ended: try again (for a while)
+            await self.explain_cold_start(key, unexplained)
         generation = body["metadata"].get("generation", 0)
         if obs.waiting is None:
             since = self._missing_since.setdefault(key, now)

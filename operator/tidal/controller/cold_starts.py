@@ -15,6 +15,9 @@ from __future__ import annotations
 from . import metrics
 
 Key = tuple[str, str]
+# A cold start whose first ready pod did not show its times yet is explained again on the ticks, for this long (at a
+# 2 s tick, 15 more pod lists at most; a pod that never shows them, not started by a kubelet, is given up on).
+EXPLAIN_WITHIN_S = 30.0
 
 
 class ColdStarts:
@@ -23,6 +26,7 @@ class ColdStarts:
         self._last: dict[Key, float] = {}
         self._launches: set[Key] = set()  # clocks started by a Deployment's creation, not by a wake-up
         self._phases: dict[Key, dict[str, float]] = {}
+        self._unexplained: dict[Key, tuple[float, float]] = {}  # (its seconds, when it ended)
 
     def begun(self, key: Key, now: float, wake_up: bool = True) -> None:
         if key not in self._since:
@@ -40,6 +44,9 @@ class ColdStarts:
         if ready > 0 and key in self._since:
             took = now - self._since.pop(key)
             self._last[key] = took
+            # The last cold start's phases are this one's or none: never an older one's beside its seconds.
+            self._phases.pop(key, None)
+            self._unexplained[key] = (took, now)
             if key in self._launches:
                 self._launches.discard(key)
             else:
@@ -50,8 +57,17 @@ class ColdStarts:
     def explained(self, key: Key, parts: dict[str, float]) -> None:
         """Where the last cold start's seconds went (planning/cold_start_phases.py), for status."""
         self._phases[key] = parts
+        self._unexplained.pop(key, None)
         for phase, seconds in parts.items():
             metrics.COLD_START_PHASE.labels(phase).observe(seconds)
+
+    def unexplained(self, key: Key, now: float) -> float | None:
+        """The seconds of the service's last cold start if its phases are still to be found (for a while)."""
+        took, ended = self._unexplained.get(key, (None, 0.0))
+        if took is not None and now - ended > EXPLAIN_WITHIN_S:
+            self._unexplained.pop(key, None)
+            return None
+        return took
 
     def last_phases(self, key: Key) -> dict[str, float] | None:
         return self._phases.get(key)
@@ -68,3 +84,4 @@ class ColdStarts:
         self._launches.discard(key)
         self._last.pop(key, None)
         self._phases.pop(key, None)
+        self._unexplained.pop(key, None)

@@ -46,6 +46,8 @@ def plan_scaling_status(current: dict, decision: Decision, previous_replicas: in
     out = dict(current)
     if cold_start_s is not None and current.get("lastColdStartSeconds") != round(cold_start_s, 1):
         out["lastColdStartSeconds"] = round(cold_start_s, 1)
+        if cold_start_phases is None and current.get("lastColdStartPhases"):
+            out["lastColdStartPhases"] = None  # an older cold start's: gone until this one's are known (merge patch)
     if cold_start_phases is not None and current.get("lastColdStartPhases") != cold_start_phases:
         out["lastColdStartPhases"] = cold_start_phases
     out["desiredReplicas"] = decision.replicas
