@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tidal_dev.cluster.cluster import ClusterInfo, DevCluster
+from tidal_dev.cluster.stack import wait_established
 
 TESTS_DIR = Path(__file__).parent
 TEST_NODES = TESTS_DIR / "nodepools-test.yaml"
@@ -117,7 +118,7 @@ def wait_for_resyncs(operator: OperatorProcess, passes: int = 1, timeout: float 
 
 def install_crd(kubectl) -> None:
     kubectl("apply", "-f", str(TESTS_DIR.parent / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev", "--timeout=30s")
+    wait_established([kubectl.binary, "--kubeconfig", kubectl.kubeconfig], "inferenceservices.tidal.dev")
 
 
 @pytest.fixture(scope="session")

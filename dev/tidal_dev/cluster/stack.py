@@ -33,6 +33,22 @@ def _kubectl(info: ClusterInfo, *args, input=None, check=True):
                           capture_output=True, text=True, check=check)
 
 
+def wait_established(kubectl: list[str], crd: str, timeout_s: float = 60.0) -> None:
+    """Until the CRD `crd` serves. Not `kubectl wait --for=condition=Established`: while a CRD just applied has no
+    status.conditions yet, that fails at once ("accessor error: <nil>") instead of waiting, as it did in a CI run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = subprocess.run([*kubectl, "get", f"crd/{crd}", "-o",
+                                'jsonpath={.status.conditions[?(@.type=="Established")].status}'],
+                               capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() == "True":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"crd/{crd} not Established within {timeout_s:g} s: "
+                               f"{found.stderr.strip() or found.stdout.strip() or 'no condition yet'}")
+        time.sleep(0.2)
+
+
 def _start(state_dir: Path, name: str, argv: list[str], ready_url: str, extra: dict) -> dict:
     """Start a background `tidal` process once; a second call reuses it. Returns its record."""
     record_file = state_dir / f"{name}.json"
@@ -88,7 +104,7 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     cluster = DevCluster(state_dir, nodes_file, scrape_interval=scrape_interval)
     info = cluster.up()
     _kubectl(info, "apply", "-f", str(repo_root() / "crds"))
-    _kubectl(info, "wait", "--for=condition=Established", "crd/inferenceservices.tidal.dev")
+    wait_established([info.kubectl(), "--kubeconfig", str(info.kubeconfig)], "inferenceservices.tidal.dev")
     token = _bootstrap_key(info)
     op_port, gw_port, gw_metrics = free_port(), free_port(), free_port()
     operator = _start(state_dir, "operator", [
