@@ -132,3 +132,19 @@ def test_a_new_cold_start_never_shows_an_older_ones_phases_and_is_explained_when
     clock.begun(KEY, 300.0)
     clock.replicas_ready(KEY, 1, 330.0)
     assert clock.unexplained(KEY, 330.0 + 31.0) is None  # a pod that never says is given up on
+
+
+def test_a_cold_start_is_explained_by_one_caller_only():
+    # The watch that saw the replica ready and a tick can both try: the one that claims it goes on (one Event).
+    clock = ColdStarts()
+    clock.begun(KEY, 0.0)
+    clock.replicas_ready(KEY, 1, 30.0)
+    pending = clock.claim(KEY)
+    assert pending == (30.0, 30.0) and clock.claim(KEY) is None and clock.unexplained(KEY, 31.0) is None
+    clock.unclaim(KEY, pending)  # its pod showed no times yet: a later tick tries again
+    assert clock.unexplained(KEY, 32.0) == 30.0
+    clock.claim(KEY)
+    clock.begun(KEY, 40.0)
+    clock.replicas_ready(KEY, 1, 50.0)  # a newer cold start ended while the older one was being explained
+    clock.unclaim(KEY, pending)
+    assert clock.unexplained(KEY, 51.0) == 10.0  # the newer one is what is left to explain

@@ -303,9 +303,8 @@ class Autoscaler:
                                   f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,
                      decision.message)
-        unexplained = self.cold_starts.unexplained(key, time.monotonic())
-        if unexplained is not None:  # its pod did not show its times when it ended: try again (for a while)
-            await self.explain_cold_start(key, unexplained)
+        if self.cold_starts.unexplained(key, time.monotonic()) is not None:
+            await self.explain_cold_start(key)  # its pod did not show its times when it ended: again, for a while
         generation = body["metadata"].get("generation", 0)
         if obs.waiting is None:
             since = self._missing_since.setdefault(key, now)
@@ -331,15 +330,22 @@ class Autoscaler:
                                   new["message"])
         return decision
 
-    async def explain_cold_start(self, key: Key, took: float) -> None:
-        """Where a finished cold start's seconds went, from its first ready replica: metric, status, Event."""
+    async def explain_cold_start(self, key: Key) -> None:
+        """Where the last cold start's seconds went, from its first ready replica: metric, status, Event. Once: the
+        watch that saw it end and the ticks after may both try, and only the one that claims it goes on."""
+        pending = self.cold_starts.claim(key)
+        if pending is None:
+            return
+        took = pending[0]
         try:
             pods = await self.kube.list_pods(key[0], f"{SERVICE_LABEL}={key[1]}")
         except Exception as err:  # an explanation is not worth failing the watch that noticed readiness
             log.warning("%s/%s: cold start of %.0f s not explained: %s", *key, took, unreachable(err) or err)
+            self.cold_starts.unclaim(key, pending)
             return
         explained = [(parts, p) for p in pods if (parts := cold_start_phases.phases(p, took)) is not None]
         if not explained:
+            self.cold_starts.unclaim(key, pending)  # its pod does not show its times yet: a later tick tries again
             return
         parts, _ = min(explained, key=lambda e: cold_start_phases.ready_at(e[1]))
         self.cold_starts.explained(key, parts)

@@ -69,6 +69,14 @@ class ColdStarts:
             return None
         return took
 
+    def claim(self, key: Key) -> tuple[float, float] | None:
+        """The last cold start to explain, (seconds, when it ended), taken so no other caller explains it too."""
+        return self._unexplained.pop(key, None)
+
+    def unclaim(self, key: Key, pending: tuple[float, float]) -> None:
+        """Not explained after all: to try again, unless a newer cold start has ended meanwhile."""
+        self._unexplained.setdefault(key, pending)
+
     def last_phases(self, key: Key) -> dict[str, float] | None:
         return self._phases.get(key)
 

@@ -125,7 +125,7 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
         if memo.autoscaler:
             took = memo.autoscaler.cold_starts.replicas_ready(key, ready, time.monotonic())
             if took is not None:
-                await memo.autoscaler.explain_cold_start(key, took)
+                await memo.autoscaler.explain_cold_start(key)
     await _owner_changed(namespace, labels, memo)
 
 
