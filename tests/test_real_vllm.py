@@ -137,12 +137,11 @@ def gateway(replicas, tmp_path_factory):
         yield static
 
 
+STREAMED = 1000  # tokens in the streamed answer; the tiny model makes 100-300 a second on this machine
+
+
 def test_the_openai_client_chats_and_streams_through_the_gateway(gateway, replicas):
-    import threading
-
     from openai import OpenAI
-
-    from tests.exposition import metric_value
     client = OpenAI(base_url=f"http://{gateway.address}/v1", api_key="unused-keys-are-off")
     assert SERVED in [m.id for m in client.models.list()]
     answer = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hello"}],
@@ -152,13 +151,37 @@ def test_the_openai_client_chats_and_streams_through_the_gateway(gateway, replic
     # client stalled 2.3 s once and then read 1,000 tokens in one go, as a buffered answer reads): once the
     # engine has generated 50 tokens it is paused (SIGSTOP to its engine core), so the answer cannot end; the
     # tokens it made must still reach the client. A buffering gateway sends nothing until the end.
+    # An attempt proves nothing when the engine finished all 1,000 before the pause took hold (a CI run's
+    # poll came that late once): it is let finish and tried again.
+    for _ in range(3):
+        attempt = stream_paused_midway(client, replicas)
+        if attempt is not None:
+            break
+    else:
+        raise AssertionError(f"three times the engine generated all {STREAMED} tokens before it was paused")
+    arrivals, while_paused = attempt
+    assert len(while_paused) >= 20, f"{len(while_paused)} tokens reached the client in 30 s of a paused engine"
+    assert not any(c.usage for c in while_paused), "the answer ended while its engine was paused"
+    # One event per generated token (random weights make many of them partial characters: empty text).
+    assert len([c for c in arrivals if c.choices]) >= 500
+    assert arrivals[-1].usage.completion_tokens == STREAMED
+
+
+def stream_paused_midway(client, replicas) -> tuple[list, list] | None:
+    """One streamed answer whose engine core is paused for up to 30 s once it has generated 50 tokens: (every
+    event the client got, the events it got by the end of the pause), or None when the engine had generated the
+    whole answer before the pause (nothing is left to show streaming)."""
+    import threading
+
+    from tests.exposition import metric_value
     generated = "vllm:generation_tokens_total"
     before = [metric_value(r.url, generated) for r in replicas]
     arrivals: list = []
 
     def read() -> None:
         stream = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=1000, stream=True, stream_options={"include_usage": True},
+                                                max_tokens=STREAMED, stream=True,
+                                                stream_options={"include_usage": True},
                                                 extra_body={"ignore_eos": True})
         arrivals.extend(stream)
 
@@ -167,23 +190,35 @@ def test_the_openai_client_chats_and_streams_through_the_gateway(gateway, replic
     deadline, serving = time.monotonic() + 60, None
     while serving is None and time.monotonic() < deadline:
         time.sleep(0.02)
-        serving = next((r for r, b in zip(replicas, before) if metric_value(r.url, generated) - b >= 50), None)
+        serving = next((i for i, (r, b) in enumerate(zip(replicas, before))
+                        if metric_value(r.url, generated) - b >= 50), None)
     assert serving is not None, "no replica generated 50 tokens within 60 s"
-    core = engine_core(serving.proc.pid)
+    core = engine_core(replicas[serving].proc.pid)
     os.kill(core, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        while sum(1 for c in arrivals if c.choices) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        while_paused = [c for c in arrivals if c.choices]
-        assert len(while_paused) >= 20, f"{len(while_paused)} tokens reached the client in 30 s of a paused engine"
-        assert not any(c.usage for c in arrivals), "the answer ended while its engine was paused"
+        made = settled(lambda: metric_value(replicas[serving].url, generated)) - before[serving]
+        if made < STREAMED:
+            deadline = time.monotonic() + 30
+            while sum(1 for c in arrivals if c.choices) < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while_paused = list(arrivals)
     finally:
         os.kill(core, signal.SIGCONT)
     reader.join(120)
-    # One event per generated token (random weights make many of them partial characters: empty text).
-    assert len([c for c in arrivals if c.choices]) >= 500
-    assert arrivals[-1].usage.completion_tokens == 1000
+    assert not reader.is_alive(), "the streamed answer did not end within 120 s of the engine resuming"
+    return (arrivals, while_paused) if made < STREAMED else None
+
+
+def settled(read, quiet: float = 0.5) -> float:
+    """A counter's value once two readings `quiet` seconds apart agree: outputs the engine core sent just before
+    its pause reach the API server's counters a moment later."""
+    last = read()
+    while True:
+        time.sleep(quiet)
+        now = read()
+        if now == last:
+            return now
+        last = now
 
 
 def engine_core(server_pid: int) -> int:
