@@ -4,9 +4,7 @@ the nvidia-pytriton wheel. Both are installed and cached by tools/engines/ (mark
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import tempfile
 from itertools import product
@@ -19,6 +17,7 @@ from tidal.api.v1alpha1 import parse_spec
 from tidal.engines import engine
 from tidal.render.deployment import render_deployment
 from tidal.render.settings import RenderSettings
+from tidal_dev.cluster.processes import free_ports
 
 pytestmark = pytest.mark.real_engine
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +69,6 @@ def test_vllm_accepts_every_rendered_vllm_command_line():
     assert not verdicts[-1]["ok"] and "lots" in verdicts[-1]["error"]
 
 
-def distinct_free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 def tritonserver_verdict(argv: list[str]) -> tuple[bool, str]:
     """tritonserver parses every option before it reads the model repository: pointed at one that does not
     exist, a command line it accepts ends in `failed to stat file`; one it refuses, in `unrecognized option`."""
@@ -87,7 +78,7 @@ def tritonserver_verdict(argv: list[str]) -> tuple[bool, str]:
         # It exits before it listens; distinct free ports all the same, so no run could take a real one. Held open
         # together while chosen: one at a time, the kernel can hand out the same port twice, which tritonserver
         # refuses ("cannot listen to GRPC requests and metrics requests at the same address").
-        ports = [f"--{kind}-port={port}" for kind, port in zip(("http", "grpc", "metrics"), distinct_free_ports(3))]
+        ports = [f"--{kind}-port={port}" for kind, port in zip(("http", "grpc", "metrics"), free_ports(3))]
         args = [a for a in args if not a.startswith(("--http-port=", "--grpc-port=", "--metrics-port="))] + ports
         proc = subprocess.run([str(TOOLS / "tritonserver.sh"), *args, "--allow-gpu-metrics=false"],
                               capture_output=True, text=True, timeout=120, cwd=tmp)

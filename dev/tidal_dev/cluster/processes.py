@@ -7,6 +7,7 @@ tail of its log, so a failed start says what to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -40,6 +41,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nobody listens on now. Held open together while chosen: asked one at a time, the
+    kernel can hand out the same port twice (a Triton test got one port for two of its listeners)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def port_is_listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -101,7 +112,8 @@ def start(component: Component, log_dir: Path, fixed_ports: dict[str, int] | Non
     """Start a component and wait until it is healthy, retrying on a port clash."""
     log_path = log_dir / f"{component.name}.log"
     for attempt in range(attempts):
-        component.port_numbers = {p: (fixed_ports or {}).get(p) or free_port() for p in component.ports}
+        chosen = dict(zip(component.ports, free_ports(len(component.ports))))
+        component.port_numbers = {p: (fixed_ports or {}).get(p) or chosen[p] for p in component.ports}
         argv = component.command(component.port_numbers)
         with open(log_path, "ab") as log:
             log.write(f"\n=== start {time.strftime('%H:%M:%S')}: {' '.join(argv)}\n".encode())

@@ -20,7 +20,7 @@ from pathlib import Path
 from tidal.controller.wake_auth import AUDIENCE as WAKE_AUDIENCE
 from ..repo import repo_root
 from .cluster import ClusterInfo, DevCluster
-from .processes import free_port, http_ok, pid_alive, stop_pid
+from .processes import free_ports, http_ok, pid_alive, stop_pid
 
 KEYS_NAMESPACE = "tidal-system"
 BOOTSTRAP_KEY = "tidal-bootstrap-key"
@@ -106,7 +106,7 @@ def up(state_dir: Path, nodes_file: Path | None = None, scrape_interval: str = "
     _kubectl(info, "apply", "-f", str(repo_root() / "crds"))
     wait_established([info.kubectl(), "--kubeconfig", str(info.kubeconfig)], "inferenceservices.tidal.dev")
     token = _bootstrap_key(info)
-    op_port, gw_port, gw_metrics = free_port(), free_port(), free_port()
+    op_port, gw_port, gw_metrics = free_ports(3)
     operator = _start(state_dir, "operator", [
         "run", "--kubeconfig", str(info.kubeconfig), "--prometheus-url", info.prometheus_url,
         "--autoscale-interval", "1", "--metrics-grace", "10", "--http-host", "127.0.0.1", "--http-port", str(op_port),
