@@ -42,9 +42,9 @@ def test_a_busy_port_is_retried_on_another(tmp_path, monkeypatch):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
-    ports = iter([busy.getsockname()[1]])
-    real_free_port = processes.free_port
-    monkeypatch.setattr(processes, "free_port", lambda: next(ports, None) or real_free_port())
+    first = iter([[busy.getsockname()[1]]])  # the first choice is a port someone took since
+    real_free_ports = processes.free_ports
+    monkeypatch.setattr(processes, "free_ports", lambda n: next(first, None) or real_free_ports(n))
     component = http_server()
     try:
         start(component, tmp_path)
