@@ -119,9 +119,25 @@ def test_never_more_replicas_than_the_pool_could_hold():
     assert (d.replicas, d.reason) == (4, "Unschedulable")
 
 
-def test_starting_replicas_are_not_removed_as_idle_capacity():
-    state = ScalerState(observing_since=0.0, last_active=0.0)
-    d = decide(Observation(current=4, ready=1, waiting=0, running=0), state, POLICY, now=500)
+def test_starting_replicas_stay_while_the_window_wants_them_and_go_once_it_does_not():
+    idle = Observation(current=4, ready=1, waiting=0, running=0)
+    # Four wanted 30 s ago: the three starting stay for the window, as ready ones would.
+    wanted_lately = ScalerState(observing_since=0.0, last_active=0.0, history=((470.0, 4),))
+    d = decide(idle, wanted_lately, POLICY, now=500)
+    assert (d.replicas, d.reason) == (4, "ReplicasStarting")
+    # Nothing wanted more than the one that serves for a whole window (a first wake that grew while its cold
+    # start was unknown): the starting ones go, at the scale-down rate, never the one ready.
+    state, steps = ScalerState(observing_since=0.0, last_active=0.0), [4]
+    for now in (500, 502):
+        d = decide(replace(idle, current=steps[-1]), state, POLICY, now=now)
+        state = d.state
+        steps.append(d.replicas)
+        assert d.reason == "StartingNotNeeded"
+    assert steps == [4, 2, 1]
+    assert "still starting no longer needed" in decide(idle, ScalerState(observing_since=0.0, last_active=0.0),
+                                                       POLICY, now=500).message
+    # No replica serves yet: nothing shows the load, so nothing starting is removed.
+    d = decide(replace(idle, ready=0), ScalerState(observing_since=0.0, last_active=0.0), POLICY, now=500)
     assert (d.replicas, d.reason) == (4, "ReplicasStarting")
 
 
@@ -236,7 +252,8 @@ def test_no_scale_down_inside_the_stabilisation_window():
             wanted = max(r for t, r in d.state.history if now - t <= policy.scale_down_window_s)
             assert d.replicas >= min(wanted, obs.current) or d.replicas == policy.min_replicas
             assert now - d.state.observing_since >= policy.scale_down_window_s  # the window has filled
-            assert obs.ready == obs.current  # nothing still starting was counted as idle
+            if obs.ready < obs.current:  # while replicas start, only those still starting go, once one serves
+                assert d.replicas >= obs.ready >= 1
     prop()
     assert len(reached) >= 5, f"only {len(reached)} example(s) scaled down"
 
@@ -312,7 +329,25 @@ SMALL_BATCH = Policy(min_replicas=0, max_replicas=20, target_queue=4, max_concur
 
 def test_expected_backlog_counts_what_arrives_during_the_cold_start():
     assert expected_backlog(100, 20, 20) == 500
-    assert expected_backlog(100, 20, None) == 100  # never woke before: the held requests only
+
+
+def test_what_is_left_of_a_cold_start_measured_or_not():
+    from tidal.autoscaling.limits import cold_start_left
+    assert cold_start_left(60, 20) == 40 and cold_start_left(60, 75) == 0
+    # Never measured (a first wake): as long again as it has lasted; nothing at the wake itself.
+    assert cold_start_left(None, 20) == 20 and cold_start_left(None, 0) == 0
+
+
+def test_a_first_wake_grows_with_the_arrivals_its_unknown_cold_start_is_expected_to_see():
+    """No cold start measured yet: 20 s into the wake, 100 held arriving at 5/s are expected to be 200 when a
+    replica is ready (20 s more), at 8 + 4 a replica 17; counting no more arrivals it asked for 9."""
+    held = Observation(current=1, ready=0, waiting=0, running=0, pending=100, held_rate=5)
+    d = decide(held, ScalerState(woke_at=1000.0), SMALL_BATCH, 1020.0)
+    assert (d.replicas, d.reason) == (5, "WakeForBacklog")  # toward 17, four more at once (the step)
+    assert d.recommended == 17 and "200 expected when a replica is ready" in d.message
+    # At the wake itself one request wakes one replica.
+    first = decide(replace(held, current=0, pending=1), ScalerState(), SMALL_BATCH, 1000.0)
+    assert (first.replicas, first.reason) == (1, "ActivatorWake")
 
 
 def test_replicas_to_drain_the_backlog_at_the_request_rate():

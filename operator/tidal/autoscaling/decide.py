@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp,
-                     expected_backlog, idle_long_enough, limit_scale_down, limit_scale_up, recommend, remember_gap,
-                     replicas_have_room, replicas_needed, replicas_to_drain, spare_beyond_reserve, stabilise_down,
-                     stabilise_up, too_late_to_help, within_tolerance)
+                     cold_start_left, expected_backlog, idle_long_enough, limit_scale_down, limit_scale_up, recommend,
+                     remember_gap, replicas_have_room, replicas_needed, replicas_to_drain, spare_beyond_reserve,
+                     stabilise_down, stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
 
 
@@ -75,10 +75,6 @@ def _remember(state: ScalerState, policy: Policy, now: float, recommended: int) 
     return replace(state, history=history)
 
 
-def _remaining(cold_start_s: float | None, elapsed_s: float) -> float | None:
-    return None if cold_start_s is None else max(0.0, cold_start_s - elapsed_s)
-
-
 def _shortest_idle(obs: Observation, policy: Policy) -> float:
     """The idle period never adapts below the scale-down window or a cold start: a gap shorter than a
     cold start costs less bridged than restarted, whatever came before."""
@@ -114,7 +110,7 @@ def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> D
     two (one replica first, the rest only once it serves and its queue shows)."""
     # What arrives until the starting replicas are ready: the whole cold start at the wake, less as it goes.
     started = state.woke_at if obs.current > 0 and state.woke_at is not None else now
-    backlog = expected_backlog(obs.pending, obs.held_rate, _remaining(obs.cold_start_s, now - started))
+    backlog = expected_backlog(obs.pending, obs.held_rate, cold_start_left(obs.cold_start_s, now - started))
     # At most one slot (or target queue place) for every request expected...
     sized = recommend(backlog, 0, policy.target_queue, policy.max_concurrency)
     if not obs.request_s and obs.current > 0:
@@ -243,15 +239,26 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
         return result(obs.current, "Steady", load)
 
     # Below the current size: every brake applies before anything is removed.
+    window_full = now - since >= policy.scale_down_window_s
+    wanted = stabilise_down(recommended, state.history, now, policy.scale_down_window_s)
+    wanted = limit_scale_down(obs.current, wanted, policy.scale_down_rate)
     if obs.ready < obs.current:
-        return result(obs.current, "ReplicasStarting",
-                      f"{load}; not removing capacity while {obs.current - obs.ready} replica(s) start")
-    if now - since < policy.scale_down_window_s:
+        if not window_full or wanted >= obs.current or obs.ready == 0:
+            return result(obs.current, "ReplicasStarting",
+                          f"{load}; not removing capacity while {obs.current - obs.ready} replica(s) start")
+        # Starting replicas the window no longer wants cost a GPU each until they are ready, then a window more:
+        # a first wake that grew to 8 while the first replica's cold start was unknown, served its backlog on
+        # the first 2 ready and kept 6 starting for 40 s more. Only once a replica serves (what it shows is the
+        # evidence); the Deployment removes not-ready pods first, and a ready one is never removed while others
+        # start.
+        keep = max(wanted, obs.ready)
+        return result(keep, "StartingNotNeeded",
+                      f"{load}; {obs.current - keep} replica(s) still starting no longer needed: at most {wanted} "
+                      f"wanted in the last {policy.scale_down_window_s:g}s")
+    if not window_full:
         return result(obs.current, "WindowFilling",
                       f"{load}; observed for {now - since:.0f}s of the {policy.scale_down_window_s:g}s "
                       "scale-down window")
-    wanted = stabilise_down(recommended, state.history, now, policy.scale_down_window_s)
-    wanted = limit_scale_down(obs.current, wanted, policy.scale_down_rate)
     if wanted >= obs.current:
         return result(obs.current, "Stabilising",
                       f"{load}; {wanted} wanted within the last {policy.scale_down_window_s:g}s")
