@@ -136,6 +136,10 @@ def test_starting_replicas_stay_while_the_window_wants_them_and_go_once_it_does_
     assert steps == [4, 2, 1]
     assert "still starting no longer needed" in decide(idle, ScalerState(observing_since=0.0, last_active=0.0),
                                                        POLICY, now=500).message
+    # Requests still wait, in the engines or the gateway: the starting replicas are what they wait for.
+    for busy in (replace(idle, waiting=1), replace(idle, gateway_demand=50)):  # 50 > the ready one's 48 places
+        d = decide(busy, ScalerState(observing_since=0.0, last_active=0.0), POLICY, now=500)
+        assert (d.replicas, d.reason) == (4, "ReplicasStarting")
     # No replica serves yet: nothing shows the load, so nothing starting is removed.
     d = decide(replace(idle, ready=0), ScalerState(observing_since=0.0, last_active=0.0), POLICY, now=500)
     assert (d.replicas, d.reason) == (4, "ReplicasStarting")
@@ -331,17 +335,17 @@ def test_expected_backlog_counts_what_arrives_during_the_cold_start():
     assert expected_backlog(100, 20, 20) == 500
 
 
-def test_what_is_left_of_a_cold_start_measured_or_not():
-    from tidal.autoscaling.limits import cold_start_left
-    assert cold_start_left(60, 20) == 40 and cold_start_left(60, 75) == 0
-    # Never measured (a first wake): as long again as it has lasted; nothing at the wake itself.
-    assert cold_start_left(None, 20) == 20 and cold_start_left(None, 0) == 0
+def test_a_first_wake_expects_as_many_again_as_it_holds():
+    from tidal.autoscaling.limits import first_wake_backlog
+    assert first_wake_backlog(100, waking=True) == 200
+    assert first_wake_backlog(1, waking=False) == 1  # the wake itself: what is held
 
 
 def test_a_first_wake_grows_with_the_arrivals_its_unknown_cold_start_is_expected_to_see():
-    """No cold start measured yet: 20 s into the wake, 100 held arriving at 5/s are expected to be 200 when a
-    replica is ready (20 s more), at 8 + 4 a replica 17; counting no more arrivals it asked for 9."""
-    held = Observation(current=1, ready=0, waiting=0, running=0, pending=100, held_rate=5)
+    """No cold start measured yet: while it wakes, 100 held are expected to be 200 when a replica is ready, at
+    8 + 4 a replica 17; counting the held alone it asked for 9. The rate of the moment does not enter (a burst
+    of 50/s now says nothing of the rest of a wake nobody has timed)."""
+    held = Observation(current=1, ready=0, waiting=0, running=0, pending=100, held_rate=50)
     d = decide(held, ScalerState(woke_at=1000.0), SMALL_BATCH, 1020.0)
     assert (d.replicas, d.reason) == (5, "WakeForBacklog")  # toward 17, four more at once (the step)
     assert d.recommended == 17 and "200 expected when a replica is ready" in d.message
