@@ -335,6 +335,13 @@ def test_expected_backlog_counts_what_arrives_during_the_cold_start():
     assert expected_backlog(100, 20, 20) == 500
 
 
+def test_everything_is_served_when_nothing_waits_and_the_ready_replicas_have_room():
+    from tidal.autoscaling.limits import everything_served
+    assert everything_served(0, 30, 1, 48)
+    assert not everything_served(1, 0, 1, 48)  # one waiting in an engine or held
+    assert not everything_served(0, 828, 1, 48)  # the gateway's line behind the first ready replica
+
+
 def test_a_first_wake_expects_as_many_again_as_it_holds():
     from tidal.autoscaling.limits import first_wake_backlog
     assert first_wake_backlog(100, waking=True) == 200

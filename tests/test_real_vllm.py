@@ -209,16 +209,17 @@ def stream_paused_midway(client, replicas) -> tuple[list, list] | None:
     return (arrivals, while_paused) if made < STREAMED else None
 
 
-def settled(read, quiet: float = 0.5) -> float:
+def settled(read, quiet: float = 0.5, timeout: float = 10.0) -> float:
     """A counter's value once two readings `quiet` seconds apart agree: outputs the engine core sent just before
     its pause reach the API server's counters a moment later."""
-    last = read()
-    while True:
+    last, deadline = read(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
         time.sleep(quiet)
         now = read()
         if now == last:
             return now
         last = now
+    raise AssertionError(f"the paused engine's counter still moved after {timeout:g} s")
 
 
 def engine_core(server_pid: int) -> int:

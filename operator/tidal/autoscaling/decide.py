@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp,
-                     expected_backlog, first_wake_backlog, idle_long_enough, limit_scale_down, limit_scale_up,
-                     recommend, remember_gap, replicas_have_room, replicas_needed, replicas_to_drain,
+                     everything_served, expected_backlog, first_wake_backlog, idle_long_enough, limit_scale_down,
+                     limit_scale_up, recommend, remember_gap, replicas_have_room, replicas_needed, replicas_to_drain,
                      spare_beyond_reserve, stabilise_down, stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
 
@@ -108,11 +108,10 @@ def _wake(obs: Observation, state: ScalerState, policy: Policy, now: float) -> D
     """Requests are held and nothing serves yet: act at once, metrics or not, and size the service for
     what will be waiting when the replicas are ready, so a surge from zero pays one cold start, not
     two (one replica first, the rest only once it serves and its queue shows)."""
-    # What arrives until the starting replicas are ready: the whole cold start at the wake, less as it goes.
     started = state.woke_at if obs.current > 0 and state.woke_at is not None else now
     if obs.cold_start_s is None:
         backlog = first_wake_backlog(obs.pending, waking=obs.current > 0)
-    else:
+    else:  # what arrives until the starting replicas are ready: the whole cold start at the wake, less as it goes
         backlog = expected_backlog(obs.pending, obs.held_rate, max(0.0, obs.cold_start_s - (now - started)))
     # At most one slot (or target queue place) for every request expected...
     sized = recommend(backlog, 0, policy.target_queue, policy.max_concurrency)
@@ -246,17 +245,15 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     wanted = stabilise_down(recommended, state.history, now, policy.scale_down_window_s)
     wanted = limit_scale_down(obs.current, wanted, policy.scale_down_rate)
     if obs.ready < obs.current:
-        served = waiting == 0 and replicas_have_room(obs.gateway_demand or 0.0, obs.ready, policy.max_concurrency)
+        served = everything_served(waiting, obs.gateway_demand or 0.0, obs.ready, policy.max_concurrency)
         if not window_full or wanted >= obs.current or obs.ready == 0 or not served:
             return result(obs.current, "ReplicasStarting",
                           f"{load}; not removing capacity while {obs.current - obs.ready} replica(s) start")
         # Starting replicas the window no longer wants cost a GPU each until they are ready, then a window more:
         # a first wake that grew to 8 while its cold start was unknown served its backlog on the first 2 ready
-        # and kept 6 starting for 40 s more. Only once the replicas that serve have served
-        # everything (nothing waits, in the engines or the gateway): 800 requests still queued behind the first
-        # ready replica of 32 starting are what the others were started for, whatever a window of recommendations
-        # sized for draining within a cold start says. The Deployment removes not-ready pods first, and a ready
-        # one is never removed while others start.
+        # and kept 6 starting for 40 s more. Only once everything is served, whatever a window of
+        # recommendations sized for draining within a cold start says. The Deployment removes not-ready pods
+        # first, and a ready one is never removed while others start.
         keep = max(wanted, obs.ready)
         return result(keep, "StartingNotNeeded",
                       f"{load}; {obs.current - keep} replica(s) still starting no longer needed: at most {wanted} "

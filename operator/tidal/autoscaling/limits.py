@@ -76,6 +76,13 @@ def replicas_have_room(demand: float, ready: int, slots: float) -> bool:
     return demand < ready * slots
 
 
+def everything_served(waiting: float, gateway_demand: float, ready: int, slots: float) -> bool:
+    """Nothing waits (engines' queues, the gateway's hold, a batch) and the ready replicas have a place for all
+    the gateway has in flight: whatever replicas still starting were started for has been served. 800 requests
+    queued behind the first ready replica of 32 starting have not."""
+    return waiting == 0 and replicas_have_room(gateway_demand, ready, slots)
+
+
 def too_late_to_help(since_wake_s: float, backlog: float, arrivals_per_s: float, request_s: float | None,
                      slots: float, starting: int) -> bool:
     """A replica added during a wake is ready a cold start after it is added, `since_wake_s` after the
