@@ -11,7 +11,7 @@ from tests.properties import examples
 
 from tidal.autoscaling import Observation, Policy, ScalerState, decide
 from tidal.autoscaling.decide import measured_at
-from tidal.autoscaling.limits import (adapted_idle_seconds, batch_that_fits, clamp, expected_backlog, limit_scale_down, limit_scale_up,
+from tidal.autoscaling.limits import (adapted_idle_seconds, batch_that_fits, batch_that_runs, clamp, expected_backlog, limit_scale_down, limit_scale_up,
                                       recommend, remember_gap, replicas_to_drain, stabilise_down, too_late_to_help,
                                       within_tolerance)
 
@@ -705,6 +705,31 @@ def test_a_busy_reading_holds_the_replicas_however_old_it_is():
     busy = Observation(current=4, ready=4, waiting=0.0, running=180.0, queue_age_s=3600.0)
     d = decide(busy, ScalerState(history=history, observing_since=-1000.0), POLICY, now=100.0)
     assert d.replicas == 4
+
+
+# ---- engines that leave requests waiting with room in their batches (long prefills) -----------------------------
+def test_the_batch_that_runs_is_what_the_engines_run_while_requests_wait_beside_room():
+    assert batch_that_runs(48, waiting=120, running=40, engines=8) == 5  # prefilling long prompts: 5 a replica
+    assert batch_that_runs(48, waiting=30, running=384, engines=8) == 48  # every batch full: the batch is the limit
+    assert batch_that_runs(48, waiting=0, running=16, engines=8) == 48  # nothing waits: no news about the limit
+    assert batch_that_runs(48, waiting=12, running=40, engines=None) == 48  # how many engines answered is unknown
+    assert batch_that_runs(0, waiting=12, running=40, engines=8) == 0  # queue-only signals stay queue-only
+    assert batch_that_runs(48, waiting=50, running=0, engines=2) == 48  # nothing runs yet: nothing to learn
+    assert batch_that_runs(48, waiting=9, running=3, engines=4) == 1  # fewer running than engines: at least one
+
+
+def test_requests_waiting_beside_half_empty_batches_scale_up_and_say_why():
+    # 8 engines prefilling 12,000-token prompts run 5 each and queue 120: at 48 places a replica that is
+    # ceil(160 / 52) = 4 replicas' worth, and the service never grew while TTFT rose to tens of seconds.
+    policy = replace(POLICY, max_replicas=40)
+    slow = Observation(current=8, ready=8, waiting=120.0, running=40.0, engines_scraped=8)
+    d = decide(slow, ScalerState(), policy, now=1000.0)
+    assert d.replicas == 18 and d.reason == "QueueAboveTarget"  # ceil(160 / (5 + 4))
+    assert "requests wait with room in the batches: 5 run a replica" in d.message
+    # Counted against the replicas ready now (12, four of them new since the scrape) it would read 3 a replica
+    # and ask for 23: the engines the scrape read are what ran those 40.
+    assert decide(replace(slow, current=12, ready=12), ScalerState(), policy, now=1000.0).replicas == 18
+    assert decide(replace(slow, engines_scraped=None), ScalerState(), policy, now=1000.0).replicas == 8
 
 
 # ---- a batch of long prompts fills the KV cache before its places ----------------------------------------------

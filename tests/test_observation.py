@@ -57,7 +57,8 @@ def operator_sees(w: dict):
                        pending=held, seen={ADAPTER.queue_metric, ADAPTER.inflight_metric} if series else set(),
                        scrape_age_s=w.get("age", 0.0) if series else None,
                        kv_usage_sum=w["kv"] if series and w.get("kv") is not None else 0.0,
-                       kv_pods=1 if series and w.get("kv") is not None else 0)
+                       kv_pods=1 if series and w.get("kv") is not None else 0,
+                       running_pods={f"pod-{i}" for i in range(w["ready"])} if series else set())
     return scaler._observe(KEY, SPEC, load, status=status)
 
 
@@ -68,7 +69,8 @@ def simulator_sees(w: dict):
                 scraped_running=w["running"], live_concurrency=0.0, held=w["held"], held_rate=w["held_rate"],
                 request_s=w["request_s"], unschedulable=w["unschedulable"], scraped_series=w["scraped"],
                 in_flight=w.get("in_flight", 0.0), arrivals_per_s=w.get("arriving", 0.0),
-                scraped_at=100.0 - w.get("age", 0.0), scraped_kv_usage=w.get("kv"))
+                scraped_at=100.0 - w.get("age", 0.0), scraped_kv_usage=w.get("kv"),
+                scraped_engines=w["ready"] if w["scraped"] else 0)
     view = replace(view, live_concurrency=view.in_flight + w.get("line", 0.0))
     return policy.observed(view, wake=w["wake"])
 

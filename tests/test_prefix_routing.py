@@ -113,16 +113,18 @@ def conversations(count: int, turns: int, turn_gap_s: float = 3.0) -> list:
 
 
 def test_in_the_simulator_prefix_routing_reuses_more_and_answers_sooner_within_the_bound():
-    """80 conversations of 6 turns, about 20 requests in flight, on 4 replicas whose KV caches hold 24
+    """80 conversations of 6 turns, each a turn every 10 s (8 requests a second of about 4,600 prompt tokens:
+    37,000 tokens a second to prefill on 4 replicas that prefill 40,000 together), whose KV caches hold 24
     conversations' histories each: the ring gives each replica about 20 (they fit); least-loaded sends every
-    conversation through every cache (80 do not fit), so a turn rarely finds its history where it lands."""
+    conversation through every cache (80 do not fit), so a turn rarely finds its history where it lands, and
+    every prefill it repeats delays the prompts behind it."""
     from dataclasses import replace
 
     from tidal.autoscaling import Policy
     from tidal.simulate.engine import SimConfig, simulate
     from tidal.simulate.latency import LatencyModel
     from tidal.simulate.report import make_policy
-    requests = conversations(80, 6)
+    requests = conversations(80, 6, turn_gap_s=10.0)
     latency = LatencyModel(max_concurrency=8, kv_cache_tokens=24 * 14 * 512)  # 24 histories of 14 blocks
     cfg = SimConfig(latency=latency, initial_replicas=4)
     scaling = Policy(min_replicas=4, max_replicas=4)

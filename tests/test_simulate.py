@@ -264,3 +264,27 @@ def test_without_kv_admission_the_batch_is_the_only_limit_and_no_kv_gauge_is_exp
     for _ in range(40):
         svc.arrive(Request(0.0, 12_000, 100), 0.0)
     assert len(svc.dispatch(0.0)) == 40 and svc.scrape(0.0).kv_usage is None
+
+
+def test_with_routing_modelled_a_replica_prefills_one_prompt_at_a_time_and_the_rest_wait():
+    """A GPU's prefill is compute: two 10,000-token prompts taken at once are prefilled one after the other
+    (1.01 s each at 0.1 ms a token), so the second's first token comes after 2.02 s, and until its prefill
+    begins the engine counts it waiting, as vLLM does a request its step's token budget has no room for.
+    Decoding stays shared (the batch's places). Without routing modelled, both took 1.01 s."""
+    from tidal.simulate.service import Service
+    svc = Service(LatencyModel(), cold_start_s=0.0, shared_prefill=True)
+    svc.scale_to(1, 0.0)
+    for _ in range(2):
+        svc.arrive(Request(0.0, 10_000, 100), 0.0)
+    done = sorted(at for at, _, _ in svc.dispatch(0.0))
+    assert [o.ttft for o in svc.outcomes] == pytest.approx([1.01, 2.02])
+    assert done == pytest.approx([1.01 + 0.7, 2.02 + 0.7])
+    scraped = svc.scrape(0.5)
+    assert (scraped.waiting, scraped.running, scraped.engines) == (1, 1, 1)
+    assert (svc.scrape(1.5).waiting, svc.scrape(1.5).running) == (0, 2)
+    parallel = Service(LatencyModel(), cold_start_s=0.0)
+    parallel.scale_to(1, 0.0)
+    for _ in range(2):
+        parallel.arrive(Request(0.0, 10_000, 100), 0.0)
+    parallel.dispatch(0.0)
+    assert [o.ttft for o in parallel.outcomes] == pytest.approx([1.01, 1.01])

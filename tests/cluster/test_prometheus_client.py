@@ -61,6 +61,7 @@ def test_series_of_several_pods_are_summed_per_service_and_a_departed_pod_is_lef
     assert (chat.waiting, chat.running, chat.unknown) == (7, 58, False)
     assert (vision.waiting, vision.running) == (2, 0)
     assert chat.kv_usage == pytest.approx(0.7) and vision.kv_usage is None  # the pods' mean; Triton has none
+    assert chat.running_pods == {"chat-a", "chat-b"} and not vision.running_pods  # whose batches `running` sums
     assert "vllm:num_requests_waiting" in chat.seen and "up" not in chat.seen  # `up` carries no service label here
     # How old the scrape is, by Prometheus's own clock: the test cluster scrapes every second (conftest), so
     # within about a second (a slow scrape, a loaded machine: 3 s); a quarter of an hour would be the lookback.
@@ -68,7 +69,7 @@ def test_series_of_several_pods_are_summed_per_service_and_a_departed_pod_is_lef
     # A pod the watch saw deleted: its series are history, not load.
     gone = loads_once_scraped(prometheus, "pc-sum", 2, gone=lambda key, pod: pod == "chat-b")
     assert (gone[("pc-sum", "chat")].waiting, gone[("pc-sum", "chat")].running) == (3, 48)
-    assert gone[("pc-sum", "chat")].kv_usage == pytest.approx(0.9)
+    assert gone[("pc-sum", "chat")].kv_usage == pytest.approx(0.9) and gone[("pc-sum", "chat")].running_pods == {"chat-a"}
     assert prometheus.queries >= 2
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .limits import (adapted_idle_seconds, batch_that_fits, cap_at_pool_capacity, capacity_exhausted, clamp,
-                     everything_served, expected_backlog, first_wake_backlog, idle_long_enough, limit_scale_down,
+from .limits import (adapted_idle_seconds, batch_that_fits, batch_that_runs, cap_at_pool_capacity, capacity_exhausted,
+                     clamp, everything_served, expected_backlog, first_wake_backlog, idle_long_enough, limit_scale_down,
                      limit_scale_up, recommend, remember_gap, replicas_have_room, replicas_needed, replicas_to_drain,
                      spare_beyond_reserve, stabilise_down, stabilise_up, too_late_to_help, within_tolerance)
 from .policy import Policy
@@ -39,6 +39,7 @@ class Observation:
     wake_reserve: int = 0  # of the pool's room, replicas' worth other services at zero may need to wake
     queue_age_s: float = 0.0  # how old `waiting` and `running` are: the scrape was taken this long before now
     kv_usage: float | None = None  # the serving replicas' KV caches, the fraction in use (mean); None: not exported
+    engines_scraped: int | None = None  # replicas whose engine gauges `waiting` and `running` sum; None: unknown
 
 
 @dataclass(frozen=True)
@@ -184,10 +185,12 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
                          f"spec.scaling.query failed: {obs.query_error[:400]}; keeping the current replicas")
         return _hold(obs, policy, state, "MetricsUnavailable", "no queue metrics; keeping the current replicas")
 
-    # A replica whose KV cache fills before its batch holds fewer requests: every count below uses what fits.
-    fits = batch_that_fits(policy.max_concurrency, obs.running, obs.ready, obs.kv_usage)
-    batch_note = (f"; KV caches {obs.kv_usage:.0%} full: {fits:g} a replica" if fits < policy.max_concurrency
-                  else "")
+    # A replica whose KV cache fills before its batch, or whose engine leaves requests waiting with room in its
+    # batch (long prefills), holds fewer requests: every count below uses what fits.
+    full = batch_that_fits(policy.max_concurrency, obs.running, obs.ready, obs.kv_usage)
+    fits = min(full, batch_that_runs(policy.max_concurrency, obs.waiting, obs.running, obs.engines_scraped))
+    batch_note = ("" if fits >= policy.max_concurrency else f"; KV caches {obs.kv_usage:.0%} full: {fits:g} a replica"
+                  if fits == full else f"; requests wait with room in the batches: {fits:g} run a replica")
     policy = replace(policy, max_concurrency=fits)
     fast = gateway_recommends(obs, policy)
     # A batch's unsent requests are demand too: 2,000 of them with a target queue of 2 ask for every

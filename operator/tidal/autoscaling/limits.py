@@ -34,6 +34,18 @@ def batch_that_fits(batch: float, running: float, ready: int, kv_usage: float | 
     return max(1, min(batch, math.floor(running / ready / min(1.0, kv_usage))))
 
 
+def batch_that_runs(batch: float, waiting: float, running: float, engines: int | None) -> float:
+    """Requests one replica runs at once when its engine leaves requests waiting with room in its batch: what it
+    runs. An engine admits a request only while its step's token budget and KV cache allow, so a replica busy
+    prefilling long prompts runs a few and queues the rest: 8 engines running 40 between them with 120 waiting
+    run 5 each, and (120 + 40) / (5 + 4 waiting at target 4) asks for 18 replicas where 48 places asked for 4.
+    `engines`: the replicas whose gauges the scrape summed (the replicas ready now may be more, and would
+    understate it). Waiting only when every batch is full, as with short prompts, changes nothing."""
+    if batch <= 0 or not engines or waiting <= 0 or running <= 0:
+        return batch
+    return max(1, min(batch, math.floor(running / engines)))
+
+
 def first_wake_backlog(held: float, waking: bool) -> float:
     """What a service's first wake expects to be waiting when its replicas are ready. Nobody has measured its
     cold start: the even bet on a duration known only to exceed what has passed is as long again (a wake 20 s

@@ -52,6 +52,7 @@ class EngineQueue:
     query_error: str | None = None  # why Prometheus refused the service's own spec.scaling.query
     age_s: float = 0.0  # how long before the tick the engines' gauges were scraped
     kv_usage: float | None = None  # the replicas' KV caches, the fraction in use (mean); None: not exported
+    engines: int | None = None  # replicas whose in-flight gauge the answer sums; None: unknown
 
     def fold(self, obs: Observation, replicas: Replicas) -> Observation:
         if not self.answered:
@@ -63,7 +64,8 @@ class EngineQueue:
                        pending=obs.pending + self.held, batch_backlog=self.batch_backlog,
                        query_error=self.query_error, metrics_outage=not self.answered,
                        queue_age_s=self.age_s if self.answered else 0.0,
-                       kv_usage=self.kv_usage if self.answered and known else None)
+                       kv_usage=self.kv_usage if self.answered and known else None,
+                       engines_scraped=self.engines if self.answered and known else None)
 
 
 @dataclass(frozen=True)

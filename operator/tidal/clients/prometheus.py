@@ -53,6 +53,7 @@ class ServiceLoad:
     scrape_age_s: float | None = None  # how long ago the freshest of its queue gauges was scraped
     kv_usage_sum: float = 0.0  # its pods' KV-cache usage gauges (0..1), summed, and how many pods have one
     kv_pods: int = 0
+    running_pods: set[str] = field(default_factory=set)  # pods whose in-flight gauge is summed in `running`
     unknown: bool = False  # a NaN/Inf sample: the numbers above cannot be trusted
     seen: set[str] = field(default_factory=set)  # metric names present
 
@@ -155,6 +156,7 @@ class Prometheus:
                 load.waiting += value
             elif name in running:
                 load.running += value
+                load.running_pods.add(labels.get("pod", ""))
             elif name == ACTIVATOR_PENDING:
                 load.pending += value
             elif name == BATCH_BACKLOG:

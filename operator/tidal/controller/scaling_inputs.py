@@ -32,7 +32,8 @@ def engine_queue(load: ServiceLoad | None, spec: InferenceServiceSpec, query_err
                        queue_exported=bool(spec.scaling.query) or adapter.queue_metric in load.seen,
                        trustworthy=not load.unknown, query_error=query_error,
                        age_s=0.0 if spec.scaling.query else load.scrape_age_s or 0.0,
-                       kv_usage=None if spec.scaling.query else load.kv_usage)
+                       kv_usage=None if spec.scaling.query else load.kv_usage,
+                       engines=(len(load.running_pods) or None) if adapter.inflight_metric and not spec.scaling.query else None)
 
 
 def custom_query(spec: InferenceServiceSpec, namespace: str, name: str) -> str | None:

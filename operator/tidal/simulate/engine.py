@@ -81,7 +81,7 @@ def _percentile(values: list[float], q: float) -> float:
 def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progress=None) -> Result:
     svc = Service(cfg.latency, cfg.cold_start_s, cfg.cold_start_sigma, cfg.seed, kv_admission=cfg.kv_admission)
     if cfg.routing is not None:
-        svc.routing, svc.prefix_caching = cfg.routing, True
+        svc.routing, svc.prefix_caching, svc.shared_prefill = cfg.routing, True, True
     if cfg.cache is not None:
         svc.pool = Pool(cfg.pool_gpus, Nodes(cfg.cache, cfg.pool_gpus))
         if cfg.cache.enabled and cfg.cache.prefetch:
@@ -112,7 +112,7 @@ def simulate(requests: list[Request], policy: SimPolicy, cfg: SimConfig, progres
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped.waiting, scraped.running, svc.waiting() + svc.running(),
                     *svc.held(now), scraped_series=scraped.series, scraped_at=scraped.at,
-                    scraped_kv_usage=scraped.kv_usage, in_flight=svc.running(),
+                    scraped_kv_usage=scraped.kv_usage, scraped_engines=scraped.engines, in_flight=svc.running(),
                     arrivals_per_s=svc.arrivals.per_second(now))
 
     def act(desired, now):

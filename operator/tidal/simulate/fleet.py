@@ -68,7 +68,7 @@ def simulate_fleet(traces: list[list[Request]], make_policy, cfg: SimConfig, poo
         ready = svc.ready_count(now)
         return View(now, svc.current(), ready, scraped[i].waiting, scraped[i].running, svc.waiting() + svc.running(),
                     *svc.held(now), unschedulable=svc.unschedulable(), scraped_series=scraped[i].series,
-                    scraped_at=scraped[i].at, scraped_kv_usage=scraped[i].kv_usage,
+                    scraped_at=scraped[i].at, scraped_kv_usage=scraped[i].kv_usage, scraped_engines=scraped[i].engines,
                     in_flight=svc.running(), arrivals_per_s=svc.arrivals.per_second(now), pool_free=pool.free,
                     pool_asleep=asleep(now) - (svc.current() == 0))
 

@@ -35,6 +35,7 @@ class View:
     scraped_series: bool = True
     scraped_at: float = 0.0  # when that scrape was taken
     scraped_kv_usage: float | None = None  # the ready replicas' KV caches then, the fraction in use
+    scraped_engines: int = 0  # the replicas that scrape read
     in_flight: float = 0.0  # requests sent to a replica and not answered yet, as the gateway counts them
     arrivals_per_s: float = 0.0  # every request's arrival, as the gateway counts them (the fast signal)
     pool_free: int | None = None  # GPUs free in a shared pool (a fleet); None: unlimited
@@ -85,7 +86,8 @@ class TidalPolicy(SimPolicy):
             queue = EngineQueue(waiting=view.scraped_waiting, running=view.scraped_running,
                                 queue_exported=view.scraped_series,
                                 age_s=max(0.0, view.now - view.scraped_at) if view.scraped_series else 0.0,
-                                kv_usage=view.scraped_kv_usage if view.scraped_series else None)
+                                kv_usage=view.scraped_kv_usage if view.scraped_series else None,
+                                engines=(view.scraped_engines or None) if view.scraped_series else None)
         capacity = view.current + view.pool_free if view.pool_free is not None else None
         replicas = Replicas(view.current, view.ready, view.unschedulable, capacity, wake_reserve=view.pool_asleep)
         signals = [queue, GatewayDemand(view.held if view.ready == 0 else 0.0, view.held_rate, view.request_s)]

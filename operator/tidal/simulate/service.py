@@ -27,6 +27,8 @@ class Replica:
     node: int | None = None  # with modelled nodes: where it runs
     cache: KvPrefixCache | None = None  # its KV prefix cache, when the trace has prompt blocks
     kv_tokens: int = 0  # KV-cache tokens its running requests hold (prompt and output)
+    prefill_free_at: float = 0.0  # with shared prefill: when its compute has prefilled what it has taken
+    prefill_begins: collections.deque = field(default_factory=collections.deque)  # when each taken prompt begins
 
     def ready(self, now: float) -> bool:
         return not self.draining and self.ready_at <= now
@@ -85,6 +87,7 @@ class Scrape:
     series: bool = False  # a ready replica exported them (before that, the series do not exist)
     at: float = 0.0  # when it was taken
     kv_usage: float | None = None  # the ready replicas' KV caches, the fraction in use (mean)
+    engines: int = 0  # the ready replicas it read
 
 
 @dataclass
@@ -117,6 +120,7 @@ class Service:
     reused_tokens: int = 0
     over_bound: int = 0  # requests sent to a replica above its bounded share (none while one is under it)
     kv_admission: bool = False  # --kv-admission: a replica takes a request only while its KV cache holds it
+    shared_prefill: bool = False
     _ring: HashRing | None = None
     _ids: int = 0
 
@@ -192,7 +196,14 @@ class Service:
         # The engines' KV gauge, where the KV cache's admission is modelled (else it would read past 100 %).
         usage = (sum(r.kv_tokens for r in ready) / (len(ready) * self.latency.kv_cache_tokens)
                  if self.kv_admission else None)
-        return Scrape(float(self.waiting()), float(self.running()), True, now, usage)
+        unbegun = sum(self._unbegun(r, now) for r in ready)
+        return Scrape(float(self.waiting() + unbegun), float(self.running() - unbegun), True, now, usage, len(ready))
+
+    @staticmethod
+    def _unbegun(replica: Replica, now: float) -> int:
+        while replica.prefill_begins and replica.prefill_begins[0] <= now:
+            replica.prefill_begins.popleft()
+        return len(replica.prefill_begins)
 
     def held(self, now: float) -> tuple[float, float, float | None]:
         """What an activator sees while no replica is ready: requests held, how fast they arrive, and how
@@ -222,16 +233,26 @@ class Service:
             replica = self._choose(candidates, request, now)
             replica.inflight += 1
             replica.kv_tokens += tokens
-            wait = now - arrival
             prefill = request.input_tokens - self._reused(replica, request)
+            behind = self._behind(replica, prefill, now)
+            wait = now - arrival + behind
             ttft = wait + self.latency.time_to_first_token(prefill)
             self.outcomes.append(Outcome(arrival, wait, ttft))
-            took = self.latency.service_time(prefill, request.output_tokens)
+            took = behind + self.latency.service_time(prefill, request.output_tokens)
             # The activator learns a request's time when it ends; counted here at its start, one request
             # time early, which moves the average by a few seconds' worth of requests at most.
             self.request_time.add(took)
             started.append((now + took, replica, tokens))
         return started
+
+    def _behind(self, replica: Replica, prefill: int, now: float) -> float:
+        if not self.shared_prefill:
+            return 0.0
+        begins = max(now, replica.prefill_free_at)
+        replica.prefill_free_at = begins + self.latency.time_to_first_token(prefill)
+        if begins > now:
+            replica.prefill_begins.append(begins)
+        return begins - now
 
     def _has_room(self, replica: Replica, tokens: int) -> bool:
         """A free place in its batch and room in its KV cache for the whole request, as vLLM admits a request
