@@ -30,7 +30,8 @@ class SimConfig:
     cache: CacheModel | None = None
     pool_gpus: int = 64  # GPUs of the nodes a single service's replicas go to, with `cache`
     # --routing: how the gateway spreads requests over replicas ("least-loaded" or "prefix"), with each replica's
-    # KV prefix cache modelled on traces that carry prompt blocks; None: neither (the results stay as they were).
+    # KV prefix cache modelled on traces that carry prompt blocks and its prefill as compute its prompts share;
+    # None: neither (the results stay as they were).
     routing: str | None = None
     # --kv-admission: a replica takes a request only while its KV cache holds it (as vLLM does), and exports
     # the cache's use; off, a replica runs `max_concurrency` requests whatever their length (the tables published
