@@ -189,8 +189,10 @@ def decide(obs: Observation, state: ScalerState, policy: Policy, now: float) -> 
     # batch (long prefills), holds fewer requests: every count below uses what fits.
     full = batch_that_fits(policy.max_concurrency, obs.running, obs.ready, obs.kv_usage)
     fits = min(full, batch_that_runs(policy.max_concurrency, obs.waiting, obs.running, obs.engines_scraped))
-    batch_note = ("" if fits >= policy.max_concurrency else f"; KV caches {obs.kv_usage:.0%} full: {fits:g} a replica"
-                  if fits == full else f"; requests wait with room in the batches: {fits:g} run a replica")
+    batch_note = ""
+    if fits < policy.max_concurrency:
+        batch_note = (f"; KV caches {obs.kv_usage:.0%} full: {fits:g} a replica" if fits == full
+                      else f"; requests wait with room in the batches: {fits:g} run a replica")
     policy = replace(policy, max_concurrency=fits)
     fast = gateway_recommends(obs, policy)
     # A batch's unsent requests are demand too: 2,000 of them with a target queue of 2 ask for every

@@ -27,13 +27,14 @@ def engine_queue(load: ServiceLoad | None, spec: InferenceServiceSpec, query_err
     if load is None:
         return EngineQueue(answered=False, query_error=query_error)
     adapter = engine(spec.engine.type)
+    custom = bool(spec.scaling.query)  # its one value is the queue: no engine gauge, age, KV use or pod count
     return EngineQueue(waiting=load.waiting, running=load.running if adapter.inflight_metric else 0.0,
                        held=load.pending, batch_backlog=load.batch_backlog,
-                       queue_exported=bool(spec.scaling.query) or adapter.queue_metric in load.seen,
+                       queue_exported=custom or adapter.queue_metric in load.seen,
                        trustworthy=not load.unknown, query_error=query_error,
-                       age_s=0.0 if spec.scaling.query else load.scrape_age_s or 0.0,
-                       kv_usage=None if spec.scaling.query else load.kv_usage,
-                       engines=(len(load.running_pods) or None) if adapter.inflight_metric and not spec.scaling.query else None)
+                       age_s=0.0 if custom else load.scrape_age_s or 0.0,
+                       kv_usage=None if custom else load.kv_usage,
+                       engines=None if custom or not adapter.inflight_metric else len(load.running_pods) or None)
 
 
 def custom_query(spec: InferenceServiceSpec, namespace: str, name: str) -> str | None:

@@ -88,7 +88,8 @@ def add_simulate(sub) -> None:
                           "least-loaded, or prefix (spec.routing.policy: a prompt's first block picks the replica on "
                           "a ring with bounded loads). Each replica's KV prefix cache is modelled on traces with "
                           "prompt blocks (Mooncake's hash_ids), and a replica prefills its prompts one after another "
-                          "(prefill is compute); results add routing, ttft_p50_s, ttft_p99_s and prefix_cache_hit_ratio")
+                          "(prefill is compute); results add routing, ttft_p50_s, ttft_p99_s and "
+                          "prefix_cache_hit_ratio")
     sim.add_argument("--kv-cache-tokens", type=int, default=LatencyModel().kv_cache_tokens,
                      help="with --routing or --kv-admission: the tokens each replica's KV cache holds (its prefix "
                           "cache reuses what is there); default: the latency model's 48 x 4,096")
