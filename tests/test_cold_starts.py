@@ -35,6 +35,37 @@ def test_a_new_services_first_replica_is_timed_but_only_wake_ups_are_counted():
     assert clock.last(key) == 25.0 and counted._sum.get() == 25.0
 
 
+def test_a_wake_ups_clock_starts_before_its_write_so_a_replica_ready_at_once_still_ends_it():
+    # Scaled 1 -> 0 -> 1 within a second, the old replica may never have been deleted: the watch then brings
+    # "1 ready" while the scale-up write is still in flight. The clock must already be running (CI saw a
+    # wake-up never counted when it started after the write returned).
+    clock = ColdStarts()
+    assert clock.scaling(KEY, 0, 1, 100.0) is True
+    assert clock.replicas_ready(KEY, 1, 100.5) == 0.5
+    assert clock.scaling(KEY, 1, 3, 101.0) is False  # not from zero: no clock
+    assert clock.replicas_ready(KEY, 3, 102.0) is None
+    # A failed write abandons the clock it started; back to zero abandons one still running.
+    started = clock.scaling(KEY, 0, 1, 200.0)
+    clock.not_scaled(KEY, started)
+    assert clock.replicas_ready(KEY, 1, 230.0) is None
+    clock.scaling(KEY, 0, 1, 300.0)
+    assert clock.scaling(KEY, 1, 0, 301.0) is False
+    assert clock.replicas_ready(KEY, 1, 330.0) is None and clock.last(KEY) == 0.5
+
+
+def test_a_replica_counts_as_ready_only_in_a_status_that_has_seen_the_spec():
+    from tidal.planning.status import ready_for_its_spec
+
+    def deployment(replicas, generation, observed, ready):
+        return {"metadata": {"generation": generation}, "spec": {"replicas": replicas},
+                "status": {"observedGeneration": observed, "readyReplicas": ready}}
+    assert ready_for_its_spec(deployment(1, 7, 7, 1)) == 1
+    assert ready_for_its_spec(deployment(1, 7, 6, 1)) == 0  # the status of before the scale-up
+    assert ready_for_its_spec(deployment(0, 6, 6, 1)) == 0  # asked for none: its last replica is leaving
+    assert ready_for_its_spec(deployment(2, 3, 3, None)) == 0
+    assert ready_for_its_spec({"metadata": {}, "spec": {}, "status": {}}) == 0
+
+
 def test_a_restarted_operator_reads_the_last_cold_start_from_status():
     assert ColdStarts().last(KEY, {"lastColdStartSeconds": 61.2}) == 61.2
     assert ColdStarts().last(KEY, {"lastColdStartSeconds": "soon"}) is None

@@ -106,8 +106,17 @@ def test_every_dashboard_query_returns_data_and_cold_starts_count_the_wake_ups(
     try:
         # The operator counts a cold start when its watch sees the first replica ready; on a busy machine that
         # can come a moment after the gateway, which saw it first, has answered.
-        wait_for(lambda: metric_value(operator.url, "tidal_cold_start_seconds_count", **labels) == 2, timeout=30,
-                 interval=0.5, what="the operator to count the second cold start")
+        counted = [None]
+
+        def second_counted():
+            counted[0] = metric_value(operator.url, "tidal_cold_start_seconds_count", **labels)
+            return counted[0] == 2
+        try:
+            wait_for(second_counted, timeout=30, interval=0.5, what="the operator to count the second cold start")
+        except AssertionError as err:  # what it counted, and the scalings it made: which wake-up went uncounted
+            scaled = kubectl("get", "events", "-n", namespace, "--field-selector", "reason=Scaled", "-o",
+                             "jsonpath={.items[*].message}").stdout
+            raise AssertionError(f"{err}: it counts {counted[0]}; Scaled events: {scaled}") from None
         assert metric_value(activator.metrics_url, "tidal_gateway_cold_start_seconds_count", **gw_labels) == 2
         # Where the seconds went (#30.3): the last wake's phases in status, summing to its measured total, and
         # an Event for each cold start: the first replica's, then the two wake-ups'.

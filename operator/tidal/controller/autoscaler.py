@@ -290,15 +290,16 @@ class Autoscaler:
         if obs.waiting is not None:
             metrics.QUEUE.labels(*key).set(obs.waiting)
         if decision.replicas != obs.current:
-            await self.kube.scale(key[0], key[1], decision.replicas)
+            started = self.cold_starts.scaling(key, obs.current, decision.replicas, time.monotonic())
+            try:
+                await self.kube.scale(key[0], key[1], decision.replicas)
+            except Exception:
+                self.cold_starts.not_scaled(key, started)
+                raise
             self.store.deployments[key].replicas = decision.replicas
             direction = "up" if decision.replicas > obs.current else "down"
             metrics.SCALE_CHANGES.labels(direction).inc()
             metrics.SCALE_EVENTS.labels(*key, decision.reason, direction).inc()
-            if obs.current == 0:
-                self.cold_starts.begun(key, time.monotonic())
-            elif decision.replicas == 0:
-                self.cold_starts.abandoned(key)
             await self.kube.event(body, "Normal", "Scaled",
                                   f"{obs.current} -> {decision.replicas} replicas: {decision.reason}: {decision.message}")
             log.info("%s/%s: %d -> %d (%s: %s)", *key, obs.current, decision.replicas, decision.reason,

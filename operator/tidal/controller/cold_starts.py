@@ -34,6 +34,23 @@ class ColdStarts:
             if not wake_up:
                 self._launches.add(key)
 
+    def scaling(self, key: Key, current: int, replicas: int, now: float) -> bool:
+        """Before the write that scales `current` -> `replicas`. A wake-up's clock starts here, not after: the
+        watch can bring its first ready replica before the write returns (a replica scaled away a moment ago
+        and not yet deleted is ready at once), and a clock started after that would never stop. True when
+        this started a clock."""
+        if current == 0 and key not in self._since:
+            self.begun(key, now)
+            return True
+        if replicas == 0:
+            self.abandoned(key)
+        return False
+
+    def not_scaled(self, key: Key, started: bool) -> None:
+        """The write failed: the clock it started times nothing."""
+        if started:
+            self.abandoned(key)
+
     def abandoned(self, key: Key) -> None:
         """Back to zero before any replica was ready: that wake-up never completed."""
         self._since.pop(key, None)

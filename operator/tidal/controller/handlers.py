@@ -18,7 +18,7 @@ from ..api.v1alpha1 import GROUP, PLURAL, VERSION
 from ..clients.kube import Kube, load_api_client, unreachable
 from ..clients.prometheus import Prometheus
 from ..planning.served_names import claims_of
-from ..planning.status import pod_gpus, pod_unschedulable, quota_refusal
+from ..planning.status import pod_gpus, pod_unschedulable, quota_refusal, ready_for_its_spec
 from ..render.labels import MANAGED_BY, SERVICE_LABEL
 from ..render.prefetch import PREFETCH_LABEL
 from . import metrics
@@ -123,7 +123,7 @@ async def deployment_event(type: str, body: kopf.Body, namespace: str, labels, m
         ready = memo.store.deployments[key].ready
         metrics.READY.labels(*key).set(ready)
         if memo.autoscaler:
-            took = memo.autoscaler.cold_starts.replicas_ready(key, ready, time.monotonic())
+            took = memo.autoscaler.cold_starts.replicas_ready(key, ready_for_its_spec(dict(body)), time.monotonic())
             if took is not None:
                 await memo.autoscaler.explain_cold_start(key)
     await _owner_changed(namespace, labels, memo)

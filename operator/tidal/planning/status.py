@@ -49,6 +49,18 @@ def pod_gpus(pod: dict) -> int:
     return total
 
 
+def ready_for_its_spec(deployment: dict) -> int:
+    """Ready replicas a Deployment reports for the replicas it now asks for: 0 while it asks for none, or while
+    its status is older than its spec (status.observedGeneration < metadata.generation). Scaled 1 -> 0 -> 1
+    within a second, its status still shows the replica of before; only a status that has seen the scale-up
+    says a replica is ready for it."""
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    if not spec.get("replicas", 1) or (status.get("observedGeneration") or 0) < \
+            ((deployment.get("metadata") or {}).get("generation") or 0):
+        return 0
+    return status.get("readyReplicas") or 0
+
+
 def quota_refusal(deployment: dict) -> str | None:
     """The Deployment's word that a ResourceQuota refused one of its pods (its ReplicaFailure condition, copied
     from the ReplicaSet: `pods "x" is forbidden: exceeded quota: gpus, requested: ..., used: ..., limited: ...`)."""
