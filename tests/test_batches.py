@@ -381,6 +381,37 @@ def test_every_line_ends_in_the_output_or_the_error_file_whatever_the_sender_rai
     asyncio.run(scenario())
 
 
+def test_a_line_the_gateway_refuses_for_now_is_retried_after_the_wait_its_retry_after_asks(tmp_path):
+    """The gateway holds at most max_pending requests per service and refuses more with a 429 whose Retry-After
+    says 5 s. Here it holds none (max_pending 0) and model-a has no ready replica, so the first send is refused;
+    the replica is back at once. The runner must wait the 5 s it was told, not retry at 1, 2 and 4 s (which
+    would spend its attempts inside one such wait), and then the line completes. `send` is wrapped only to
+    watch: every answer is the real gateway's."""
+    async def scenario():
+        async with BatchStack(tmp_path) as stack:
+            from dataclasses import replace
+            gateway, runner, key = stack.gateway, stack.batches.runner, ("ns-a", "model-a")
+            replica = gateway.endpoints.get(key)[0]
+            gateway.endpoints.update(key, "pod", None)
+            gateway.limits = gateway.holds.limits = replace(gateway.limits, max_pending=0)
+            real_send, answers = runner.send, []
+
+            async def watched_send(owner, url, body):
+                answer = await real_send(owner, url, body)
+                answers.append((time.monotonic(), answer[0], answer[3]))
+                gateway.endpoints.update(key, "pod", replica)  # the replica is ready again
+                return answer
+            runner.send = watched_send
+            client = stack.client(FULL)
+            uploaded = await client.files.create(file=("r.jsonl", jsonl([chat_line(0)])), purpose="batch")
+            done, _ = await until_final(client, (await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")).id)
+            assert [(status, asked) for _, status, asked in answers] == [(429, 5.0), (200, None)]
+            assert answers[1][0] - answers[0][0] >= 5.0
+            assert done.status == "completed" and done.request_counts.completed == 1
+    asyncio.run(scenario())
+
+
 def test_an_input_past_openais_limits_is_refused_at_upload_and_blank_lines_are_each_lines_error(tmp_path):
     async def scenario():
         async with BatchStack(tmp_path) as stack:

@@ -2,8 +2,9 @@
 comes (the checkpoint), retries what failed for a reason that may pass, and finalises the output and error
 files. Restarted, it resumes every batch that is not final from its checkpoint.
 
-Sending goes through `send(owner, url, body) -> (status, body bytes, request id)`: the gateway's own front
-door, as the batch's owner, so a batch for a service at zero holds and wakes it like any request."""
+Sending goes through `send(owner, url, body) -> (status, body bytes, request id, Retry-After seconds)`: the
+gateway's own front door, as the batch's owner, so a batch for a service at zero holds and wakes it like any
+request."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ from .records import FINAL, BatchStore
 
 log = logging.getLogger("tidal.gateway.batches")
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
+# A retry waits what the answer's Retry-After asks, when that is longer than the backoff: the gateway's 429
+# (too many requests held) asks 5 s and its 503 for a model still loading 10 s, and retries at 1, 2 and 4 s
+# would spend all four attempts inside one such wait. Capped, so a far date cannot park a line for hours.
+MAX_RETRY_AFTER_S = 60.0
 SAVE_EVERY_S = 1.0  # request_counts in the batch object: at most this stale
 MAX_WORKERS = 512  # requests one batch may have in flight, at most (a few replicas' worth of places)
 SEND_AHEAD = 256  # requests read from the input ahead of sending: what a batch holds in memory
@@ -283,14 +288,16 @@ class BatchRunner:
 
     async def _attempt(self, owner: str, item: Item, stopping) -> tuple[dict | None, bool]:
         """The result line for one request and whether it failed; (None, _) if stopping() first."""
-        why = ""
+        why, asked_s = "", None
         for attempt in range(self.attempts):
             if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))  # 1, 2, 4 s
+                backoff_s = self.backoff_s * 2 ** (attempt - 1)  # 1, 2, 4 s
+                await asyncio.sleep(max(backoff_s, min(asked_s or 0.0, MAX_RETRY_AFTER_S)))
                 if stopping():
                     return None, True
+            asked_s = None
             try:
-                status, body, request_id = await self.send(owner, item.url, item.body)
+                status, body, request_id, asked_s = await self.send(owner, item.url, item.body)
             except (OSError, asyncio.TimeoutError) as err:
                 why = f"the request could not be sent: {err or type(err).__name__}"
                 continue

@@ -19,7 +19,8 @@ class GatewaySender:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __call__(self, owner: str, url: str, body: dict) -> tuple[int, bytes, str]:
+    async def __call__(self, owner: str, url: str, body: dict) -> tuple[int, bytes, str, float | None]:
+        """(status, body, request id, the seconds its Retry-After asks to wait, if it has one)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         headers = {"Authorization": f"Bearer {self.token}", ON_BEHALF_HEADER: owner,
@@ -27,8 +28,16 @@ class GatewaySender:
         async with self._session.post(self.base_url + url, data=json.dumps(body), headers=headers) as response:
             data = await response.read()
             request_id = response.headers.get("x-request-id") or f"req_{secrets.token_hex(12)}"
-            return response.status, data, request_id
+            return response.status, data, request_id, retry_after_s(response.headers.get("Retry-After"))
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def retry_after_s(header: str | None) -> float | None:
+    """Retry-After in seconds (the gateway sends seconds; an HTTP date or nonsense counts as none)."""
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None
