@@ -35,6 +35,43 @@ def test_every_turn_of_a_conversation_has_one_key_and_conversations_differ():
     assert prefix_key({"prompt": "p" * 100}, chars=64) is not None and prefix_key(None) is None
 
 
+def test_keys_reach_past_a_system_prompt_that_many_conversations_share_and_stay_put_for_each():
+    from tidal.routing.prefix import chunk_digests
+    from tidal.routing.shared import SHARED_BY, SharedPrefixes
+    long_system = {"role": "system", "content": "Tool definitions: " + "call(x) returns y. " * 600}  # 11,000 chars
+    chat = [long_system, {"role": "user", "content": "Question about topic 0: " + "details " * 300}]
+    assert len(chunk_digests({"messages": chat})) == 6 and chunk_digests({"messages": chat})[0] == prefix_key(
+        {"messages": chat})  # whole 2048-character chunks only; the first is prefix_key's
+    shared = SharedPrefixes()
+
+    def key(topic, turns):
+        messages = [long_system]
+        for t in range(turns):
+            messages += [{"role": "user", "content": f"Question {t} about topic {topic}: " + "details " * 300},
+                         {"role": "assistant", "content": f"Answer {t}: " + "words " * 200}]
+        return shared.key(chunk_digests({"messages": messages[:-1]}))
+    first = [key(topic, 1) for topic in range(SHARED_BY)]
+    # Until SHARED_BY conversations have begun with it, the prompt is not known to be shared: the key is its first
+    # chunk, as for a conversation with a prompt of its own; the last of them already keys past it.
+    assert len(set(first[:-1])) == 1 and first[-1] != first[0]
+    # From then on every conversation keys on its own first message, on every turn.
+    keys = {topic: {key(topic, turns) for turns in (1, 2, 4)} for topic in range(30)}
+    assert all(len(k) == 1 for k in keys.values()) and len({k.pop() for k in keys.values()}) == 30
+    # A conversation whose answer was regenerated (two branches) is not a shared prompt: it keeps its key.
+    alone = SharedPrefixes()
+    mine = [{"role": "system", "content": "My own prompt. " * 300}, {"role": "user", "content": "hello " * 400}]
+    before = alone.key(chunk_digests({"messages": mine}))
+    for answer in ("one answer", "another answer"):
+        branch = mine + [{"role": "assistant", "content": answer * 300}, {"role": "user", "content": "go on " * 400}]
+        assert alone.key(chunk_digests({"messages": branch})) == before
+    # Memory is bounded: the least recently seen prefixes are forgotten first.
+    small = SharedPrefixes(capacity=100)
+    for topic in range(200):
+        small.key(chunk_digests({"messages": [{"role": "user", "content": f"topic {topic} " * 2000}]}))
+    assert len(small._after) <= 100
+    assert SharedPrefixes().key([]) is None
+
+
 def test_a_replica_joining_or_leaving_moves_only_its_share_of_keys():
     keys = [f"conversation-{i}" for i in range(10_000)]
     four = HashRing([f"10.0.0.{i}:8000" for i in range(4)])
@@ -96,14 +133,14 @@ def test_a_replicas_prefix_cache_reuses_only_a_leading_run_and_forgets_the_least
     assert reused_tokens(1, 1200) == 512
 
 
-def conversations(count: int, turns: int, turn_gap_s: float = 3.0) -> list:
+def conversations(count: int, turns: int, turn_gap_s: float = 3.0, shared_blocks: int = 0) -> list:
     """Multi-turn chats, as Mooncake's trace writes them: each turn's prompt is the last one's blocks and more (a
     2,048-token start growing by 1,024 tokens a turn); every conversation's next turn comes turn_gap_s later, the
-    conversations spread over that gap."""
+    conversations spread over that gap. `shared_blocks`: a system prompt that long in front of every one."""
     from tidal.simulate.trace import Request
-    out, next_block = [], 0
+    out, next_block = [], 10**6
     for c in range(count):
-        blocks: tuple = ()
+        blocks: tuple = tuple(range(shared_blocks))
         for t in range(turns):
             grow = 4 if t == 0 else 2
             blocks += tuple(range(next_block, next_block + grow))
@@ -118,23 +155,38 @@ def test_in_the_simulator_prefix_routing_reuses_more_and_answers_sooner_within_t
     conversations' histories each: the ring gives each replica about 20 (they fit); least-loaded sends every
     conversation through every cache (80 do not fit), so a turn rarely finds its history where it lands, and
     every prefill it repeats delays the prompts behind it."""
+    least, prefix = built_case(conversations(80, 6, turn_gap_s=10.0), history_blocks=14)
+    assert prefix.prefix_cache_hit_ratio > 1.5 * least.prefix_cache_hit_ratio, (prefix, least)
+    assert prefix.ttft_p50_s <= 0.7 * least.ttft_p50_s, (prefix.ttft_p50_s, least.ttft_p50_s)
+    assert prefix.over_load_bound == 0 and prefix.gpu_hours <= least.gpu_hours
+    assert prefix.row()["routing"] == "prefix" and "ttft_p99_s" in prefix.row()
+
+
+def built_case(requests: list, history_blocks: int) -> tuple:
+    """(least-loaded's result, prefix's) on 4 replicas whose KV caches hold 24 histories each."""
     from dataclasses import replace
 
     from tidal.autoscaling import Policy
     from tidal.simulate.engine import SimConfig, simulate
     from tidal.simulate.latency import LatencyModel
     from tidal.simulate.report import make_policy
-    requests = conversations(80, 6, turn_gap_s=10.0)
-    latency = LatencyModel(max_concurrency=8, kv_cache_tokens=24 * 14 * 512)  # 24 histories of 14 blocks
+    latency = LatencyModel(max_concurrency=8, kv_cache_tokens=24 * history_blocks * 512)
     cfg = SimConfig(latency=latency, initial_replicas=4)
     scaling = Policy(min_replicas=4, max_replicas=4)
-    results = {r: simulate(requests, make_policy("tidal", cfg, scaling), replace(cfg, routing=r))
-               for r in ("least-loaded", "prefix")}
-    least, prefix = results["least-loaded"], results["prefix"]
-    assert prefix.prefix_cache_hit_ratio > 1.5 * least.prefix_cache_hit_ratio, (prefix, least)
+    results = [simulate(requests, make_policy("tidal", cfg, scaling), replace(cfg, routing=r))
+               for r in ("least-loaded", "prefix")]
+    return results[0], results[1]
+
+
+def test_behind_one_long_shared_system_prompt_prefix_routing_still_keeps_conversations_apart():
+    """The same chats behind one 4-block system prompt that every conversation begins with. Keyed on the first
+    block, all 80 would share one key: one owner, the rest spilled by the bound wherever the load allows, and
+    no better than least-loaded. Keyed past the shared prompt (tidal.routing.shared), each keeps its own
+    replica; the shared blocks are cached everywhere anyway."""
+    least, prefix = built_case(conversations(80, 6, turn_gap_s=10.0, shared_blocks=4), history_blocks=18)
+    assert prefix.prefix_cache_hit_ratio > 1.3 * least.prefix_cache_hit_ratio, (prefix, least)
     assert prefix.ttft_p50_s <= 0.7 * least.ttft_p50_s, (prefix.ttft_p50_s, least.ttft_p50_s)
     assert prefix.over_load_bound == 0 and prefix.gpu_hours <= least.gpu_hours
-    assert prefix.row()["routing"] == "prefix" and "ttft_p99_s" in prefix.row()
 
 
 def test_tidal_simulate_writes_one_result_per_routing_on_the_mooncake_trace(tmp_path):

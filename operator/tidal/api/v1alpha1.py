@@ -229,10 +229,11 @@ class Routing(_Model):
                                     f"{LOAD_FACTOR:g}x its share of the requests in flight (the rest go to the "
                                     "next), and prompts shorter than prefixCharacters go least-loaded.")
     prefixCharacters: int = Field(DEFAULT_PREFIX_CHARS, ge=64, le=65536,
-                                  description="With `prefix`: how many leading characters of the prompt (each "
-                                              "message's role and text, in order) pick the replica; about 4 "
-                                              "characters a token. Longer than a shared system prompt, so that "
-                                              "conversations spread.")
+                                  description="With `prefix`: the chunk of the prompt (each message's role and "
+                                              "text, in order; about 4 characters a token) that picks the "
+                                              "replica: its first, or, after a prefix that several "
+                                              "conversations share (a system prompt, tool definitions; the "
+                                              "gateway learns it, up to 32 chunks deep), the chunk after it.")
 
 
 SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"

@@ -23,7 +23,8 @@ import re
 from aiohttp import web
 
 from . import errors
-from ..routing.prefix import prefix_key
+from ..routing.prefix import chunk_digests
+from ..routing.shared import MAX_CHUNKS, SharedPrefixes
 from ..strict_json import BadJson
 from .call import Call
 from .catalog import Catalog, Entry
@@ -65,6 +66,7 @@ class Router:
         self.catalog, self.endpoints = catalog, endpoints
         self.own = own  # the gateway's own Service (namespace, name): a Host naming it names no model
         self.held = lambda key: 0  # requests held per service, for /v1/models (told by the gateway)
+        self.shared = SharedPrefixes()  # where prompts part, so prefix keys reach past shared system prompts
 
     def target(self, request: web.Request, raw_path: str) -> tuple[str, str, str] | None:
         return route(raw_path, request.headers.get("Host"), self.own)
@@ -112,7 +114,7 @@ class Router:
         call = Call((namespace, service), path, body, key, model or "-", {}, meter)
         call.tokens_reserved = tokens_to_reserve(path, payload, len(body))
         if entry is not None and entry.routing == "prefix":
-            call.prefix_key = prefix_key(payload, entry.prefix_chars)
+            call.prefix_key = self.shared.key(chunk_digests(payload, entry.prefix_chars, MAX_CHUNKS))
         return call
 
     def entry_for(self, key: ApiKey | None, model: str) -> Entry | web.Response:

@@ -49,6 +49,22 @@ def prompt_text(payload: dict, chars: int) -> str:
     return prompt[:chars] if isinstance(prompt, str) else ""
 
 
+def chunk_digests(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS, chunks: int = 32) -> list[str]:
+    """The digests of the prompt's first whole `chars`-character chunks (at most `chunks`), each covering every
+    chunk before it: equal digests, equal prefixes. The first is prefix_key's. A part-filled last chunk has
+    none: the next turn fills it differently."""
+    if not isinstance(payload, dict):
+        return []
+    chars = max(1, chars)
+    text = prompt_text(payload, chars * chunks)
+    out, digest = [], b""
+    for start in range(0, len(text) - chars + 1, chars):
+        digest = hashlib.blake2b(digest + text[start:start + chars].encode("utf-8", "surrogatepass"),
+                                 digest_size=8).digest()
+        out.append(digest.hex())
+    return out
+
+
 def prefix_key(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS) -> str | None:
     """The key of the prompt's first `chars` characters; None for a shorter prompt (or no prompt)."""
     if not isinstance(payload, dict):

@@ -85,9 +85,10 @@ def add_simulate(sub) -> None:
                           "request (spread within the budgets), as spec.model.cache.prefetch would put it")
     sim.add_argument("--routing", metavar="least-loaded,prefix",
                      help="how the gateway spreads requests over replicas, one result per routing (comma-separated): "
-                          "least-loaded, or prefix (spec.routing.policy: a prompt's first block picks the replica on "
-                          "a ring with bounded loads). Each replica's KV prefix cache is modelled on traces with "
-                          "prompt blocks (Mooncake's hash_ids), and a replica prefills its prompts one after another "
+                          "least-loaded, or prefix (spec.routing.policy: a prompt's first block, or the one after a "
+                          "prefix several conversations share, picks the replica on a ring with bounded loads). "
+                          "Each replica's KV prefix cache is modelled on traces with prompt blocks (Mooncake's "
+                          "hash_ids), and a replica prefills its prompts one after another "
                           "(prefill is compute); results add routing, ttft_p50_s, ttft_p99_s and "
                           "prefix_cache_hit_ratio")
     sim.add_argument("--kv-cache-tokens", type=int, default=LatencyModel().kv_cache_tokens,

@@ -42,7 +42,8 @@ def reused_tokens(hit_blocks: int, prompt_tokens: int) -> int:
     return max(0, min(hit_blocks * BLOCK_TOKENS, prompt_tokens - 1))
 
 
-def routing_key(blocks: tuple[int, ...], prompt_tokens: int) -> str | None:
-    """The simulated gateway's key: the first block, once the prompt has a whole one (as the gateway keys a
-    prompt on its first 2048 characters, about 512 tokens); None: least-loaded."""
-    return str(blocks[0]) if blocks and prompt_tokens >= BLOCK_TOKENS else None
+def routing_blocks(blocks: tuple[int, ...], prompt_tokens: int) -> tuple[int, ...]:
+    """The prompt's whole blocks, which the simulated gateway keys on (tidal.routing.shared) as the gateway keys
+    a prompt on its whole 2048-character chunks (about 512 tokens each); none: least-loaded. Mooncake's ids
+    cover every block before them, as the gateway's chunk digests do."""
+    return blocks[:prompt_tokens // BLOCK_TOKENS]

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from ..autoscaling.demand import ArrivalRate, RequestTime
 from ..routing.ring import HashRing, load_bound
+from ..routing.shared import SharedPrefixes
 from .latency import LatencyModel
 from .nodes import Nodes
-from .prefix_cache import BLOCK_TOKENS, KvPrefixCache, reused_tokens, routing_key
+from .prefix_cache import BLOCK_TOKENS, KvPrefixCache, reused_tokens, routing_blocks
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Service:
     held_arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # as the activator counts them
     request_time: RequestTime = field(default_factory=RequestTime)  # as the activator averages them
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)  # every arrival, as the gateway counts them
-    routing: str = "least-loaded"  # or "prefix": as the gateway routes (tidal.routing), by the prompt's first block
+    routing: str = "least-loaded"  # or "prefix": as the gateway routes (tidal.routing), by the prompt's key
     prefix_caching: bool = False  # model each replica's KV prefix cache (with --routing, on traces with blocks)
     prompt_tokens: int = 0  # of requests with blocks, and of those what replicas' prefix caches held
     reused_tokens: int = 0
@@ -122,6 +123,7 @@ class Service:
     kv_admission: bool = False  # --kv-admission: a replica takes a request only while its KV cache holds it
     shared_prefill: bool = False  # with --routing: a replica prefills the prompts it has taken one after another
     _ring: HashRing | None = None
+    _shared: SharedPrefixes = field(default_factory=SharedPrefixes)  # the simulated gateway's, as the gateway's
     _ids: int = 0
 
     def __post_init__(self):
@@ -268,11 +270,14 @@ class Service:
                 or replica.kv_tokens + tokens <= self.latency.kv_cache_tokens)
 
     def _choose(self, candidates: list[Replica], request, now: float) -> Replica:
-        """Least loaded; with prefix routing, the owner of the prompt's first block on the ring of ready
-        replicas unless it is over its bounded share (tidal.routing.ring, as the gateway does)."""
+        """Least loaded; with prefix routing, the owner of the prompt's key (its first block, or the one after a
+        prefix several conversations share: tidal.routing.shared) on the ring of ready replicas unless it is over
+        its bounded share (tidal.routing.ring, as the gateway does)."""
         least = min(candidates, key=lambda r: r.inflight)
         ready = [r for r in self.replicas if r.ready(now)]
-        key = routing_key(request.blocks, request.input_tokens) if self.routing == "prefix" else None
+        key = (self._shared.key(routing_blocks(request.blocks, request.input_tokens))
+               if self.routing == "prefix" else None)
+        key = str(key) if key is not None else None
         chosen = least
         if key is not None and len(ready) > 1:
             names = sorted(str(r.id) for r in ready)
