@@ -4,6 +4,8 @@ prefix cache was used (vllm:prefix_cache_queries_total / _hits_total, in prompt 
 
 - `prefix`: every turn of a conversation lands on the replica that owns its key (computed here with the same
   ring), whose hits rise turn after turn; the other replica sees none of it.
+- `prefix` behind one system prompt that every conversation shares: each conversation keeps one replica, and
+  once the gateway has learned the prompt is shared, conversations go to both.
 - `least-loaded`: the same conversations, sent a few at a time, spread over both replicas."""
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from tests.static_gateway import static_gateway
 from tests.test_real_vllm import SERVED, SPEC, Replica, running, tiny_model, vllm_bin  # noqa: F401  (a fixture)
 from tidal.api.v1alpha1 import parse_spec
 from tidal.render import RenderSettings, render_deployment
-from tidal.routing.prefix import prefix_key
+from tidal.routing.prefix import chunk_digests, prefix_key
 from tidal.routing.ring import HashRing
+from tidal.routing.shared import MAX_CHUNKS, SHARED_BY, SharedPrefixes
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.prefix_routing]
 PREFIX_CHARS = 256  # the tiny model holds 2,048 tokens: conversations stay short
@@ -82,6 +85,39 @@ def test_prefix_routing_keeps_each_conversation_on_the_replica_holding_its_prefi
             assert queried > before_home[0] and hits - before_home[1] > 0.5 * (queried - before_home[0]), \
                 (before_home, queried, hits)  # turns 2-4 found the conversation in its cache
         assert gateway.sample("tidal_gateway_routed_requests_total", how="prefix") == 8
+
+
+SHARED_SYSTEM = {"role": "system", "content": "You are the help desk of one product; answer briefly and politely. " * 8}
+
+
+def behind_shared(topic: int) -> list[dict]:
+    """A conversation behind the system prompt that all of them share (544 characters: two whole chunks)."""
+    return [SHARED_SYSTEM, {"role": "user", "content": f"My question is about topic {topic}, please answer it. " * 6}]
+
+
+def test_conversations_behind_one_shared_system_prompt_spread_and_each_keeps_its_replica(replicas, tmp_path):
+    """Keyed on their first chunk (all the shared prompt), all of these conversations would have one key and one
+    replica. The gateway learns the prompt is shared once SHARED_BY conversations have begun with it, and keys
+    the later ones past it: each still keeps one replica for all its turns, and they go to both."""
+    names = [r.url.removeprefix("http://") for r in replicas]
+    ring, learner, topics = HashRing(names), SharedPrefixes(), range(10)
+    first_chunks = {chunk_digests({"messages": behind_shared(t)}, PREFIX_CHARS)[0] for t in topics}
+    assert len(first_chunks) == 1
+    # What the gateway will do, predicted with the same parts (it learns from the same prompts in the same order).
+    owner = {t: ring.owner(learner.key(chunk_digests({"messages": behind_shared(t)}, PREFIX_CHARS, MAX_CHUNKS)))
+             for t in topics}
+    learned = [t for t in topics if t >= SHARED_BY - 1]
+    assert len({owner[t] for t in learned}) == 2, owner  # these texts' keys fall on both replicas
+    endpoints = [f"ml/tiny@{SERVED}={name}" for name in names]
+    with static_gateway(endpoints, tmp_path / "gateway.log", "--static-routing", "prefix",
+                        "--static-prefix-characters", str(PREFIX_CHARS)) as gateway:
+        for topic in topics:
+            before = [counters(r) for r in replicas]
+            asyncio.run(talk(gateway.address, behind_shared(topic), turns=2))
+            served = [name for name, r, b in zip(names, replicas, before) if counters(r)[0] > b[0]]
+            assert len(served) == 1, (topic, served)  # both turns on one replica
+            if topic in learned:
+                assert served == [owner[topic]], (topic, served, owner[topic])
 
 
 def test_least_loaded_spreads_the_same_conversations(replicas, tmp_path):
