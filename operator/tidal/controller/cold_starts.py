@@ -28,20 +28,22 @@ class ColdStarts:
         self._phases: dict[Key, dict[str, float]] = {}
         self._unexplained: dict[Key, tuple[float, float]] = {}  # (its seconds, when it ended)
 
-    def begun(self, key: Key, now: float, wake_up: bool = True) -> None:
-        if key not in self._since:
-            self._since[key] = now
-            if not wake_up:
-                self._launches.add(key)
+    def begun(self, key: Key, now: float, wake_up: bool = True) -> bool:
+        """A clock starts unless one runs already; True when this started it."""
+        if key in self._since:
+            return False
+        self._since[key] = now
+        if not wake_up:
+            self._launches.add(key)
+        return True
 
     def scaling(self, key: Key, current: int, replicas: int, now: float) -> bool:
         """Before the write that scales `current` -> `replicas`. A wake-up's clock starts here, not after: the
         watch can bring its first ready replica before the write returns (a replica scaled away a moment ago
         and not yet deleted is ready at once), and a clock started after that would never stop. True when
         this started a clock."""
-        if current == 0 and key not in self._since:
-            self.begun(key, now)
-            return True
+        if current == 0:
+            return self.begun(key, now)
         if replicas == 0:
             self.abandoned(key)
         return False

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from . import errors
 from ..routing.prefix import chunk_digests
-from ..routing.shared import MAX_CHUNKS, SharedPrefixes
+from ..routing.shared import SharedPrefixes
 from ..strict_json import BadJson
 from .call import Call
 from .catalog import Catalog, Entry
@@ -114,7 +114,7 @@ class Router:
         call = Call((namespace, service), path, body, key, model or "-", {}, meter)
         call.tokens_reserved = tokens_to_reserve(path, payload, len(body))
         if entry is not None and entry.routing == "prefix":
-            call.prefix_key = self.shared.key(chunk_digests(payload, entry.prefix_chars, MAX_CHUNKS))
+            call.prefix_key = self.shared.key(chunk_digests(payload, entry.prefix_chars))
         return call
 
     def entry_for(self, key: ApiKey | None, model: str) -> Entry | web.Response:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 
+from .shared import MAX_CHUNKS
+
 DEFAULT_PREFIX_CHARS = 2048
 _SEPARATOR = "\x1e"  # between messages: "a" + "bc" and "ab" + "c" are different conversations
 
@@ -49,7 +51,7 @@ def prompt_text(payload: dict, chars: int) -> str:
     return prompt[:chars] if isinstance(prompt, str) else ""
 
 
-def chunk_digests(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS, chunks: int = 32) -> list[str]:
+def chunk_digests(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS, chunks: int = MAX_CHUNKS) -> list[str]:
     """The digests of the prompt's first whole `chars`-character chunks (at most `chunks`), each covering every
     chunk before it: equal digests, equal prefixes. The first is prefix_key's. A part-filled last chunk has
     none: the next turn fills it differently."""
@@ -66,10 +68,7 @@ def chunk_digests(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS, chunk
 
 
 def prefix_key(payload: dict | None, chars: int = DEFAULT_PREFIX_CHARS) -> str | None:
-    """The key of the prompt's first `chars` characters; None for a shorter prompt (or no prompt)."""
-    if not isinstance(payload, dict):
-        return None
-    text = prompt_text(payload, chars)
-    if len(text) < chars:
-        return None
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    """The key of the prompt's first `chars` characters (its first chunk's digest); None for a shorter prompt
+    (or no prompt)."""
+    first = chunk_digests(payload, chars, chunks=1)
+    return first[0] if first else None
